@@ -1,0 +1,7 @@
+"""Allow `python -m relay`."""
+
+import sys
+
+from relay.cli import main
+
+sys.exit(main())
