@@ -43,6 +43,7 @@ class PolicyDeps:
     """Shared services handed to policy builders. Optional ones are None when not configured."""
 
     policy_dir: Path
+    state_dir: Path
     organisation: Organisation = field(default_factory=Organisation)
     detector: Detector | None = None
     store: ConsentStore | None = None
