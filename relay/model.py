@@ -7,7 +7,7 @@ module can depend on it without creating cycles.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
@@ -118,6 +118,18 @@ class ListUnsubscribe:
 
     category: str
     mailto: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeLinks:
+    """Where a recipient unsubscribes: an https one-click URL and optionally a mailto."""
+
+    https: str
+    mailto: str | None = None
+
+
+LinkMaker = Callable[[str, str], UnsubscribeLinks]
+"""(recipient, category) -> links carrying that recipient's encrypted token."""
 
 
 Modification = SetHeader | RemoveHeader | ReplaceSubject | AppendFooter | ListUnsubscribe
