@@ -1,0 +1,196 @@
+"""Prometheus metrics: one method per event, labels that can never hold PHI.
+
+Every label value is either from a fixed set (actions, reply classes, known
+categories) or passes a strict code pattern; anything else is counted as "other" or
+"unknown". So an address, subject or free text that reached a label by mistake is
+never exported, and label cardinality stays bounded. docs/metrics.md lists every metric.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from relay.model import Decision, DeliveryResult
+
+# The categories of DESIGN.md. The lead passes the configured table's names, which
+# may add operator-defined ones.
+DEFAULT_CATEGORIES = (
+    "treatment",
+    "appointment-reminder",
+    "care-coordination",
+    "refill-reminder",
+    "operations",
+    "education",
+    "provider-products",
+    "provider-recommended",
+    "fundraising",
+    "marketing",
+    "re-engagement",
+)
+UNKNOWN = "unknown"
+OTHER = "other"
+_CODE = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,63}$")
+
+DECISION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+UPSTREAM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+def code_label(value: str) -> str:
+    """`value` lower-cased if it looks like a code (`phi.subject.mrn`), else "other"."""
+    text = value.strip().lower()
+    return text if _CODE.fullmatch(text) else OTHER
+
+
+def reply_class(code: int) -> str:
+    return f"{code // 100}xx" if 200 <= code < 600 else OTHER
+
+
+class Metrics:
+    """The relay's metrics, in `registry` (a fresh one, with process metrics, by default)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        categories: Iterable[str] = DEFAULT_CATEGORIES,
+    ) -> None:
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            registry.register(GC_COLLECTOR)
+        self.registry = registry
+        self._categories = frozenset(c for c in categories if _CODE.fullmatch(c))
+        r = registry
+        self._messages = Counter(
+            "phi_relay_messages",
+            "Messages decided, by enforced decision and category.",
+            ["decision", "category"],
+            registry=r,
+        )
+        self._verdicts = Counter(
+            "phi_relay_policy_verdicts",
+            "Policy verdicts, by policy, action and PHI-free reason code.",
+            ["policy", "action", "reason"],
+            registry=r,
+        )
+        self._dropped = Counter(
+            "phi_relay_recipients_dropped",
+            "Recipients removed from an envelope by policy, by reason code.",
+            ["reason"],
+            registry=r,
+        )
+        self._decision_seconds = Histogram(
+            "phi_relay_decision_seconds",
+            "Time from end of DATA to decision (parse and all policies).",
+            buckets=DECISION_BUCKETS,
+            registry=r,
+        )
+        self._deliveries = Counter(
+            "phi_relay_deliveries",
+            "Upstream transactions, by outcome and reply class.",
+            ["outcome", "reply_class"],
+            registry=r,
+        )
+        self._upstream_seconds = Histogram(
+            "phi_relay_upstream_seconds",
+            "Duration of one upstream transaction.",
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self._sessions_active = Gauge(
+            "phi_relay_sessions_active", "SMTP sessions open now.", registry=r
+        )
+        self._sessions = Counter("phi_relay_sessions", "SMTP sessions opened.", registry=r)
+        self._sessions_refused = Counter(
+            "phi_relay_sessions_refused",
+            "SMTP sessions or commands refused before a message, by reason code.",
+            ["reason"],
+            registry=r,
+        )
+        self._auth_failures = Counter(
+            "phi_relay_auth_failures", "Failed SMTP AUTH attempts.", registry=r
+        )
+        self._reloads = Counter(
+            "phi_relay_config_reloads", "Configuration reloads, by result.", ["result"], registry=r
+        )
+        self._reload_ok = Gauge(
+            "phi_relay_config_last_reload_success",
+            "1 if the last configuration reload succeeded, 0 if it failed.",
+            registry=r,
+        )
+        self._policy_errors = Counter(
+            "phi_relay_policy_errors",
+            "Policies that raised or timed out (the message was tempfailed), by policy.",
+            ["policy"],
+            registry=r,
+        )
+        self._unsubscribes = Counter(
+            "phi_relay_unsubscribes",
+            "Unsubscribe requests over HTTP, by category and result.",
+            ["category", "result"],
+            registry=r,
+        )
+        self._audit_errors = Counter(
+            "phi_relay_audit_errors",
+            "Audit writes that failed (the message was tempfailed).",
+            registry=r,
+        )
+        # A fresh process has loaded its configuration, or it would not be running.
+        self._reload_ok.set(1)
+
+    def category_label(self, category: str) -> str:
+        # Category names can come from a client's X-PHI-Category header: only known
+        # names become label values.
+        return category if category in self._categories else UNKNOWN
+
+    def decision(self, d: Decision, seconds: float) -> None:
+        category = self.category_label(d.category)
+        self._messages.labels(d.enforced_action.name.lower(), category).inc()
+        for v in d.verdicts:
+            reason = code_label(v.reason) if v.reason else "none"
+            self._verdicts.labels(code_label(v.rule), v.action.name.lower(), reason).inc()
+        for reason in d.dropped.values():
+            self._dropped.labels(code_label(reason)).inc()
+        self._decision_seconds.observe(max(seconds, 0.0))
+
+    def delivery(self, r: DeliveryResult) -> None:
+        self._deliveries.labels(code_label(r.outcome), reply_class(r.reply.code)).inc()
+        self._upstream_seconds.observe(max(r.duration_ms, 0.0) / 1000.0)
+
+    def session(self, opened: bool) -> None:
+        """Call with True when a session opens and False when it closes."""
+        if opened:
+            self._sessions.inc()
+            self._sessions_active.inc()
+        else:
+            self._sessions_active.dec()
+
+    def refused_session(self, reason: str) -> None:
+        self._sessions_refused.labels(code_label(reason)).inc()
+
+    def auth_failure(self) -> None:
+        self._auth_failures.inc()
+
+    def config_reload(self, ok: bool) -> None:
+        self._reloads.labels("ok" if ok else "error").inc()
+        self._reload_ok.set(1 if ok else 0)
+
+    def policy_error(self, rule: str) -> None:
+        self._policy_errors.labels(code_label(rule)).inc()
+
+    def unsubscribe(self, category: str, result: str) -> None:
+        self._unsubscribes.labels(self.category_label(category), code_label(result)).inc()
+
+    def audit_error(self) -> None:
+        self._audit_errors.inc()
