@@ -15,6 +15,7 @@ from faker import Faker
 from web_support import Site
 
 import relay.web
+from relay.links import make_link_maker
 from relay.tokens import TokenCodec
 from relay.web import MAX_BODY, SECURITY_HEADERS
 
@@ -263,3 +264,14 @@ async def test_token_does_not_carry_the_address_in_clear(site: Site, fake: Faker
     for part in (address, address.split("@")[0], address.split("@")[1]):
         assert part.encode() not in raw
         assert part not in token
+
+
+async def test_link_from_the_link_maker_unsubscribes(site: Site, fake: Faker) -> None:
+    address = fake.email()
+    links = make_link_maker(site.codec, site.base, "unsubscribe@example.org")(address, "marketing")
+    async with site.client.get(links.https) as resp:
+        assert resp.status == 200
+    assert await site.store.opted_out(address, "marketing") is False
+    async with site.client.post(links.https, data=ONE_CLICK) as resp:
+        assert resp.status == 200
+    assert await site.store.opted_out(address, "marketing") is True
