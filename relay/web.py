@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import logging
+import traceback
 from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
@@ -63,10 +65,35 @@ _STYLE = (
 
 def _route(request: BaseRequest) -> str:
     """The matched route pattern (`/u/{token}`), never the path that holds the token."""
-    match_info = getattr(request, "match_info", None)
-    route = getattr(match_info, "route", None)
-    resource = getattr(route, "resource", None)
+    try:
+        resource = request.match_info.route.resource  # type: ignore[attr-defined]
+    except (AttributeError, AssertionError):
+        # A BaseRequest (no routing) or a request refused while parsing: no route matched.
+        return "unmatched"
     return resource.canonical if resource is not None else "unmatched"
+
+
+class _RedactServerErrors(logging.Filter):
+    """Keep aiohttp's error records but drop their messages.
+
+    aiohttp logs a malformed request with its raw request line, which holds the token.
+    The record keeps the exception's type and traceback frames (code, not data).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            record.msg, record.args = "http server: %s", (record.levelname.lower(),)
+        else:
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            record.msg, record.args = "http server error: %s\n%s", (type(exc).__name__, frames)
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+server_log = logging.getLogger("relay.web.server")
+server_log.addFilter(_RedactServerErrors())
 
 
 class AccessLog(AbstractAccessLogger):
@@ -295,7 +322,7 @@ def build_app(
 
 async def start_http(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Serve `app` on host:port (0: a free port, see bound_port); stop with runner.cleanup()."""
-    runner = web.AppRunner(app, access_log_class=AccessLog, shutdown_timeout=5.0)
+    runner = web.AppRunner(app, access_log_class=AccessLog, logger=server_log, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

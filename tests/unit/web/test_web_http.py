@@ -275,3 +275,42 @@ async def test_link_from_the_link_maker_unsubscribes(site: Site, fake: Faker) ->
     async with site.client.post(links.https, data=ONE_CLICK) as resp:
         assert resp.status == 200
     assert await site.store.opted_out(address, "marketing") is True
+
+
+async def test_malformed_requests_do_not_log_the_token(
+    site: Site, fake: Faker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # aiohttp reports a malformed request with its raw request line; ours drops the message.
+    caplog.set_level(logging.DEBUG)
+    token = site.codec.issue(fake.email(), "marketing")
+    port = int(site.base.rsplit(":", 1)[1])
+    requests = [
+        f"GET /u/{token} HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        f"GET /u/{token}\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+    ]
+    with structlog.testing.capture_logs() as events:
+        for raw_request in requests:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(raw_request.encode())
+            await writer.drain()
+            status_line = (await asyncio.wait_for(reader.readline(), 5)).decode()
+            writer.close()
+            await writer.wait_closed()
+            assert status_line.split()[1] == "400"
+        for _ in range(50):
+            if sum("route" in e for e in events) == 2:
+                break
+            await asyncio.sleep(0.02)
+    assert [(e["route"], e["status"]) for e in events if "route" in e] == [
+        ("unmatched", 400),
+        ("unmatched", 400),
+    ]
+    server_errors = [
+        r.getMessage().splitlines()[0] for r in caplog.records if r.name == "relay.web.server"
+    ]
+    assert server_errors == [
+        "http server error: BadHttpMessage",
+        "http server error: InvalidURLError",
+    ]
+    assert token not in caplog.text
+    assert token not in repr(events)
