@@ -2,5 +2,13 @@
 
 from relay.audit.hashing import recipient_hash
 from relay.audit.log import AuditError, AuditLog
+from relay.audit.verify import Problem, VerifyReport, verify
 
-__all__ = ["AuditError", "AuditLog", "recipient_hash"]
+__all__ = [
+    "AuditError",
+    "AuditLog",
+    "Problem",
+    "VerifyReport",
+    "recipient_hash",
+    "verify",
+]
