@@ -73,6 +73,12 @@ class _Walker:
         self.seen: dict[int, _Seen] = {}
         self.gaps: list[_Gap] = []
         self.last_ts = ""
+        # The record just read, and the out-of-place run it belongs to, if any: a
+        # moved block is reported once at its first line, not at every line of it.
+        self.previous: _Seen | None = None
+        self.run: Problem | None = None
+        self.run_tail: _Seen | None = None
+        self.run_length = 0
 
     def problem(self, file: Path, line: int, seq: int | None, message: str) -> Problem:
         found = Problem(file, line, seq, message)
@@ -130,6 +136,7 @@ class _Walker:
         else:
             self.check_link(here, record, last, where)
         self.bad = []
+        self.previous = here
         self.seen.setdefault(seq, here)
         restarted = seq == 0 and record["prev"] == GENESIS
         if last is None or seq > last.seq or restarted:
@@ -193,12 +200,30 @@ class _Walker:
             problem = self.problem(here.file, here.line, here.seq, "")
             self.gaps.append(_Gap(problem, expected, here.seq - 1, bool(where)))
         else:
-            earlier = self.seen.get(here.seq)
-            if earlier is not None and earlier.hash == here.hash:
-                message = f"repeats the record at {earlier.file}:{earlier.line} (duplicated)"
-            else:
-                message = f"out of order: seq {here.seq} comes after seq {last.seq}"
-            self.problem(here.file, here.line, here.seq, where + message)
+            self.out_of_place(here, record, last, where)
+
+    def out_of_place(self, here: _Seen, record: Record, last: _Seen, where: str) -> None:
+        before = self.previous
+        if (
+            self.run is not None
+            and before is not None
+            and self.run_tail == before
+            and here.seq == before.seq + 1
+            and record["prev"] == before.hash
+        ):
+            self.run_length += 1
+            self.run_tail = here
+            base = self.run.message.split("; so are the next")[0]
+            self.run.message = f"{base}; so are the next {self.run_length} record(s) after it"
+            return
+        earlier = self.seen.get(here.seq)
+        if earlier is not None and earlier.hash == here.hash:
+            message = f"repeats the record at {earlier.file}:{earlier.line} (duplicated)"
+        else:
+            message = f"out of order: seq {here.seq} comes after seq {last.seq}"
+        self.run = self.problem(here.file, here.line, here.seq, where + message)
+        self.run_tail = here
+        self.run_length = 0
 
     def describe_gaps(self) -> None:
         """Name each gap once every line has been read: were the records moved or deleted?"""
