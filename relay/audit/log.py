@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import threading
 import time
@@ -23,6 +24,13 @@ _V = TypeVar("_V")
 
 RESERVED = frozenset({"type", "ts", "seq", "prev", "hash", "event"})
 """Names an event's fields may not take: the chain and record header own them."""
+
+INVALID_CODE = "(invalid)"
+"""Stands in for a code-like field (category, rule, reason, kind) holding anything else."""
+
+# Codes are short identifiers. A value outside this shape may come from a client
+# (a category header) and could carry PHI, so it is never written as given.
+_CODE = re.compile(r"[A-Za-z0-9_.:+/-]{0,100}")
 
 MAX_REPLY_TEXT = 512
 """Upstream reply text is cut here so that one odd server cannot bloat the log."""
@@ -111,17 +119,17 @@ class AuditLog:
                 "sender_domain": d.sender_domain,
                 "recipients": self._hashes(d.recipients),
                 "accepted": self._hashes(d.accepted),
-                "dropped": self._hash_map(d.dropped, lambda reason: reason),
-                "category": d.category,
+                "dropped": self._hash_map(d.dropped, _code),
+                "category": _code(d.category),
                 "mode": d.mode,
                 "action": _action(d.action),
                 "enforced_action": _action(d.enforced_action),
                 "verdicts": [
                     {
-                        "rule": v.rule,
+                        "rule": _code(v.rule),
                         "action": _action(v.action),
-                        "reason": v.reason,
-                        "kinds": list(v.kinds),
+                        "reason": _code(v.reason),
+                        "kinds": [_code(k) for k in v.kinds],
                     }
                     for v in d.verdicts
                 ],
@@ -395,6 +403,10 @@ def _fsync_dir(directory: Path) -> None:
 
 def _rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def _code(value: str) -> str:
+    return value if _CODE.fullmatch(value) else INVALID_CODE
 
 
 def _action(action: Action) -> str:

@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import relay.audit.log as audit_log
 from relay.audit import AuditError, AuditLog, recipient_hash, verify
 from relay.audit.chain import GENESIS, chain_key, record_hash
 from relay.audit.redact import redact
-from relay.model import Reply
+from relay.model import Action, Reply, Verdict
 
 
 def h(address: str) -> str:
@@ -471,3 +472,28 @@ def test_recipient_hash_uses_the_canonical_address() -> None:
 )
 def test_redact(text: str, expected: str) -> None:
     assert redact(text) == expected
+
+
+def test_code_fields_holding_free_text_are_replaced(tmp_path: Path) -> None:
+    """A category can come from a client header; free text there could be PHI."""
+    path = tmp_path / "audit.log"
+    odd = replace(
+        decision(),
+        category="Pat Doe diabetes",
+        verdicts=(Verdict("category", Action.REJECT, "category.unknown", ("Pat Doe", "ok-1")),),
+    )
+    with AuditLog(path, key=KEY) as log:
+        log.decision(odd)
+    [rec] = records(path)
+    assert (rec["category"], rec["verdicts"]) == (
+        "(invalid)",
+        [
+            {
+                "rule": "category",
+                "action": "reject",
+                "reason": "category.unknown",
+                "kinds": ["(invalid)", "ok-1"],
+            }
+        ],
+    )
+    assert b"Pat Doe" not in path.read_bytes()
