@@ -261,7 +261,8 @@ class AuditLog:
         try:
             out.write(line.decode("ascii"))
             out.flush()
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, AttributeError) as exc:
+            # AttributeError: no stdout at all (sys.stdout is None when detached).
             raise AuditError(f"cannot write audit records to stdout: {type(exc).__name__}") from exc
 
     def _open(self, *, resume: bool) -> None:
@@ -273,6 +274,9 @@ class AuditLog:
         assert self._path is not None
         path = self._path
         try:
+            # First start: the state directory may not exist yet; keep it private.
+            if not path.parent.exists():
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             existed = path.exists()
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:

@@ -79,6 +79,7 @@ class _Walker:
         self.run: Problem | None = None
         self.run_tail: _Seen | None = None
         self.run_length = 0
+        self.spliced: tuple[_Seen, Problem] | None = None
 
     def problem(self, file: Path, line: int, seq: int | None, message: str) -> Problem:
         found = Problem(file, line, seq, message)
@@ -188,14 +189,20 @@ class _Walker:
                 f"({last.file}:{last.line}): the log was reset or files were mixed",
             )
         elif here.seq == expected:
-            if record["prev"] != last.hash:
-                self.problem(
-                    here.file,
-                    here.line,
-                    here.seq,
-                    f"{where}does not link to the record before it "
-                    f"({last.file}:{last.line}): taken from another chain",
-                )
+            if record["prev"] == last.hash:
+                return
+            if self.spliced is not None and self.spliced[0] == last:
+                # The record after a foreign one cannot link to it either; one report.
+                self.spliced[1].message += "; it replaced the original record"
+                return
+            problem = self.problem(
+                here.file,
+                here.line,
+                here.seq,
+                f"{where}does not link to the record before it "
+                f"({last.file}:{last.line}): taken from another chain",
+            )
+            self.spliced = (here, problem)
         elif here.seq > expected:
             problem = self.problem(here.file, here.line, here.seq, "")
             self.gaps.append(_Gap(problem, expected, here.seq - 1, bool(where)))

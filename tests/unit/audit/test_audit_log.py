@@ -497,3 +497,9 @@ def test_code_fields_holding_free_text_are_replaced(tmp_path: Path) -> None:
         ],
     )
     assert b"Pat Doe" not in path.read_bytes()
+
+
+def test_missing_state_directory_is_created_private(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "audit.log"
+    write_events(path, 1).close()
+    assert (path.parent.stat().st_mode & 0o777, path.stat().st_mode & 0o777) == (0o700, 0o600)

@@ -10,7 +10,7 @@ import pytest
 from audit_support import KEY, lines, write_events
 
 from relay.audit import verify
-from relay.audit.chain import canonical
+from relay.audit.chain import canonical, chain_key, record_hash
 
 
 def six(tmp_path: Path, name: str = "audit.log") -> tuple[Path, list[bytes]]:
@@ -235,3 +235,30 @@ def test_edit_in_an_old_file_names_that_file(rotated: list[Path]) -> None:
 def test_unreadable_file_raises_os_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         verify([tmp_path / "missing.log"], KEY)
+
+
+def test_record_spliced_from_another_chain_under_the_same_key(tmp_path: Path) -> None:
+    path, raw = six(tmp_path)
+    other = tmp_path / "other.log"
+    log = write_events(other, 0)
+    for i in range(6):
+        log.event("other", n=i)
+    log.close()
+    raw[3] = lines(other)[3]
+    path.write_bytes(b"".join(raw))
+    assert found(path) == [
+        (
+            4,
+            3,
+            f"does not link to the record before it ({path}:3): taken from another chain; "
+            "it replaced the original record",
+        ),
+    ]
+
+
+def test_chain_start_must_link_to_genesis(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    rec = {"type": "event", "event": "x", "seq": 0, "prev": "1" * 64}
+    rec["hash"] = record_hash(chain_key(KEY), rec)
+    path.write_bytes(canonical(rec) + b"\n")
+    assert found(path) == [(1, 0, "chain start does not link to the genesis value")]
