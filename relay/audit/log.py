@@ -314,14 +314,12 @@ class AuditLog:
         if self._size == 0:
             return None
         truncated = self._last_byte() != b"\n"
-        lines = list(self._lines_backwards())
+        lines = list(self._complete_lines_backwards())
         restart: tuple[str, int] | None = None
         if truncated:
             restart = ("truncated-write", self._count_lines())
             self._write_file(b"\n")
-        for index, raw in enumerate(lines):
-            if truncated and index == 0:
-                continue
+        for raw in lines:
             try:
                 record = parse(raw)
             except ValueError:
@@ -357,18 +355,22 @@ class AuditLog:
                 last = chunk[-1:]
         return newlines if last == b"\n" else newlines + 1
 
-    def _lines_backwards(self) -> Iterator[bytes]:
-        """Non-empty lines from the end of the file, newest first, within the scan limit."""
+    def _complete_lines_backwards(self) -> Iterator[bytes]:
+        """Newline-ended, non-blank lines from the end of the file, newest first.
+
+        Only the last `_SCAN_BACK_LIMIT` bytes are read; a half-written last line is
+        left out (the caller deals with it).
+        """
         assert self._path is not None
         with self._path.open("rb") as fh:
             end = self._size
             start = max(0, end - _SCAN_BACK_LIMIT)
             fh.seek(start)
             data = fh.read(end - start)
-        lines = data.split(b"\n")
-        if start > 0:
-            lines = lines[1:]  # the first piece is probably the tail of a cut line
-        for line in reversed(lines):
+        pieces = data.split(b"\n")[:-1]  # the piece after the last newline is not a line
+        if start > 0 and pieces:
+            pieces = pieces[1:]  # the first piece is probably the tail of a cut line
+        for line in reversed(pieces):
             if line.strip():
                 yield line
 

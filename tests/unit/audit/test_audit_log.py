@@ -503,3 +503,21 @@ def test_missing_state_directory_is_created_private(tmp_path: Path) -> None:
     path = tmp_path / "state" / "audit.log"
     write_events(path, 1).close()
     assert (path.parent.stat().st_mode & 0o777, path.stat().st_mode & 0o777) == (0o700, 0o600)
+
+
+def test_file_without_any_record_starts_a_new_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    path.write_bytes(b"garbage one\ngarbage two\n   ")
+    write_events(path, 1).close()
+    restart, event = (json.loads(x) for x in lines(path)[3:])
+    assert (restart["reason"], restart["bad_line"], restart["seq"], restart["prev"]) == (
+        "truncated-write",
+        3,
+        0,
+        GENESIS,
+    )
+    assert (event["seq"], event["prev"]) == (1, restart["hash"])
+    assert [(p.line, p.message) for p in verify([path], KEY).problems] == [
+        (1, "not a valid record: line is not JSON"),
+        (2, "not a valid record: line is not JSON"),
+    ]
