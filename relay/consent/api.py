@@ -16,7 +16,10 @@ ALL = "all"
 """The opt-out category that suppresses every footer-bearing category."""
 
 _SCOPE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
-_TAG = re.compile(r"^[a-z0-9][a-z0-9 ._+-]{0,63}$")
+# Tags are whatever the PHI detector names (ICD-10 phrases such as "cushing's syndrome",
+# "mature t/nk-cell lymphomas"), so most punctuation is allowed; ";" and "," are not
+# because they separate tags in CSV files and in `consent list` output.
+_TAG = re.compile(r"^[^\W_][^\x00-\x1f\x7f;,]{0,99}$")
 
 
 class ConsentError(ValueError):
@@ -151,7 +154,8 @@ def check_conditions(conditions: Iterable[str]) -> frozenset[str]:
         tag = " ".join(raw.split()).lower()
         if not _TAG.match(tag):
             raise ConsentError(
-                "condition: expected lower-case letters, digits, space and . _ + -, up to 64"
+                "condition: expected a lower-case name of up to 100 characters,"
+                " starting with a letter or digit, without ';' or ','"
             )
         out.add(tag)
     return frozenset(out)

@@ -87,7 +87,9 @@ class Segmentation:
             return Verdict.ok(self.name)
         text = message_text(ctx)
         # The detector is CPU work over the whole body: keep it off the event loop.
-        named = await asyncio.to_thread(self.detector.conditions, text)
+        found_tags = await asyncio.to_thread(self.detector.conditions, text)
+        # The form the store keeps tags in, so "Diabetes" from a detector matches "diabetes".
+        named = frozenset(" ".join(tag.split()).lower() for tag in found_tags)
         if not named:
             return Verdict.ok(self.name)
         recipients = ctx.envelope.rcpt_tos

@@ -112,8 +112,8 @@ def test_grant_list_revoke(capsys: pytest.CaptureFixture[str], url: str) -> None
         ),
         (
             ["a@example.org", "--condition", "a;b"],
-            "phi-relay consent: condition: expected lower-case letters, digits, space and"
-            " . _ + -, up to 64\n",
+            "phi-relay consent: condition: expected a lower-case name of up to 100 characters,"
+            " starting with a letter or digit, without ';' or ','\n",
         ),
     ],
 )

@@ -371,3 +371,17 @@ async def test_unreachable_postgresql_is_a_store_error_without_the_password() ->
         await open_store(f"postgresql://user:s3cret-pw@127.0.0.1:{port}/db")
     assert "s3cret-pw" not in str(failed.value)
     assert str(failed.value).startswith("consent store (postgresql) unreachable: ")
+
+
+async def test_condition_tags_take_the_detectors_phrases(store: ConsentStore) -> None:
+    rcpt = address()
+    tags = ["Cushing's  Syndrome", "mature t/nk-cell lymphomas", "leprosy [hansen's disease]"]
+    await store.grant(rcpt, "marketing", tags, "f", at=T0)
+    found = await store.authorization(rcpt, "marketing", T0)
+    assert found is not None
+    assert found.conditions == frozenset(
+        {"cushing's syndrome", "mature t/nk-cell lymphomas", "leprosy [hansen's disease]"}
+    )
+    for bad in ("a;b", "a,b", " ", "[x]", "x" * 101, "a\x01b"):
+        with pytest.raises(ConsentError, match=r"^condition: "):
+            await store.grant(rcpt, "marketing", [bad], "f")
