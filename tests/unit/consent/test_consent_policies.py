@@ -18,6 +18,7 @@ from relay.model import (
     TlsInfo,
     Verdict,
 )
+from relay.phi.api import Finding
 from relay.policy import REGISTRY
 from relay.policy.base import ConfigError, PolicyDeps, Section
 from relay.policy.consent import Consent
@@ -43,7 +44,7 @@ class TinyDetector:
     def __init__(self) -> None:
         self.calls = 0
 
-    def scan(self, text: str) -> list[object]:
+    def scan(self, text: str) -> list[Finding]:
         return []
 
     def conditions(self, text: str) -> frozenset[str]:

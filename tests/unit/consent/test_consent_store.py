@@ -21,7 +21,7 @@ Faker.seed(4)
 
 
 def address() -> str:
-    return fake.unique.email()
+    return str(fake.unique.email())
 
 
 # --- authorizations ------------------------------------------------------------------------------
