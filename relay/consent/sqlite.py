@@ -350,6 +350,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         # The path is the operator's own configuration, not PHI; name it so they can fix it.
         raise StoreError(f"consent store {path}: {exc}") from exc
+    except OSError as exc:
+        raise StoreError(f"consent store {path}: {exc.strerror or type(exc).__name__}") from exc
 
 
 def _connect_unchecked(path: Path) -> sqlite3.Connection:

@@ -357,8 +357,9 @@ async def test_relative_sqlite_path_is_under_the_current_directory(
 async def test_unusable_sqlite_path_is_a_store_error(tmp_path: Path) -> None:
     target = tmp_path / "a-directory.db"
     target.mkdir()
-    with pytest.raises((StoreError, IsADirectoryError)):
+    with pytest.raises(StoreError) as failed:
         await open_store(f"sqlite:///{target}")
+    assert str(failed.value) == f"consent store {target}: Is a directory"
 
 
 async def test_unreachable_postgresql_is_a_store_error_without_the_password() -> None:
