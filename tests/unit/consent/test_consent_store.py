@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import stat
 from datetime import UTC, datetime, timedelta
@@ -386,3 +387,11 @@ async def test_condition_tags_take_the_detectors_phrases(store: ConsentStore) ->
     for bad in ("a;b", "a,b", " ", "[x]", "x" * 101, "a\x01b"):
         with pytest.raises(ConsentError, match=r"^condition: "):
             await store.grant(rcpt, "marketing", [bad], "f")
+
+
+async def test_concurrent_optouts_for_one_pair_keep_one_row(store: ConsentStore) -> None:
+    rcpt = address()
+    await asyncio.gather(*(store.add_optout(rcpt, "all", "one-click") for _ in range(20)))
+    assert [(o.recipient, o.category) for o in await store.list_optouts(rcpt)] == [
+        (rcpt.lower(), "all")
+    ]
