@@ -30,6 +30,7 @@ from email.errors import (
     MultipartInvariantViolationDefect,
     StartBoundaryNotFoundDefect,
 )
+from email.header import Header
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 
@@ -178,8 +179,10 @@ def _fold(name: str, value: str) -> bytes:
         # encoded-word; fold only at existing whitespace instead.
         words = value.split(" ")
         return _fold_words(name, words, " ")
-    folded: str = email.policy.SMTP.fold(name, value)
-    return folded.encode("ascii")
+    # email.policy's folder leaves a short non-ASCII value unencoded (8-bit on the wire);
+    # Header always produces RFC 2047 encoded-words and folds them.
+    encoded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+    return f"{name}: {encoded}\r\n".encode("ascii")
 
 
 def _apply_header_mods(
