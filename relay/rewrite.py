@@ -262,19 +262,25 @@ def _split_multipart(raw: bytes, part: _Part, depth: int) -> None:
     delimiter = b"--" + part.boundary
     marks: list[tuple[int, int]] = []  # (line start, line end after CRLF)
     pos = part.body_start
-    while pos < part.end:
-        nl = raw.find(CRLF, pos, part.end)
+    while True:
+        # Jump between candidate delimiters rather than walking every line of the
+        # (often large, base64) parts in between.
+        found = raw.find(delimiter, pos, part.end)
+        if found < 0:
+            break
+        nl = raw.find(CRLF, found, part.end)
         line_end = part.end if nl < 0 else nl + 2
-        line = raw[pos:line_end]
-        if line.startswith(delimiter):
-            rest = line[len(delimiter) :].rstrip(b"\r\n")
-            closing = rest.startswith(b"--")
-            if not rest.removeprefix(b"--").strip(b" \t"):
-                marks.append((pos, line_end))
-                if closing:
-                    part.close_at = pos
-                    break
         pos = line_end
+        if found != part.body_start and raw[found - 2 : found] != CRLF:
+            pos = found + 1
+            continue  # not at the start of a line
+        rest = raw[found + len(delimiter) : line_end].rstrip(b"\r\n")
+        closing = rest.startswith(b"--")
+        if not rest.removeprefix(b"--").strip(b" \t"):
+            marks.append((found, line_end))
+            if closing:
+                part.close_at = found
+                break
     if part.close_at < 0 or len(marks) < 1:
         raise RewriteError("mime.malformed")
     child_type = "message/rfc822" if part.ctype == "multipart/digest" else "text/plain"
