@@ -1,0 +1,27 @@
+"""The PHI detector package: `default_detector()` is what the relay's policies use."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from relay.phi.api import Detector, Finding
+
+if TYPE_CHECKING:
+    from relay.phi.roster import Roster
+
+__all__ = ["Detector", "Finding", "default_detector"]
+
+_CACHE: dict[int, Detector] = {}
+
+
+def default_detector(roster: Roster | None = None) -> Detector:
+    """The shared detector (vocabularies loaded once); one per roster object."""
+    key = id(roster)
+    detector = _CACHE.get(key)
+    if detector is None:
+        from relay.phi.detector import PhiDetector
+
+        detector = PhiDetector(roster=roster)
+        # The roster is kept alive by the detector, so its id is not reused while cached.
+        _CACHE[key] = detector
+    return detector

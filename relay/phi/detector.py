@@ -1,0 +1,807 @@
+"""The subject-line PHI detector: identifiers with validation, health facts tied to a person.
+
+A subject carries PHI when it holds a HIPAA identifier (validated, and for
+dates, phones and addresses tied to a person), or a health fact (condition,
+medication, test, result) together with something that makes it about one
+person: a name, a second-person possessive, a patient cue, a result statement
+or a prescription. Health words alone ("5 tips to manage diabetes") are
+education. See docs/phi-detection.md for every rule.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from relay.phi import kinds, lexicon
+from relay.phi.api import Finding
+
+if TYPE_CHECKING:
+    from relay.phi.roster import Roster
+
+DATA = Path(__file__).with_name("data")
+
+# Accent folding that keeps offsets: one character in, one character out.
+_FOLD = str.maketrans(
+    "áàâäãåāéèêëēíìîïīóòôöõōúùûüūñçÁÀÂÄÃÅĀÉÈÊËĒÍÌÎÏĪÓÒÔÖÕŌÚÙÛÜŪÑÇ",
+    "aaaaaaaeeeeeiiiiioooooouuuuuncAAAAAAAEEEEEIIIIIOOOOOOUUUUUNC",
+)
+_TOKEN = re.compile(r"[^\W_]+(?:['\-][^\W_]+)*")
+
+_MONTHS_EN = (
+    r"jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
+    r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?"
+)
+_MONTHS_ES = (
+    r"enero|febrero|marzo|abril|mayo|junio|julio|agosto|septiembre|setiembre|octubre|"
+    r"noviembre|diciembre|ene|feb|abr|ago|sept?|dic"
+)
+_ORD = r"(?:st|nd|rd|th|º|°)?"
+_DATE_PATTERNS = (
+    # numeric, month or day first, 2- or 4-digit year
+    re.compile(r"(?<![\w/.-])(\d{1,2})[/.-](\d{1,2})[/.-](\d{4}|\d{2})(?![\w/-])"),
+    # ISO 8601
+    re.compile(r"(?<![\w-])((?:19|20)\d{2})[-/.](\d{1,2})[-/.](\d{1,2})(?![\w-])"),
+    # month and day without a year: "3/14" (only counted with a care or birth cue)
+    re.compile(r"(?<![\w/.-])(\d{1,2})/(\d{1,2})(?![\w/.-])"),
+    # written months: "March 3rd, 1985", "Mar. 3", "March 1985"
+    re.compile(
+        rf"\b(?:{_MONTHS_EN})\.?\s+(?:\d{{1,2}}{_ORD}\b(?:,?\s+(?:19|20)\d{{2}})?|(?:19|20)\d{{2}}\b)",
+        re.I,
+    ),
+    # "3rd of March 1985", "3 March"
+    re.compile(
+        rf"\b\d{{1,2}}{_ORD}\s+(?:of\s+)?(?:{_MONTHS_EN})\b\.?(?:,?\s+(?:19|20)\d{{2}})?", re.I
+    ),
+    # Spanish: "3 de marzo de 1985", "marzo de 2024"
+    re.compile(
+        rf"\b(?:\d{{1,2}}\s+de\s+)?(?:{_MONTHS_ES})(?:\s+(?:de|del)\s+(?:19|20)\d{{2}})?\b", re.I
+    ),
+    # "the 3rd"
+    re.compile(r"\bthe\s+\d{1,2}(?:st|nd|rd|th)\b", re.I),
+)
+_SSN = re.compile(r"(?<![\w-])(\d{3})([- .]?)(\d{2})\2(\d{4})(?![\w-])")
+_SSN_LAST4 = re.compile(
+    r"\b(?:ssn|social security(?: number)?|ss#|seguro social)\W{0,3}(?:\w+\s+){0,3}?\d{4}\b", re.I
+)
+_PHONE = re.compile(
+    r"(?<![\w+])(?:\+?1[-. ]?)?(?:\((\d{3})\)\s?|(\d{3})([-. ]))(\d{3})[-. ](\d{4})"
+    r"(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?!\w)"
+)
+_PHONE_BARE = re.compile(r"(?<![\w+])(?:\+?1)?([2-9]\d{9})(?!\w)")
+_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
+_DEA = re.compile(r"\b([ABCDEFGHJKLMPRSTUX][A-Z9])(\d{7})\b")
+_NPI = re.compile(r"(?<![\w-])([12]\d{9})(?![\w-])")
+_ICD_DOTTED = re.compile(r"\b([A-TV-Z]\d[0-9AB])\.([0-9A-Z]{1,4})\b")
+_ICD_BARE = re.compile(r"\b([A-TV-Z]\d[0-9AB])([0-9A-Z]{0,4})\b")
+_CPT = re.compile(r"\b(\d{4}[0-9FTU]|[A-V]\d{4})\b")
+_LONG_NUMBER = re.compile(r"(?<![\w.,/-])\d{8,}(?![\w.,/-])")
+_ALNUM_ID = re.compile(r"\b(?=[A-Z0-9-]*\d[A-Z0-9-]*\d[A-Z0-9-]*\d)[A-Z]{1,4}-?\d{5,}[A-Z]?\b")
+_ID_VALUE = re.compile(
+    r"[#:]?\s*(?:(?:no|num|number|id|is|ending|in|nº|n°)\.?\s*[#:]?\s*){0,2}([A-Z0-9][A-Z0-9-]{3,})",
+    re.I,
+)
+_DOSE = re.compile(r"\b\d+(?:\.\d+)?\s?(?:mg|mcg|µg|ml|iu|units?|tabs?|tablets?|caps?)\b", re.I)
+_ZIP_AFTER_STATE = re.compile(
+    r"\b(?:A[LKZR]|C[AOT]|D[EC]|FL|GA|HI|I[DLNA]|K[SY]|LA|M[EDAINSOT]|N[EVHJMYCD]|O[HKR]|PA|RI|"
+    r"S[CD]|T[NX]|UT|V[TA]|W[AVIY]|PR)\s+(\d{5}(?:-\d{4})?)\b"
+)
+_ZIP_CUE = re.compile(
+    r"\b(?:zip(?: code)?|codigo postal|c\.?p\.?)\W{0,3}(\d{5}(?:-\d{4})?)\b", re.I
+)
+_RESULTS_POSS = re.compile(
+    r"\b(?:your|you're|youre|tus|sus|tu|su|my|mis|mi)\s+(?:[\w-]+\s+){0,3}?"
+    r"(?:results?|resultados?|reports?|informes?|findings|levels?|readings?|numbers)\b"
+)
+_RESULTS_READY = re.compile(
+    r"\b(?:lab|labs|test|blood|bloodwork|pathology|imaging|biopsy|scan|screening|a1c|mri|x-ray|"
+    r"analisis|laboratorio|examen|prueba)\s+(?:results?|report|resultados?|informe)\b"
+    r"|\b(?:resultados?|informe)\s+de\s+(?:laboratorio|analisis|examen|prueba|sangre)\b"
+)
+_RX_POSS = re.compile(
+    r"\b(?:your|tus|sus|tu|su|my|mis|mi)\s+(?:[\w-]+\s+){0,2}?"
+    r"(?:prescriptions?|rx|refills?|medications?|medicines?|recetas?|medicamentos?|"
+    r"medicinas?|dosis|dose)\b"
+)
+_RX_READY = re.compile(
+    r"\b(?:prescription|rx|refill|receta|medicamento)s?\s+(?:is\s+|are\s+|esta\s+)?"
+    r"(?:ready|listo|lista|listos|available|for pick-?up|para recoger|filled|approved|denied)\b"
+)
+_ROLE_MAILBOX = frozenset(
+    {
+        "info",
+        "contact",
+        "support",
+        "billing",
+        "noreply",
+        "no-reply",
+        "appointments",
+        "scheduling",
+        "help",
+        "office",
+        "admin",
+        "hello",
+        "team",
+        "news",
+        "newsletter",
+        "records",
+        "frontdesk",
+        "privacy",
+        "compliance",
+        "care",
+        "careteam",
+        "pharmacy",
+        "marketing",
+        "events",
+        "webmaster",
+        "donotreply",
+        "do-not-reply",
+        "citas",
+        "contacto",
+    }
+)
+_TOLL_FREE = frozenset({"800", "888", "877", "866", "855", "844", "833"})
+_PERSONAL_PLACE = frozenset(
+    {
+        "home",
+        "house",
+        "your",
+        "su",
+        "tu",
+        "patient",
+        "paciente",
+        "mailing",
+        "deliver",
+        "delivery",
+        "ship",
+        "shipping",
+        "domicilio",
+        "direccion",
+        "address",
+        "residence",
+    }
+)
+_PHONE_PERSONAL = frozenset(
+    {
+        "cell",
+        "mobile",
+        "home",
+        "your",
+        "my",
+        "callback",
+        "call-back",
+        "patient",
+        "paciente",
+        "celular",
+        "movil",
+        "su",
+        "tu",
+        "contact",
+        "emergency",
+        "caregiver",
+        "wife",
+        "husband",
+        "mother",
+        "daughter",
+        "son",
+        "pt",
+    }
+)
+_MED_MARKETING = frozenset(
+    {"sale", "save", "discount", "coupon", "off", "deal", "deals", "savings", "oferta"}
+)
+# A second-person CTA verb before a preventive service is marketing ("Get your flu shot").
+_CTA = frozenset(
+    {
+        "get",
+        "schedule",
+        "book",
+        "protect",
+        "time",
+        "due",
+        "remember",
+        "dont",
+        "don't",
+        "reserve",
+        "make",
+        "plan",
+        "vacunese",
+        "programe",
+        "agende",
+    }
+)
+_SENSITIVE_ICD: tuple[tuple[str, str, str], ...] = (
+    ("B20", "B20", kinds.HIV),
+    ("Z21", "Z21", kinds.HIV),
+    ("F10", "F19", kinds.SUBSTANCE_USE),
+    ("F20", "F69", kinds.MENTAL_HEALTH),
+    ("F90", "F99", kinds.MENTAL_HEALTH),
+    ("F32", "F33", kinds.MENTAL_HEALTH),
+    ("O00", "O9A", kinds.REPRODUCTIVE_HEALTH),
+    ("Z30", "Z39", kinds.REPRODUCTIVE_HEALTH),
+    ("A50", "A64", kinds.SEXUAL_HEALTH),
+)
+
+_MONTH_WORDS = frozenset(
+    [
+        "january",
+        "february",
+        "march",
+        "april",
+        "may",
+        "june",
+        "july",
+        "august",
+        "september",
+        "october",
+        "november",
+        "december",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+    ]
+)
+
+
+def _lines(name: str) -> list[str]:
+    text = (DATA / name).read_text(encoding="utf-8")
+    return [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+
+
+def fold(text: str) -> str:
+    """Lower case without accents, same length as `text` so spans stay valid."""
+    folded = text.translate(_FOLD).lower()
+    if len(folded) != len(text):
+        # A few characters lower-case to two ("İ"); keep offsets by folding one by one.
+        folded = "".join(ch.lower()[0] if ch.lower() else ch for ch in text.translate(_FOLD))
+    return folded
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def npi_ok(number: str) -> bool:
+    """NPI check digit: Luhn over the number prefixed with the card issuer id 80840."""
+    return len(number) == 10 and number.isdigit() and luhn_ok("80840" + number)
+
+
+def dea_ok(number: str) -> bool:
+    """DEA registration: two letters, seven digits, the last a checksum of the first six."""
+    if not re.fullmatch(r"[A-Z][A-Z9]\d{7}", number):
+        return False
+    d = [int(c) for c in number[2:]]
+    check = (d[0] + d[2] + d[4]) + 2 * (d[1] + d[3] + d[5])
+    return check % 10 == d[6]
+
+
+def ssn_ok(area: str, group: str, serial: str) -> bool:
+    """SSA rules: no area 000, 666 or 900-999; no group 00; no serial 0000."""
+    return (
+        area != "000"
+        and area != "666"
+        and not area.startswith("9")
+        and group != "00"
+        and serial != "0000"
+    )
+
+
+def _date_ok(a: int, b: int) -> bool:
+    # Month/day in either order (US and Spanish writing), each in range.
+    return (1 <= a <= 12 and 1 <= b <= 31) or (1 <= b <= 12 and 1 <= a <= 31)
+
+
+@dataclass(frozen=True, slots=True)
+class _Mention:
+    start: int
+    end: int
+    index: int  # first token
+    category: str  # condition | medication | procedure | preventive
+    kind: str
+    tag: str
+
+
+class Vocabulary:
+    """Word lists loaded once from data/ and lexicon; shared by every detector."""
+
+    def __init__(self) -> None:
+        phrases: dict[str, tuple[str, str, str]] = {}
+        for term in _lines("conditions_icd10.txt"):
+            phrases[term] = ("condition", kinds.CONDITION, term)
+        for term in _lines("drugs.txt"):
+            phrases.setdefault(term, ("medication", kinds.MEDICATION, ""))
+        for term in lexicon.PROCEDURES:
+            phrases[term] = ("procedure", kinds.PROCEDURE, "")
+        for term in lexicon.PREVENTIVE:
+            phrases[term] = ("preventive", kinds.PROCEDURE, "")
+        for tag, (kind, terms) in lexicon.CONDITION_TAGS.items():
+            for term in terms:
+                phrases[term] = ("condition", kind, tag)
+        self.phrases = phrases
+        self.max_words = max(len(p.split()) for p in phrases)
+        self.phrase_starts = frozenset(p.split()[0] for p in phrases)
+        self.first_names = frozenset(_lines("names_first.txt"))
+        self.last_names = frozenset(_lines("names_last.txt"))
+        self.ambiguous = frozenset(_lines("names_ambiguous.txt")) | lexicon.NOT_NAMES
+        self.icd_categories = frozenset(_lines("icd10_categories.txt"))
+        suffixes = sorted(
+            (re.escape(s) for s in _lines("street_suffixes.txt") if len(s) >= 2),
+            key=len,
+            reverse=True,
+        )
+        prefixes = sorted(
+            (re.escape(p) for p in _lines("street_prefixes_es.txt") if len(p) >= 2),
+            key=len,
+            reverse=True,
+        )
+        self.address = re.compile(
+            r"\b\d{1,6}(?:\s+[NSEW]\.?)?\s+(?:[A-Z][\w'-]*\.?\s+){1,3}"
+            rf"(?:{'|'.join(suffixes)})\b\.?(?:,?\s+(?:apt|unit|suite|ste|#)\.?\s*\w+)?",
+            re.I,
+        )
+        # The name words after a street number must start upper case; re.I above makes
+        # the suffix match any case, so the capital check happens in the detector.
+        self.address_es = re.compile(
+            rf"\b(?:{'|'.join(prefixes)})\.?\s+(?:[\w'.-]+\s+){{1,5}}?(?:#|no\.?|num\.?|nº)?\s*\d{{1,5}}\b",
+            re.I,
+        )
+
+
+_VOCAB: Vocabulary | None = None
+
+
+def vocabulary() -> Vocabulary:
+    global _VOCAB
+    if _VOCAB is None:
+        _VOCAB = Vocabulary()
+    return _VOCAB
+
+
+class _Text:
+    """One subject, tokenised once; the rules below read it."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.folded = fold(text)
+        spans = [(m.start(), m.end()) for m in _TOKEN.finditer(self.folded)]
+        self.starts = [s for s, _ in spans]
+        self.ends = [e for _, e in spans]
+        self.words = [self.folded[s:e] for s, e in spans]
+        self.orig = [text[s:e] for s, e in spans]
+        self.wordset = frozenset(self.words)
+        self.has_digit = any(ch.isdigit() for ch in text)
+
+    def index_at(self, pos: int) -> int:
+        for i, start in enumerate(self.starts):
+            if start >= pos:
+                return i
+        return len(self.starts)
+
+    def before(self, pos: int, n: int) -> list[str]:
+        i = self.index_at(pos)
+        return self.words[max(0, i - n) : i]
+
+    def any(self, words: frozenset[str]) -> bool:
+        return not self.wordset.isdisjoint(words)
+
+    @cached_property
+    def generic(self) -> bool:
+        return self.any(lexicon.GENERIC)
+
+    @cached_property
+    def title_case(self) -> bool:
+        alpha = [w for w in self.orig if w[0].isalpha() and len(w) > 3]
+        caps = sum(1 for w in alpha if w[0].isupper())
+        return len(alpha) >= 3 and caps >= 0.8 * len(alpha)
+
+
+class PhiDetector:
+    """Satisfies relay.phi.api.Detector. Stateless per call; safe to share."""
+
+    def __init__(self, vocab: Vocabulary | None = None, roster: Roster | None = None) -> None:
+        self.vocab = vocab or vocabulary()
+        self.roster = roster
+
+    # --- public ---------------------------------------------------------------------
+
+    def scan(self, text: str) -> list[Finding]:
+        t = _Text(text)
+        found: list[Finding] = []
+        if t.has_digit:
+            self._identifiers(t, found)
+        self._emails(t, found)
+        names = self._names(t)
+        if self.roster is not None:
+            names.extend(self.roster.match(t.words, t.starts, t.ends))
+        found.extend(names)
+        person = bool(names) or t.any(lexicon.PATIENT_WORDS)
+        if t.has_digit:
+            self._dates(t, found, person)
+        self._provider(t, found)
+        self._health(t, found, person)
+        return _dedupe(found)
+
+    def conditions(self, text: str) -> frozenset[str]:
+        t = _Text(text)
+        tags = {m.tag for m in self._mentions(t) if m.category == "condition" and m.tag}
+        for m in _ICD_DOTTED.finditer(text):
+            for kind in self._icd_kinds(m.group(1)):
+                tags.add(kind)
+        return frozenset(tags)
+
+    # --- identifiers ------------------------------------------------------------------
+
+    def _identifiers(self, t: _Text, out: list[Finding]) -> None:
+        text, taken = t.text, []
+        for m in _SSN.finditer(text):
+            area, sep, group, serial = m.groups()
+            cued = bool({"ssn", "social", "ss", "seguro", "ssa"} & set(t.before(m.start(), 4)))
+            if ssn_ok(area, group, serial) and (sep or cued):
+                out.append(Finding(kinds.SSN, m.start(), m.end(), 0.95 if cued else 0.85))
+                taken.append((m.start(), m.end()))
+        for m in _SSN_LAST4.finditer(text):
+            out.append(Finding(kinds.SSN, m.start(), m.end(), 0.8))
+        for m in _PHONE.finditer(text):
+            if _overlaps(taken, m.start(), m.end()):
+                continue
+            area = m.group(1) or m.group(2)
+            before = set(t.before(m.start(), 4))
+            kind = kinds.FAX if "fax" in before else kinds.PHONE
+            if kind == kinds.PHONE and self._org_contact(t, area):
+                continue
+            out.append(Finding(kind, m.start(), m.end(), 0.85))
+            taken.append((m.start(), m.end()))
+        for m in _PHONE_BARE.finditer(text):
+            before = set(t.before(m.start(), 3))
+            if before & {"phone", "cell", "tel", "mobile", "call", "fax", "telefono", "celular"}:
+                kind = kinds.FAX if "fax" in before else kinds.PHONE
+                out.append(Finding(kind, m.start(), m.end(), 0.8))
+                taken.append((m.start(), m.end()))
+        for m in _DEA.finditer(text):
+            if dea_ok(m.group(0)):
+                out.append(Finding(kinds.DEA, m.start(), m.end(), 0.9))
+                taken.append((m.start(), m.end()))
+        for m in _NPI.finditer(text):
+            if _overlaps(taken, m.start(), m.end()):
+                continue
+            cued = "npi" in t.before(m.start(), 4)
+            if npi_ok(m.group(1)):
+                out.append(Finding(kinds.NPI, m.start(), m.end(), 0.95 if cued else 0.6))
+                taken.append((m.start(), m.end()))
+        for m in _ICD_DOTTED.finditer(text):
+            if m.group(1) in self.vocab.icd_categories:
+                out.append(Finding(kinds.ICD10, m.start(), m.end(), 0.9))
+                out.extend(Finding(k, m.start(), m.end(), 0.9) for k in self._icd_kinds(m.group(1)))
+                taken.append((m.start(), m.end()))
+        cue_words = set(t.words)
+        if cue_words & {"icd", "icd-10", "icd10", "dx", "diagnosis", "code", "codigo"}:
+            for m in _ICD_BARE.finditer(text):
+                if m.group(1) in self.vocab.icd_categories and not _overlaps(
+                    taken, m.start(), m.end()
+                ):
+                    out.append(Finding(kinds.ICD10, m.start(), m.end(), 0.75))
+                    out.extend(
+                        Finding(k, m.start(), m.end(), 0.75) for k in self._icd_kinds(m.group(1))
+                    )
+                    taken.append((m.start(), m.end()))
+        if cue_words & {"cpt", "hcpcs", "procedure", "billing", "code", "codigo"}:
+            for m in _CPT.finditer(text):
+                cued = "code" in t.before(m.start(), 3) or cue_words & {"cpt", "hcpcs"}
+                if cued and not _overlaps(taken, m.start(), m.end()):
+                    out.append(Finding(kinds.CPT, m.start(), m.end(), 0.8))
+                    taken.append((m.start(), m.end()))
+        self._cued_ids(t, out, taken)
+        for m in _LONG_NUMBER.finditer(text):
+            if not _overlaps(taken, m.start(), m.end()):
+                out.append(Finding(kinds.ACCOUNT, m.start(), m.end(), 0.5))
+                taken.append((m.start(), m.end()))
+        for m in _ALNUM_ID.finditer(text):
+            if not _overlaps(taken, m.start(), m.end()):
+                out.append(Finding(kinds.ACCOUNT, m.start(), m.end(), 0.5))
+                taken.append((m.start(), m.end()))
+        self._addresses(t, out)
+
+    def _cued_ids(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
+        words = t.words
+        for i, word in enumerate(words):
+            two = f"{word} {words[i + 1]}" if i + 1 < len(words) else ""
+            kind = lexicon.ID_CUES.get(two) or lexicon.ID_CUES.get(word)
+            if kind is None:
+                continue
+            end = t.ends[i + 1] if two in lexicon.ID_CUES else t.ends[i]
+            m = _ID_VALUE.match(t.text, end)
+            if m is None:
+                m = _ID_VALUE.match(t.text, end + 1) if end < len(t.text) else None
+            if m is None:
+                continue
+            value = m.group(1)
+            digits = sum(ch.isdigit() for ch in value)
+            if digits < 4 or len(value) < 5 or re.fullmatch(r"(?:19|20)\d{2}", value):
+                continue
+            if _overlaps(taken, m.start(1), m.end(1)):
+                continue
+            out.append(Finding(kind, m.start(1), m.end(1), 0.9))
+            taken.append((m.start(1), m.end(1)))
+
+    def _icd_kinds(self, category: str) -> list[str]:
+        return [k for lo, hi, k in _SENSITIVE_ICD if lo <= category <= hi]
+
+    def _org_contact(self, t: _Text, area: str | None) -> bool:
+        if t.any(_PHONE_PERSONAL):
+            return False
+        return area in _TOLL_FREE or t.any(lexicon.ORG_WORDS)
+
+    def _addresses(self, t: _Text, out: list[Finding]) -> None:
+        personal = t.any(_PERSONAL_PLACE) or t.any(lexicon.PATIENT_WORDS)
+        org = t.any(lexicon.ORG_WORDS) and not personal
+        if org:
+            return
+        for m in self.vocab.address.finditer(t.text):
+            words = m.group(0).split()
+            if len(words) >= 3 and words[1][:1].isupper():
+                out.append(Finding(kinds.ADDRESS, m.start(), m.end(), 0.8))
+        for m in self.vocab.address_es.finditer(t.text):
+            if m.group(0)[:1].isupper():
+                out.append(Finding(kinds.ADDRESS, m.start(), m.end(), 0.75))
+        for pattern in (_ZIP_AFTER_STATE, _ZIP_CUE):
+            for m in pattern.finditer(t.text):
+                out.append(Finding(kinds.ZIP, m.start(1), m.end(1), 0.7))
+
+    def _emails(self, t: _Text, out: list[Finding]) -> None:
+        if "@" not in t.text:
+            return
+        for m in _EMAIL.finditer(t.text):
+            local = m.group(0).split("@", 1)[0].lower()
+            if local not in _ROLE_MAILBOX:
+                out.append(Finding(kinds.EMAIL, m.start(), m.end(), 0.9))
+
+    # --- dates --------------------------------------------------------------------------
+
+    def _dates(self, t: _Text, out: list[Finding], person: bool) -> None:
+        birth = t.any(lexicon.BIRTH_WORDS) or "d.o.b" in t.folded
+        care = t.any(lexicon.DATE_CARE_WORDS)
+        possessive = t.any(lexicon.POSSESSIVE)
+        if not (birth or person or (care and (possessive or not t.generic))):
+            return
+        conf = 0.95 if birth else 0.8
+        for index, pattern in enumerate(_DATE_PATTERNS):
+            for m in pattern.finditer(t.text):
+                if index == 0 and not _date_ok(int(m.group(1)), int(m.group(2))):
+                    continue
+                if index == 1 and not (1 <= int(m.group(2)) <= 12 and 1 <= int(m.group(3)) <= 31):
+                    continue
+                if (index == 2 and not (birth or care)) or (
+                    index == 2 and not _date_ok(int(m.group(1)), int(m.group(2)))
+                ):
+                    continue
+                if index == 5 and not any(ch.isdigit() for ch in m.group(0)):
+                    continue
+                out.append(Finding(kinds.DATE, m.start(), m.end(), conf))
+
+    # --- people -------------------------------------------------------------------------
+
+    def _is_name_word(self, orig: str, word: str) -> bool:
+        return (
+            len(orig) >= 2
+            and orig[0].isupper()
+            and (orig[1:].islower() or orig[1:2] == "'" or len(orig) <= 3)
+            and word not in lexicon.NOT_NAMES
+            and not word.isdigit()
+        )
+
+    def _names(self, t: _Text) -> list[Finding]:
+        v, words, orig, text = self.vocab, t.words, t.orig, t.text
+        found: list[Finding] = []
+        n = len(words)
+
+        def known(word: str) -> bool:
+            base = word[:-2] if word.endswith("'s") else word
+            return base in v.first_names or base in v.last_names
+
+        def add(i: int, j: int, conf: float) -> None:
+            found.append(Finding(kinds.NAME, t.starts[i], t.ends[j], conf))
+
+        def extend(i: int) -> int:
+            # Include a following surname ("Jane Okafor") when it looks like one.
+            if (
+                i + 1 < n
+                and self._is_name_word(orig[i + 1], words[i + 1])
+                and (known(words[i + 1]) or not t.title_case)
+            ):
+                gap = text[t.ends[i] : t.starts[i + 1]]
+                if gap.strip() in ("", "."):
+                    return i + 1
+            return i
+
+        for i in range(n):
+            word, o = words[i], orig[i]
+            if not self._is_name_word(o, word):
+                continue
+            prev = words[i - 1] if i else ""
+            gap_before = text[t.ends[i - 1] : t.starts[i]] if i else ""
+            base = word[:-2] if word.endswith("'s") else word
+            ambiguous = base in v.ambiguous
+            first = base in v.first_names
+            # Titles: "Mr. Okafor", "Sra. López", "Patient: Jane".
+            if prev in lexicon.TITLES or prev in lexicon.PATIENT_WORDS:
+                add(i, extend(i), 0.95)
+                continue
+            if prev in lexicon.DOCTOR_TITLES:
+                continue
+            # Salutations and addressing: "Hi Jane", "Re: Jane Okafor", "Results for Maria".
+            if (
+                prev in lexicon.SALUTATIONS
+                and first
+                and (not ambiguous or self._followed_by_name_or_end(t, i))
+            ):
+                add(i, extend(i), 0.85)
+                continue
+            # Vocative at either end: "Jane, your results", "Managing your diabetes, Jane".
+            after = text[t.ends[i] : t.ends[i] + 2]
+            if (
+                first
+                and not ambiguous
+                and (
+                    (i == 0 and after.startswith(",")) or (i == n - 1 and gap_before.strip() == ",")
+                )
+            ):
+                add(i, i, 0.85)
+                continue
+            # "Jane's lab results".
+            if (
+                word.endswith("'s")
+                and first
+                and not ambiguous
+                and t.any(lexicon.RESULT_WORDS | lexicon.CARE_EVENT | lexicon.PRESCRIPTION_WORDS)
+            ):
+                add(i, i, 0.8)
+                continue
+            # Full name: a known first name then a known surname ("Jane Okafor"), or
+            # "Okafor, Jane"; both parts may not be everyday words.
+            if i + 1 < n and first and self._is_name_word(orig[i + 1], words[i + 1]):
+                nxt = words[i + 1]
+                gap = text[t.ends[i] : t.starts[i + 1]]
+                if (
+                    gap.strip() in ("", ".")
+                    and nxt in v.last_names
+                    and not (ambiguous and nxt in v.ambiguous)
+                    and not (t.title_case and (ambiguous or nxt in v.ambiguous))
+                ):
+                    add(i, i + 1, 0.8)
+                    continue
+                if (
+                    gap.strip() == ","
+                    and base in v.last_names
+                    and nxt in v.first_names
+                    and not (ambiguous or nxt in v.ambiguous)
+                ):
+                    add(i, i + 1, 0.75)
+                    continue
+            # Initial and surname: "J. Okafor".
+            if len(o) == 1 and i + 1 < n and text[t.ends[i] : t.ends[i] + 1] == ".":
+                nxt = words[i + 1]
+                if nxt in v.last_names and nxt not in v.ambiguous and orig[i + 1][0].isupper():
+                    add(i, i + 1, 0.75)
+        # Don't let a surname part of one name start another.
+        return found
+
+    def _followed_by_name_or_end(self, t: _Text, i: int) -> bool:
+        rest = t.text[t.ends[i] :].lstrip()
+        if not rest or rest[0] in ",!?:;.-":
+            return True
+        return i + 1 < len(t.words) and t.words[i + 1] in self.vocab.last_names
+
+    def _provider(self, t: _Text, out: list[Finding]) -> None:
+        words, orig = t.words, t.orig
+        for i in range(len(words) - 1):
+            if words[i] in lexicon.DOCTOR_TITLES and words[i] in {"dr", "dra", "doctor", "doctora"}:
+                j = i + 1
+                if not (orig[j][:1].isupper() and words[j] not in lexicon.NOT_NAMES):
+                    continue
+                if t.any(lexicon.PROVIDER_LINK) and not t.any(
+                    frozenset(
+                        {"meet", "welcome", "welcomes", "joins", "joined", "conozca", "bienvenida"}
+                    )
+                ):
+                    end = j + 1 if j + 1 < len(words) and orig[j + 1][:1].isupper() else j
+                    out.append(Finding(kinds.PROVIDER, t.starts[i], t.ends[end], 0.85))
+
+    # --- health facts -------------------------------------------------------------------
+
+    def _mentions(self, t: _Text) -> list[_Mention]:
+        phrases, starts, words = self.vocab.phrases, self.vocab.phrase_starts, t.words
+        n, i = len(words), 0
+        found: list[_Mention] = []
+        while i < n:
+            if words[i] not in starts:
+                i += 1
+                continue
+            for size in range(min(self.vocab.max_words, n - i), 0, -1):
+                key = words[i] if size == 1 else " ".join(words[i : i + size])
+                hit = phrases.get(key)
+                if hit is not None:
+                    found.append(_Mention(t.starts[i], t.ends[i + size - 1], i, *hit))
+                    i += size
+                    break
+            else:
+                i += 1
+        return found
+
+    def _possessed(self, t: _Text, index: int) -> bool:
+        for j in range(index - 1, max(-1, index - 4), -1):
+            word = t.words[j]
+            if word in lexicon.POSSESSIVE:
+                return True
+            if word in lexicon.BREAKERS:
+                return False
+        return False
+
+    def _health(self, t: _Text, out: list[Finding], person: bool) -> None:
+        generic = t.generic
+        results = t.any(lexicon.RESULT_WORDS)
+        strong_result = t.any(lexicon.STRONG_RESULT)
+        rx = t.any(lexicon.PRESCRIPTION_WORDS) or bool(_DOSE.search(t.text))
+        care = t.any(lexicon.CARE_EVENT)
+        has_identifier = bool(out)
+        for m in self._mentions(t):
+            poss = self._possessed(t, m.index)
+            cta = poss and m.index >= 2 and t.words[max(0, m.index - 3)] in _CTA
+            keep = person or has_identifier
+            if not keep and m.category == "preventive":
+                keep = (poss or not generic) and results
+            elif not keep and m.category == "medication":
+                keep = (rx or poss) and not t.any(_MED_MARKETING) and not (generic and not rx)
+            elif not keep:
+                keep = (
+                    (poss and (not generic or care or results) and not cta)
+                    or (strong_result and not generic)
+                    or (results and not generic and m.category in ("procedure", "condition"))
+                    or (care and not generic)
+                )
+            if keep:
+                out.append(Finding(m.kind, m.start, m.end, 0.8 if person else 0.7))
+        for pattern, kind in ((_RESULTS_POSS, kinds.RESULT), (_RX_POSS, kinds.PRESCRIPTION)):
+            for rm in pattern.finditer(t.folded):
+                if not generic or (kind == kinds.RESULT and t.any(lexicon.READY_WORDS)):
+                    out.append(Finding(kind, rm.start(), rm.end(), 0.75))
+        if not generic:
+            for rm in _RESULTS_READY.finditer(t.folded):
+                out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.7))
+        for rm in _RX_READY.finditer(t.folded):
+            out.append(Finding(kinds.PRESCRIPTION, rm.start(), rm.end(), 0.7))
+
+
+def _overlaps(taken: Iterable[tuple[int, int]], start: int, end: int) -> bool:
+    return any(s < end and start < e for s, e in taken)
+
+
+def _dedupe(found: list[Finding]) -> list[Finding]:
+    seen: set[tuple[str, int, int]] = set()
+    out: list[Finding] = []
+    for f in sorted(found, key=lambda f: (f.start, f.end, f.kind)):
+        key = (f.kind, f.start, f.end)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
