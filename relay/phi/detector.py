@@ -507,7 +507,7 @@ class PhiDetector:
                     taken.append((m.start(), m.end()))
         if cue_words & {"cpt", "hcpcs", "procedure", "billing", "code", "codigo"}:
             for m in _CPT.finditer(text):
-                cued = "code" in t.before(m.start(), 3) or cue_words & {"cpt", "hcpcs"}
+                cued = "code" in t.before(m.start(), 3) or bool(cue_words & {"cpt", "hcpcs"})
                 if cued and not _overlaps(taken, m.start(), m.end()):
                     out.append(Finding(kinds.CPT, m.start(), m.end(), 0.8))
                     taken.append((m.start(), m.end()))
