@@ -72,12 +72,21 @@ _BROKEN_MIME = (
 )
 
 
+# Reasons that come from the relay's own wiring rather than the message: a retry may work.
+_TRANSIENT_REASONS = frozenset({"links.unavailable"})
+
+
 class RewriteError(Exception):
     """The message cannot be rewritten as asked. `reason` is a PHI-free code."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+    @property
+    def permanent(self) -> bool:
+        """True when sending the same message again cannot succeed (a 5xx, not a 4xx)."""
+        return self.reason not in _TRANSIENT_REASONS
 
 
 def per_recipient(mods: Sequence[Modification]) -> bool:
@@ -123,29 +132,30 @@ class _Headers:
         return b"".join(fields)
 
 
-def _split_headers(chunk: bytes) -> tuple[_Headers, bytes]:
-    """Split an entity into its header block and body the way the email parser does."""
+def _split_headers(data: bytes, start: int = 0, end: int | None = None) -> tuple[_Headers, int]:
+    """Split the entity data[start:end] the way the email parser does: (headers, body offset)."""
+    stop = len(data) if end is None else end
     fields: list[bytes] = []
-    pos = 0
-    while pos < len(chunk):
-        nl = chunk.find(CRLF, pos)
-        end = len(chunk) if nl < 0 else nl + 2
-        line = chunk[pos:end]
+    pos = start
+    while pos < stop:
+        nl = data.find(CRLF, pos, stop)
+        line_end = stop if nl < 0 else nl + 2
+        line = data[pos:line_end]
         if line == CRLF:
-            return _Headers(fields, CRLF), chunk[end:]
+            return _Headers(fields, CRLF), line_end
         if line[:1] in (b" ", b"\t") and fields:
             fields[-1] += line
         elif _HEADER_LINE.match(line):
             fields.append(line)
         else:
             # No empty line: the parser starts the body here (a defect it records).
-            return _Headers(fields, b""), chunk[pos:]
-        pos = end
-    return _Headers(fields, b""), b""
+            return _Headers(fields, b""), pos
+        pos = line_end
+    return _Headers(fields, b""), stop
 
 
 def _check_field(name: str, value: str) -> None:
-    if not _FIELD_NAME.match(name.encode("ascii", "replace")):
+    if not name.isascii() or not _FIELD_NAME.match(name.encode("ascii")):
         raise RewriteError("header.invalid-name")
     if "\r" in value or "\n" in value or "\0" in value:
         raise RewriteError("header.invalid-value")
@@ -160,7 +170,8 @@ def _fold_words(name: str, words: Sequence[str], joiner: str) -> bytes:
     lines: list[str] = []
     current = f"{name}: {words[0] if words else ''}"
     for word in words[1:]:
-        if len(current) + len(joiner) + len(word) > FOLD_AT:
+        # Never fold before an empty word: a line of only whitespace is not a valid fold.
+        if word and len(current) + len(joiner) + len(word) > FOLD_AT:
             lines.append(current + joiner.rstrip(" "))
             current = " " + word
         else:
@@ -242,10 +253,8 @@ class _Part:
 def _parse_part(raw: bytes, start: int, end: int, default_type: str, depth: int) -> _Part:
     if depth > 50:
         raise RewriteError("mime.too-deep")
-    headers, body = _split_headers(raw[start:end])
-    body_start = end - len(body)
+    headers, body_start = _split_headers(raw, start, end)
     info = _HEADER_PARSER.parsebytes(headers.to_bytes() + CRLF)
-    assert isinstance(info, EmailMessage)
     if default_type != "text/plain" and "content-type" not in info:
         info.set_default_type(default_type)
     part = _Part(start, end, headers, body_start, info)
@@ -309,12 +318,12 @@ def _footer_targets(root: _Part) -> list[_Part]:
 # --- decoding and re-encoding one text part -------------------------------------------
 
 
-def _codec(charset: str) -> str:
+def _codec(charset: str) -> str | None:
     name = email.charset.ALIASES.get(charset.lower(), charset.lower())
     try:
         return codecs.lookup(name).name
-    except LookupError as exc:
-        raise RewriteError("charset.unknown") from exc
+    except LookupError:
+        return None
 
 
 def _cte(info: EmailMessage) -> str:
@@ -391,13 +400,20 @@ def _rewrite_text_part(raw: bytes, part: _Part, footer: _Footer) -> bytes:
     info = part.info
     cte = _cte(info)
     declared = info.get_param("charset")
-    charset = str(declared) if isinstance(declared, str) else "us-ascii"
+    charset = (str(declared) if isinstance(declared, str) else "").strip() or "us-ascii"
+    added = footer.html if part.ctype == "text/html" else footer.text
     codec = _codec(charset)
+    if codec is None:
+        if not added.isascii():
+            raise RewriteError("charset.unknown")
+        # Every charset Python does not know is, in practice, a superset of ASCII (the
+        # ASCII-incompatible ones, UTF-16/32 and EBCDIC, are known). latin-1 maps each
+        # byte to one character, so the original bytes come back unchanged.
+        codec = "latin-1"
     data = _decode_cte(raw[part.body_start : part.end], cte)
     flowed = str(info.get_param("format", "")).lower() == "flowed"
     text = data.decode(codec, "surrogateescape")
     new_text = _with_footer(text, footer, part.ctype, flowed)
-    added = footer.html if part.ctype == "text/html" else footer.text
     new_charset = charset
     try:
         added.encode(codec)
@@ -564,12 +580,12 @@ def render(
     footers = [m for m in mods if isinstance(m, AppendFooter)]
 
     if not footers:
-        headers, body = _split_headers(raw)
+        headers, body_at = _split_headers(raw)
         before = list(headers.fields)
         _apply_header_mods(headers, mods, made, mailto)
         if headers.fields == before:
             return raw
-        return headers.to_bytes() + headers.separator + body
+        return headers.to_bytes() + headers.separator + raw[body_at:]
 
     if any(isinstance(d, _BROKEN_MIME) for p in message.walk() for d in p.defects):
         raise RewriteError("mime.malformed")
@@ -581,9 +597,9 @@ def render(
         footer = _render_footer(mod, made, mailto)
         root = _parse_part(out, 0, len(out), "text/plain", 0) if out is not raw else root
         out = _append_footer(out, root, footer)
-    headers, body = _split_headers(out)
+    headers, body_at = _split_headers(out)
     _apply_header_mods(headers, mods, made, mailto)
-    return headers.to_bytes() + headers.separator + body
+    return headers.to_bytes() + headers.separator + out[body_at:]
 
 
 def _append_footer(raw: bytes, root: _Part, footer: _Footer) -> bytes:

@@ -60,7 +60,12 @@ def defects(msg: EmailMessage) -> list[str]:
 
 
 def text_of(part: EmailMessage) -> str:
-    content = part.get_content()
+    try:
+        content = part.get_content()
+    except LookupError:  # a charset Python does not know: look at the bytes as latin-1
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        content = payload.decode("latin-1")
     assert isinstance(content, str)
     return content.replace("\r\n", "\n")
 

@@ -305,3 +305,39 @@ def test_footer_without_placeholders_needs_no_link_maker() -> None:
         links=None,
     )
     assert parse(out).get_content().endswith("\r\n\r\nStatic\r\n")
+
+
+def test_unknown_charset_takes_an_ascii_footer_but_not_a_wider_one() -> None:
+    raw, _ = load("unknown_charset.eml")
+    out = _render(raw, (AppendFooter("Unsubscribe: {unsubscribe_url}", ""),))
+    assert split(out) == (split(raw)[0], b"Hello.\r\n\r\nUnsubscribe: " + URL.encode() + b"\r\n")
+    with pytest.raises(RewriteError) as caught:
+        _render(raw, (AppendFooter("\u00e9 {unsubscribe_url}", ""),))
+    assert caught.value.reason == "charset.unknown"
+    assert caught.value.permanent is True
+
+
+def test_only_missing_links_are_transient() -> None:
+    assert RewriteError("links.unavailable").permanent is False
+    assert RewriteError("footer.protected-message").permanent is True
+    assert RewriteError("mime.malformed").permanent is True
+
+
+def test_empty_charset_parameter_means_us_ascii() -> None:
+    raw = b'MIME-Version: 1.0\r\nContent-Type: text/plain; charset=""\r\n\r\nHi\r\n'
+    out = _render(raw, (AppendFooter("U {unsubscribe_url}", ""),))
+    assert out == raw + b"\r\nU " + URL.encode() + b"\r\n"
+
+
+def test_double_spaces_never_fold_into_a_blank_line() -> None:
+    value = "word  " * 30
+    out = _render(b"A: 1\r\n\r\nb\r\n", (SetHeader("X-Long", value.strip()),))
+    lines = split(out)[0].split(b"\r\n")
+    assert all(line.strip() for line in lines)
+    assert parse(out)["X-Long"] == value.strip()
+
+
+def test_non_ascii_header_name_is_refused() -> None:
+    with pytest.raises(RewriteError) as caught:
+        _render(b"A: 1\r\n\r\nb\r\n", (SetHeader("X-\u00e9", "v"),))
+    assert caught.value.reason == "header.invalid-name"
