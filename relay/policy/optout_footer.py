@@ -12,7 +12,7 @@ import html
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from pathlib import Path
 
 from relay.model import Action, AppendFooter, ListUnsubscribe, MessageContext, Verdict
@@ -36,12 +36,11 @@ _MAILBOX = re.compile(r"^[^\s@<>\"(),;:]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 _SETTINGS = ("text_template", "html_template", "mailto", "protected")
 
 
-def _entities(part: EmailMessage) -> Iterator[EmailMessage]:
+def _entities(part: MIMEPart) -> Iterator[MIMEPart]:
     """The message's MIME entities, not descending into attached messages."""
     yield part
     if part.get_content_maintype() == "multipart":
         for sub in part.iter_parts():
-            assert isinstance(sub, EmailMessage)
             yield from _entities(sub)
 
 
