@@ -161,7 +161,6 @@ _PERSONAL_PLACE = frozenset(
         "shipping",
         "domicilio",
         "direccion",
-        "address",
         "residence",
     }
 )
@@ -213,6 +212,35 @@ _CTA = frozenset(
         "programe",
         "agende",
     }
+)
+_NOT_AFTER_DR = frozenset({"your", "our", "the", "and", "of", "appointment", "visit", "office"})
+# An introduced or featured doctor is marketing, not a patient's relationship.
+_PROVIDER_INTRO = frozenset(
+    {
+        "meet",
+        "welcome",
+        "welcomes",
+        "joins",
+        "joined",
+        "ask",
+        "featured",
+        "podcast",
+        "conozca",
+        "bienvenida",
+        "bienvenido",
+        "introducing",
+        "award",
+        "named",
+    }
+)
+_GREETINGS = frozenset(
+    {"hi", "hello", "dear", "hey", "hola", "estimado", "estimada", "querido", "querida"}
+)
+_ANALYTE_VALUE = re.compile(
+    r"\b(?:a1c|hba1c|hemoglobin|glucose|blood sugar|cholesterol|ldl|hdl|triglycerides|potassium|"
+    r"sodium|creatinine|egfr|psa|tsh|inr|platelets?|wbc|ferritin|vitamin d|iron|bp|glucosa|"
+    r"hemoglobina|colesterol)\b\W{0,3}(?:(?:is|was|level|levels|es|fue|nivel)\s+){0,2}"
+    r"(?:high|low|elevated|abnormal|critical|alto|alta|bajo|baja|\d+(?:\.\d+)?\s?%?)"
 )
 _SENSITIVE_ICD: tuple[tuple[str, str, str], ...] = (
     ("B20", "B20", kinds.HIV),
@@ -435,7 +463,9 @@ class PhiDetector:
         if self.roster is not None:
             names.extend(self.roster.match(t.words, t.starts, t.ends))
         found.extend(names)
-        person = bool(names) or t.any(lexicon.PATIENT_WORDS)
+        # A patient cue counts through what follows it (a name, an id), not on its own:
+        # "Patient stories: life after heart surgery" is about no one.
+        person = bool(names)
         if t.has_digit:
             self._dates(t, found, person)
         self._provider(t, found)
@@ -634,8 +664,21 @@ class PhiDetector:
                     return i + 1
             return i
 
+        health_context = (
+            t.any(lexicon.CARE_EVENT) or t.any(lexicon.RESULT_WORDS) or bool(self._mentions(t))
+        )
         for i in range(n):
             word, o = words[i], orig[i]
+            # "Hi April," / "Dear June!": a greeting names the reader whatever the word.
+            if (
+                i
+                and words[i - 1] in _GREETINGS
+                and o[:1].isupper()
+                and (word in v.first_names or word in v.last_names)
+                and self._followed_by_name_or_end(t, i)
+            ):
+                add(i, extend(i), 0.85)
+                continue
             if not self._is_name_word(o, word):
                 continue
             prev = words[i - 1] if i else ""
@@ -679,23 +722,20 @@ class PhiDetector:
                 continue
             # Full name: a known first name then a known surname ("Jane Okafor"), or
             # "Okafor, Jane"; both parts may not be everyday words.
-            if i + 1 < n and first and self._is_name_word(orig[i + 1], words[i + 1]):
+            if i + 1 < n and self._is_name_word(orig[i + 1], words[i + 1]):
                 nxt = words[i + 1]
-                gap = text[t.ends[i] : t.starts[i + 1]]
+                gap = text[t.ends[i] : t.starts[i + 1]].strip()
+                both_words = ambiguous and nxt in v.ambiguous
                 if (
-                    gap.strip() in ("", ".")
+                    first
+                    and gap in ("", ".")
                     and nxt in v.last_names
-                    and not (ambiguous and nxt in v.ambiguous)
+                    and (not both_words or (health_context and not t.title_case))
                     and not (t.title_case and (ambiguous or nxt in v.ambiguous))
                 ):
                     add(i, i + 1, 0.8)
                     continue
-                if (
-                    gap.strip() == ","
-                    and base in v.last_names
-                    and nxt in v.first_names
-                    and not (ambiguous or nxt in v.ambiguous)
-                ):
+                if gap == "," and base in v.last_names and nxt in v.first_names and not both_words:
                     add(i, i + 1, 0.75)
                     continue
             # Initial and surname: "J. Okafor".
@@ -717,13 +757,9 @@ class PhiDetector:
         for i in range(len(words) - 1):
             if words[i] in lexicon.DOCTOR_TITLES and words[i] in {"dr", "dra", "doctor", "doctora"}:
                 j = i + 1
-                if not (orig[j][:1].isupper() and words[j] not in lexicon.NOT_NAMES):
+                if not orig[j][:1].isupper() or words[j] in _NOT_AFTER_DR:
                     continue
-                if t.any(lexicon.PROVIDER_LINK) and not t.any(
-                    frozenset(
-                        {"meet", "welcome", "welcomes", "joins", "joined", "conozca", "bienvenida"}
-                    )
-                ):
+                if t.any(lexicon.PROVIDER_LINK) and not t.any(_PROVIDER_INTRO):
                     end = j + 1 if j + 1 < len(words) and orig[j + 1][:1].isupper() else j
                     out.append(Finding(kinds.PROVIDER, t.starts[i], t.ends[end], 0.85))
 
@@ -769,7 +805,7 @@ class PhiDetector:
             cta = poss and m.index >= 2 and t.words[max(0, m.index - 3)] in _CTA
             keep = person or has_identifier
             if not keep and m.category == "preventive":
-                keep = (poss or not generic) and results
+                keep = (poss and (results or care) and not cta) or (results and not generic)
             elif not keep and m.category == "medication":
                 keep = (rx or poss) and not t.any(_MED_MARKETING) and not (generic and not rx)
             elif not keep:
@@ -786,6 +822,8 @@ class PhiDetector:
                 if not generic or (kind == kinds.RESULT and t.any(lexicon.READY_WORDS)):
                     out.append(Finding(kind, rm.start(), rm.end(), 0.75))
         if not generic:
+            for rm in _ANALYTE_VALUE.finditer(t.folded):
+                out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.75))
             for rm in _RESULTS_READY.finditer(t.folded):
                 out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.7))
         for rm in _RX_READY.finditer(t.folded):

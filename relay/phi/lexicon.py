@@ -224,6 +224,14 @@ CONDITION_TAGS: dict[str, tuple[str, tuple[str, ...]]] = {
             "seropositivo",
             "seropositiva",
             "hiv/aids",
+            "truvada",
+            "descovy",
+            "biktarvy",
+            "genvoya",
+            "apretude",
+            "cabenuva",
+            "antiretroviral",
+            "antiretrovirales",
         ),
     ),
     "substance-use": (
@@ -393,6 +401,22 @@ CONDITION_TAGS: dict[str, tuple[str, tuple[str, ...]]] = {
 # call to action ("Get your flu shot") stays marketing.
 PROCEDURES: frozenset[str] = frozenset(
     {
+        "hemoglobin",
+        "glucose",
+        "blood sugar",
+        "potassium",
+        "creatinine",
+        "egfr",
+        "platelets",
+        "ldl",
+        "hdl",
+        "triglycerides",
+        "ferritin",
+        "inr",
+        "white blood cell",
+        "vitamin d level",
+        "glucosa",
+        "hemoglobina",
         "mri",
         "ct scan",
         "cat scan",
@@ -599,8 +623,6 @@ RESULT_WORDS: frozenset[str] = frozenset(
         "diagnosticado",
         "diagnosticada",
         "confirmado",
-        "high",
-        "low",
         "critical",
         "levels",
         "level",
@@ -647,6 +669,12 @@ READY_WORDS: frozenset[str] = frozenset(
 
 PRESCRIPTION_WORDS: frozenset[str] = frozenset(
     {
+        "approved",
+        "denied",
+        "authorization",
+        "autorizacion",
+        "aprobada",
+        "aprobado",
         "prescription",
         "prescriptions",
         "rx",
@@ -683,6 +711,10 @@ PRESCRIPTION_WORDS: frozenset[str] = frozenset(
 # Care events of one person (appointments, stays, follow-ups).
 CARE_EVENT: frozenset[str] = frozenset(
     {
+        "authorization",
+        "approved",
+        "denied",
+        "autorizacion",
         "appointment",
         "appt",
         "visit",
@@ -739,6 +771,14 @@ CARE_EVENT: frozenset[str] = frozenset(
 # ("5 tips to manage your diabetes") does not make a subject about one person.
 GENERIC: frozenset[str] = frozenset(
     {
+        "online",
+        "app",
+        "easy",
+        "convenient",
+        "stories",
+        "story",
+        "featured",
+        "magazine",
         "tips",
         "tip",
         "ways",
@@ -796,13 +836,11 @@ GENERIC: frozenset[str] = frozenset(
         "should",
         "can",
         "could",
-        "may",
         "risk",
         "risks",
         "factors",
         "lower",
         "reduce",
-        "control",
         "cope",
         "coping",
         "consejos",
