@@ -102,6 +102,12 @@ _RESULTS_READY = re.compile(
     r"analisis|laboratorio|examen|prueba)\s+(?:results?|report|resultados?|informe)\b"
     r"|\b(?:resultados?|informe)\s+de\s+(?:laboratorio|analisis|examen|prueba|sangre)\b"
 )
+# A test or its outcome in the second person, whatever the test is called.
+_POSS_TEST = re.compile(
+    r"\b(?:your|you're|tus|sus|tu|su|my|mis|mi)\s+(?:[\w-]+\s+){0,2}?"
+    r"(?:panel|tests?|screen|scans?|labs?|cultures?|workup|images|imaging|scores?|levels?|"
+    r"readings?|biopsy|x-rays?|pruebas?|analisis|estudios?)\b"
+)
 _RX_POSS = re.compile(
     r"\b(?:your|tus|sus|tu|su|my|mis|mi)\s+(?:[\w-]+\s+){0,2}?"
     r"(?:prescriptions?|rx|refills?|medications?|medicines?|recetas?|medicamentos?|"
@@ -233,6 +239,10 @@ _PROVIDER_INTRO = frozenset(
         "named",
     }
 )
+# Organisation news: a care word here is about a service, not one person's care.
+_ORG_NEWS = frozenset({"services", "service", "location", "locations", "hours", "our", "we", "us"})
+# The pronoun, not the possessive: "next steps for you" (a possessive is read in place).
+_YOU = frozenset({"you", "you're", "youre", "usted", "ti"})
 _GREETINGS = frozenset(
     {"hi", "hello", "dear", "hey", "hola", "estimado", "estimada", "querido", "querida"}
 )
@@ -359,6 +369,8 @@ class Vocabulary:
             phrases[term] = ("condition", kinds.CONDITION, term)
         for term in _lines("drugs.txt"):
             phrases.setdefault(term, ("medication", kinds.MEDICATION, ""))
+        for term in lexicon.MEDICATIONS:
+            phrases[term] = ("medication", kinds.MEDICATION, "")
         for term in lexicon.PROCEDURES:
             phrases[term] = ("procedure", kinds.PROCEDURE, "")
         for term in lexicon.PREVENTIVE:
@@ -369,9 +381,12 @@ class Vocabulary:
         self.phrases = phrases
         self.max_words = max(len(p.split()) for p in phrases)
         self.phrase_starts = frozenset(p.split()[0] for p in phrases)
-        self.first_names = frozenset(_lines("names_first.txt"))
-        self.last_names = frozenset(_lines("names_last.txt"))
-        self.ambiguous = frozenset(_lines("names_ambiguous.txt")) | lexicon.NOT_NAMES
+        # Folded like subject words, so "Serafín" in a subject meets "serafín" in the list.
+        self.first_names = frozenset(fold(n) for n in _lines("names_first.txt"))
+        self.last_names = frozenset(fold(n) for n in _lines("names_last.txt"))
+        self.ambiguous = (
+            frozenset(fold(n) for n in _lines("names_ambiguous.txt")) | lexicon.NOT_NAMES
+        )
         self.icd_categories = frozenset(_lines("icd10_categories.txt"))
         suffixes = sorted(
             (re.escape(s) for s in _lines("street_suffixes.txt") if len(s) >= 2),
@@ -589,7 +604,9 @@ class PhiDetector:
             return
         for m in self.vocab.address.finditer(t.text):
             words = m.group(0).split()
-            if len(words) >= 3 and words[1][:1].isupper():
+            # "Join the 2025 Heart Walk": a year is not a house number unless a person lives there.
+            year = re.fullmatch(r"(?:19[5-9]|20[0-3])\d", words[0]) is not None
+            if len(words) >= 3 and words[1][:1].isupper() and (personal or not year):
                 out.append(Finding(kinds.ADDRESS, m.start(), m.end(), 0.8))
         for m in self.vocab.address_es.finditer(t.text):
             if m.group(0)[:1].isupper():
@@ -687,8 +704,16 @@ class PhiDetector:
             ambiguous = base in v.ambiguous
             first = base in v.first_names
             # Titles: "Mr. Okafor", "Sra. López", "Patient: Jane".
-            if prev in lexicon.TITLES or prev in lexicon.PATIENT_WORDS:
+            if prev in lexicon.TITLES and gap_before.strip() in ("", "."):
                 add(i, extend(i), 0.95)
+                continue
+            # "Patient: Jane", "Pt Okafor" - but not "New patient? Here's what to expect".
+            if (
+                prev in lexicon.PATIENT_WORDS
+                and gap_before.strip() in ("", ":", "-", ".")
+                and (base in v.first_names or base in v.last_names)
+            ):
+                add(i, extend(i), 0.9)
                 continue
             if prev in lexicon.DOCTOR_TITLES:
                 continue
@@ -723,7 +748,7 @@ class PhiDetector:
             # Full name: a known first name then a known surname ("Jane Okafor"), or
             # "Okafor, Jane"; both parts may not be everyday words.
             if i + 1 < n and self._is_name_word(orig[i + 1], words[i + 1]):
-                nxt = words[i + 1]
+                nxt = words[i + 1][:-2] if words[i + 1].endswith("'s") else words[i + 1]
                 gap = text[t.ends[i] : t.starts[i + 1]].strip()
                 both_words = ambiguous and nxt in v.ambiguous
                 if (
@@ -785,7 +810,7 @@ class PhiDetector:
         return found
 
     def _possessed(self, t: _Text, index: int) -> bool:
-        for j in range(index - 1, max(-1, index - 4), -1):
+        for j in range(index - 1, max(-1, index - 5), -1):
             word = t.words[j]
             if word in lexicon.POSSESSIVE:
                 return True
@@ -800,8 +825,10 @@ class PhiDetector:
         rx = t.any(lexicon.PRESCRIPTION_WORDS) or bool(_DOSE.search(t.text))
         care = t.any(lexicon.CARE_EVENT)
         has_identifier = bool(out)
+        you = t.any(_YOU)
         for m in self._mentions(t):
-            poss = self._possessed(t, m.index)
+            # "next steps for you" ties the fact to the reader too, if less tightly.
+            poss = self._possessed(t, m.index) or (you and m.category != "preventive")
             cta = poss and m.index >= 2 and t.words[max(0, m.index - 3)] in _CTA
             keep = person or has_identifier
             if not keep and m.category == "preventive":
@@ -813,10 +840,14 @@ class PhiDetector:
                     (poss and (not generic or care or results) and not cta)
                     or (strong_result and not generic)
                     or (results and not generic and m.category in ("procedure", "condition"))
-                    or (care and not generic)
+                    or (care and not generic and not t.any(_ORG_NEWS))
                 )
             if keep:
                 out.append(Finding(m.kind, m.start, m.end, 0.8 if person else 0.7))
+        for rm in _POSS_TEST.finditer(t.folded):
+            before = t.before(rm.start(), 2)
+            if not generic and not (set(before) & _CTA):
+                out.append(Finding(kinds.PROCEDURE, rm.start(), rm.end(), 0.7))
         for pattern, kind in ((_RESULTS_POSS, kinds.RESULT), (_RX_POSS, kinds.PRESCRIPTION)):
             for rm in pattern.finditer(t.folded):
                 if not generic or (kind == kinds.RESULT and t.any(lexicon.READY_WORDS)):
