@@ -584,7 +584,7 @@ class PhiDetector:
             digits = sum(ch.isdigit() for ch in value)
             if digits < 4 or len(value) < 5 or re.fullmatch(r"(?:19|20)\d{2}", value):
                 continue
-            if _overlaps(taken, m.start(1), m.end(1)):
+            if _overlaps(taken, m.start(1), m.end(1)) or not _cued_value_ok(kind, value):
                 continue
             out.append(Finding(kind, m.start(1), m.end(1), 0.9))
             taken.append((m.start(1), m.end(1)))
@@ -859,6 +859,18 @@ class PhiDetector:
                 out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.7))
         for rm in _RX_READY.finditer(t.folded):
             out.append(Finding(kinds.PRESCRIPTION, rm.start(), rm.end(), 0.7))
+
+
+def _cued_value_ok(kind: str, value: str) -> bool:
+    """Identifiers with a check rule must pass it even when labelled; codes have their own rules."""
+    digits = re.sub(r"\D", "", value)
+    if kind == kinds.SSN:
+        return len(digits) == 9 and ssn_ok(digits[:3], digits[3:5], digits[5:])
+    if kind == kinds.NPI:
+        return npi_ok(digits)
+    if kind == kinds.DEA:
+        return dea_ok(value.upper())
+    return kind not in (kinds.ICD10, kinds.CPT)
 
 
 def _overlaps(taken: Iterable[tuple[int, int]], start: int, end: int) -> bool:

@@ -1,0 +1,35 @@
+"""The labelled corpus: the detector meets its recall and false-positive targets (deterministic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from relay.phi import default_detector
+from relay.phi.normalize import subject_text
+
+CORPUS = Path(__file__).resolve().parents[2] / "data" / "subjects.tsv"
+
+
+def test_corpus_shape() -> None:
+    rows = [line.split("\t") for line in CORPUS.read_text(encoding="utf-8").splitlines()]
+    assert rows[0] == ["label", "category", "subject"]
+    labels = [r[0] for r in rows[1:]]
+    assert len(labels) >= 400
+    assert set(labels) == {"phi", "clean"}
+    assert 0.4 <= labels.count("phi") / len(labels) <= 0.6
+    assert {"spanish", "tricky", "encoded", "identifier", "name"} <= {r[1] for r in rows[1:]}
+
+
+def test_recall_and_false_positive_rate() -> None:
+    detector = default_detector()
+    tp = fp = tn = fn = 0
+    for line in CORPUS.read_text(encoding="utf-8").splitlines()[1:]:
+        label, _, subject = line.split("\t", 2)
+        flagged = bool(detector.scan(subject_text(subject)))
+        if label == "phi":
+            tp, fn = tp + flagged, fn + (not flagged)
+        else:
+            fp, tn = fp + flagged, tn + (not flagged)
+    recall, fpr = tp / (tp + fn), fp / (fp + tn)
+    assert recall >= 0.97, f"recall {recall:.3f}"
+    assert fpr <= 0.03, f"false-positive rate {fpr:.3f}"
