@@ -30,6 +30,7 @@ _FOLD = str.maketrans(
     "áàâäãåāéèêëēíìîïīóòôöõōúùûüūñçÁÀÂÄÃÅĀÉÈÊËĒÍÌÎÏĪÓÒÔÖÕŌÚÙÛÜŪÑÇ",
     "aaaaaaaeeeeeiiiiioooooouuuuuncAAAAAAAEEEEEIIIIIOOOOOOUUUUUNC",
 )
+_DIGIT = re.compile(r"\d")
 _TOKEN = re.compile(r"[^\W_]+(?:['\-][^\W_]+)*")
 
 _MONTHS_EN = (
@@ -433,7 +434,8 @@ class _Text:
         self.words = [self.folded[s:e] for s, e in spans]
         self.orig = [text[s:e] for s, e in spans]
         self.wordset = frozenset(self.words)
-        self.has_digit = any(ch.isdigit() for ch in text)
+        self.has_digit = _DIGIT.search(text) is not None
+        self.mentions: list[_Mention] | None = None
 
     def index_at(self, pos: int) -> int:
         for i, start in enumerate(self.starts):
@@ -791,6 +793,11 @@ class PhiDetector:
     # --- health facts -------------------------------------------------------------------
 
     def _mentions(self, t: _Text) -> list[_Mention]:
+        if t.mentions is None:
+            t.mentions = self._find_mentions(t)
+        return t.mentions
+
+    def _find_mentions(self, t: _Text) -> list[_Mention]:
         phrases, starts, words = self.vocab.phrases, self.vocab.phrase_starts, t.words
         n, i = len(words), 0
         found: list[_Mention] = []

@@ -21,6 +21,7 @@ import unicodedata
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*?)\?=")
 _FOLD = re.compile(r"\r?\n(?=[ \t])|\r?\n")
 _SPACES = re.compile(r"\s+")
+_SURROGATE = re.compile("[\udc80-\udcff]")
 
 # Zero-width, joiners, direction marks, soft hyphen, BOM, variation selectors and tag
 # characters: invisible, so they can split "HIV" into letters no pattern matches.
@@ -233,7 +234,7 @@ def decode_rfc2047(value: str) -> str:
 
 def _unsurrogate(value: str) -> str:
     # Headers parsed from bytes keep undecodable octets as lone surrogates.
-    if not any("\udc80" <= ch <= "\udcff" for ch in value):
+    if value.isascii() or not _SURROGATE.search(value):
         return value
     data = value.encode("utf-8", "surrogateescape")
     return _decode_bytes(data, "utf-8")
@@ -241,11 +242,14 @@ def _unsurrogate(value: str) -> str:
 
 def normalize(text: str) -> str:
     """Fold already-decoded text: NFKC, invisible characters, look-alikes, whitespace."""
+    if text.isascii():
+        # Nothing below changes ASCII (NFKC, the tables and marks are all non-ASCII).
+        return _SPACES.sub(" ", text).strip()
     text = unicodedata.normalize("NFKC", text)
     text = text.translate(_INVISIBLE).translate(_CONFUSABLES)
     # Combining marks stacked on Latin letters survive NFKC as separate characters
     # ("d̸iabetes"); drop marks that do not compose into a precomposed letter.
-    if any(unicodedata.combining(ch) for ch in text):
+    if any(unicodedata.combining(ch) for ch in text if not ch.isascii()):
         text = "".join(ch for ch in text if not unicodedata.combining(ch))
     return _SPACES.sub(" ", text).strip()
 
