@@ -95,7 +95,7 @@ _ZIP_CUE = re.compile(
     r"\b(?:zip(?: code)?|codigo postal|c\.?p\.?)\W{0,3}(\d{5}(?:-\d{4})?)\b", re.I
 )
 _RESULTS_POSS = re.compile(
-    r"\b(?:your|you're|youre|tus|sus|tu|su|my|mis|mi)\s+(?:[\w-]+\s+){0,3}?"
+    r"\b(?:your|you're|youre|tus|sus|tu|su|my|mis|mi)\s+(?:[\w'-]+\s+){0,3}?"
     r"(?:results?|resultados?|reports?|informes?|findings|levels?|readings?|numbers)\b"
 )
 _RESULTS_READY = re.compile(
@@ -105,12 +105,13 @@ _RESULTS_READY = re.compile(
 )
 # A test or its outcome in the second person, whatever the test is called.
 _POSS_TEST = re.compile(
-    r"\b(?:your|you're|tus|sus|tu|su|my|mis|mi)\s+(?:[\w-]+\s+){0,2}?"
+    r"\b(?:your|you're|tus|sus|tu|su|my|mis|mi)\s+(?:[\w'-]+\s+){0,2}?"
     r"(?:panel|tests?|screen|scans?|labs?|cultures?|workup|images|imaging|scores?|levels?|"
-    r"readings?|biopsy|x-rays?|pruebas?|analisis|estudios?)\b"
+    r"readings?|biopsy|x-rays?|pruebas?|analisis|estudios?|samples?|specimens?|muestras?|"
+    r"admission|discharge|hospitalization|hospital stay|surgery|ingreso|hospitalizacion|cirugia)\b"
 )
 _RX_POSS = re.compile(
-    r"\b(?:your|tus|sus|tu|su|my|mis|mi)\s+(?:[\w-]+\s+){0,2}?"
+    r"\b(?:your|tus|sus|tu|su|my|mis|mi)\s+(?:[\w'-]+\s+){0,2}?"
     r"(?:prescriptions?|rx|refills?|medications?|medicines?|recetas?|medicamentos?|"
     r"medicinas?|dosis|dose)\b"
 )
@@ -244,13 +245,15 @@ _PROVIDER_INTRO = frozenset(
 _ORG_NEWS = frozenset({"services", "service", "location", "locations", "hours", "our", "we", "us"})
 # The pronoun, not the possessive: "next steps for you" (a possessive is read in place).
 _YOU = frozenset({"you", "you're", "youre", "usted", "ti"})
+_PERSONAL_FACT = lexicon.RESULT_WORDS | lexicon.CARE_EVENT | lexicon.PRESCRIPTION_WORDS
 _GREETINGS = frozenset(
     {"hi", "hello", "dear", "hey", "hola", "estimado", "estimada", "querido", "querida"}
 )
 _ANALYTE_VALUE = re.compile(
     r"\b(?:a1c|hba1c|hemoglobin|glucose|blood sugar|cholesterol|ldl|hdl|triglycerides|potassium|"
     r"sodium|creatinine|egfr|psa|tsh|inr|platelets?|wbc|ferritin|vitamin d|iron|bp|glucosa|"
-    r"hemoglobina|colesterol)\b\W{0,3}(?:(?:is|was|level|levels|es|fue|nivel)\s+){0,2}"
+    r"hemoglobina|colesterol|sugar|azucar)\b\W{0,3}"
+    r"(?:(?:is|was|level|levels|reading|running|came|back|at|es|fue|nivel|esta)\s+){0,3}"
     r"(?:high|low|elevated|abnormal|critical|alto|alta|bajo|baja|\d+(?:\.\d+)?\s?%?)"
 )
 _SENSITIVE_ICD: tuple[tuple[str, str, str], ...] = (
@@ -742,8 +745,10 @@ class PhiDetector:
             if (
                 word.endswith("'s")
                 and first
-                and not ambiguous
-                and t.any(lexicon.RESULT_WORDS | lexicon.CARE_EVENT | lexicon.PRESCRIPTION_WORDS)
+                and (
+                    (not ambiguous and t.any(_PERSONAL_FACT))
+                    or (prev in lexicon.SALUTATIONS and health_context)
+                )
             ):
                 add(i, i, 0.8)
                 continue
@@ -832,10 +837,11 @@ class PhiDetector:
         rx = t.any(lexicon.PRESCRIPTION_WORDS) or bool(_DOSE.search(t.text))
         care = t.any(lexicon.CARE_EVENT)
         has_identifier = bool(out)
-        you = t.any(_YOU)
         for m in self._mentions(t):
             # "next steps for you" ties the fact to the reader too, if less tightly.
-            poss = self._possessed(t, m.index) or (you and m.category != "preventive")
+            poss = self._possessed(t, m.index) or (
+                m.category != "preventive" and any(w in _YOU for w in t.words[m.index + 1 :])
+            )
             cta = poss and m.index >= 2 and t.words[max(0, m.index - 3)] in _CTA
             keep = person or has_identifier
             if not keep and m.category == "preventive":

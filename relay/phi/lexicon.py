@@ -405,6 +405,13 @@ CONDITION_TAGS: dict[str, tuple[str, tuple[str, ...]]] = {
 # call to action ("Get your flu shot") stays marketing.
 PROCEDURES: frozenset[str] = frozenset(
     {
+        "sugar",
+        "stool sample",
+        "urine sample",
+        "blood sample",
+        "specimen",
+        "muestra de sangre",
+        "muestra de orina",
         "er visit",
         "emergency room",
         "emergency room visit",
@@ -704,6 +711,9 @@ READY_WORDS: frozenset[str] = frozenset(
 
 PRESCRIPTION_WORDS: frozenset[str] = frozenset(
     {
+        "taking",
+        "started",
+        "stopped",
         "approved",
         "denied",
         "authorization",
@@ -806,6 +816,14 @@ CARE_EVENT: frozenset[str] = frozenset(
 # ("5 tips to manage your diabetes") does not make a subject about one person.
 GENERIC: frozenset[str] = frozenset(
     {
+        "faq",
+        "asked",
+        "answered",
+        "invited",
+        "quiz",
+        "survivors",
+        "picnic",
+        "did",
         "online",
         "app",
         "easy",
