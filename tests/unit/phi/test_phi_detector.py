@@ -97,6 +97,13 @@ def test_dea_checksum(number: str, ok: bool) -> None:
         ("Home visit at 42 Oak Lane", {"address"}),
         ("Our new address: 100 Main Street", set()),
         ("Plan 2025 benefits", set()),
+        ("Please call me back at +44 20 7946 0958", {"phone"}),
+        ("Please call me back at (0121) 496 0218", {"phone"}),
+        ("Call our office on +34 912 345 678", set()),
+        ("NI number AB 12 34 56 C", {"ssn"}),
+        ("Home address change: Flat 37F Declan Mews", {"address"}),
+        ("Delivery to 8 Jill Canyon North Mathewview BB90 3XL", {"address", "zip"}),
+        ("Delivery to 562 Aguilar Squares, Isabeltown, MH 51798", {"address", "zip"}),
     ],
 )
 def test_identifiers(detector: Detector, subject: str, expected: set[str]) -> None:
@@ -136,6 +143,12 @@ def test_dates_tied_to_a_person(detector: Detector, subject: str, expected: set[
         "Patient: Jane Okafor",
         "Sra. López",
         "Hola María",
+        "Re: April Jones",
+        "Rosa María Tapia Planas - appointment",
+        "Julián de Bermúdez - appointment",
+        "Russell Allen-Smith - appointment",
+        "Re: Dr Bradley Murphy",
+        "Hi Ngozi, your forms",
     ],
 )
 def test_names_with_cues(detector: Detector, subject: str) -> None:
