@@ -342,6 +342,20 @@ _NEVER_SURNAME = frozenset(
         "kaiser",
     }
 )
+# A name right after these is a firm, a team or a place: "the Clark team", "la Montaña".
+_DETERMINERS = frozenset({"the", "el", "los", "las", "our", "nuestra", "nuestro", "at", "in", "en"})
+_PLACE_PREFIX = frozenset({"san", "santa", "santo", "saint", "st", "fort", "mount", "lake", "port"})
+_COMPANY_AFTER = re.compile(
+    r"\s*,?\s*(?:S\.\s?[A-Z][\w.]*|LLC|L\.L\.C\.|Inc\b|Ltd\b|PLC|LLP|PLLC|P\.C\.|Group\b|Grupo\b|"
+    r"Associates\b|Asociados\b|Partners\b|Co\.|Corp\b|& Sons|and Sons|e Hijos|y Asociados|"
+    r"Law\b|Foundation\b|Fundaci[oó]n\b|Hermanos\b)"
+)
+# "Clark, Spencer and Smith", "Rael y Hernandes": surname lists are firms.
+_FIRM = re.compile(
+    r"\b[A-Z][\w'-]+(?:, [A-Z][\w'-]+)+,? (?:and|y|&) [A-Z][\w'-]+\b"
+    r"|\b(?:Industrias|Grupo|Familia|Corporativo|Laboratorios|Despacho)\s+[A-Z][\w'-]+(?:\s+(?:y|e|and|&)\s+[A-Z][\w'-]+)?"
+    r"|\b[A-Z][\w'-]+ (?:y|&) [A-Z][\w'-]+(?=\s+(?:S\.|S\s|SA\b|SL\b|LLC|Inc|Ltd))"
+)
 _PERSONAL_FACT = lexicon.RESULT_WORDS | lexicon.CARE_EVENT | lexicon.PRESCRIPTION_WORDS
 _GREETINGS = frozenset(
     {"hi", "hello", "dear", "hey", "hola", "estimado", "estimada", "querido", "querida"}
@@ -496,6 +510,12 @@ class Vocabulary:
             key=len,
             reverse=True,
         )
+        self.street_suffixes = frozenset(
+            s for s in _lines("street_suffixes.txt") if len(s) >= 3
+        ) - {"center", "centers"}
+        self.street_types = frozenset(
+            fold(p) for p in _lines("street_prefixes_es.txt") if len(p) >= 2
+        ) | frozenset({"calle", "avenida", "av", "paseo", "street", "avenue", "road", "via"})
         prefixes = sorted(
             (re.escape(p) for p in _lines("street_prefixes_es.txt") if len(p) >= 2),
             key=len,
@@ -915,8 +935,27 @@ class PhiDetector:
                 nxt = words[i + 1]
                 if nxt in v.last_names and nxt not in v.ambiguous and orig[i + 1][0].isupper():
                     add(i, i + 1, 0.75)
-        # Don't let a surname part of one name start another.
-        return found
+        return [f for f in found if not self._not_a_person(t, f)]
+
+    def _not_a_person(self, t: _Text, f: Finding) -> bool:
+        """A name that is part of a firm, a street or a place ("Clark, Spencer and Smith",
+        "Paseo de Osvaldo Arnau", "San Alma de la Montaña")."""
+        i = t.index_at(f.start)
+        before = t.words[max(0, i - 3) : i]
+        if before and before[-1] in _DETERMINERS:
+            return True
+        if set(before) & (self.vocab.street_types | _PLACE_PREFIX):
+            return True
+        if _COMPANY_AFTER.match(t.text, f.end):
+            return True
+        j = t.index_at(f.end)
+        if (
+            j < len(t.words)
+            and t.words[j] in self.vocab.street_suffixes
+            and t.orig[j][:1].isupper()
+        ):
+            return True
+        return any(m.start() <= f.start < m.end() for m in _FIRM.finditer(t.text))
 
     @staticmethod
     def _base(word: str) -> str:

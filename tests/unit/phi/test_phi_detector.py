@@ -163,6 +163,12 @@ def test_names_with_cues(detector: Detector, subject: str) -> None:
         "May is Mental Health Awareness Month",
         "New patient? Here's what to expect",
         "Jordan Valley Medical Center news",
+        "Thanks from the Clark, Spencer and Smith team",
+        "Williams, Miles and Johnson newsletter",
+        "Rael y Hernandes S.A. newsletter",
+        "Event at Huelva Pasaje de Rubén Navarro center",
+        "Join us in San Teresa de la Montaña on Friday",
+        "Event at New Brian Charles Loop center",
     ],
 )
 def test_name_words_that_are_not_names(detector: Detector, subject: str) -> None:
