@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 __all__ = ["Detector", "Finding", "default_detector"]
 
 _CACHE: dict[int, Detector] = {}
+_CACHE_SIZE = 4
 
 
 def default_detector(roster: Roster | None = None) -> Detector:
@@ -23,5 +24,8 @@ def default_detector(roster: Roster | None = None) -> Detector:
 
         detector = PhiDetector(roster=roster)
         # The roster is kept alive by the detector, so its id is not reused while cached.
+        # A few entries only: a reloaded roster replaces the old one, it does not pile up.
+        while len(_CACHE) >= _CACHE_SIZE:
+            del _CACHE[next(iter(_CACHE))]
         _CACHE[key] = detector
     return detector

@@ -356,6 +356,20 @@ _FIRM = re.compile(
     r"|\b(?:Industrias|Grupo|Familia|Corporativo|Laboratorios|Despacho)\s+[A-Z][\w'-]+(?:\s+(?:y|e|and|&)\s+[A-Z][\w'-]+)?"
     r"|\b[A-Z][\w'-]+ (?:y|&) [A-Z][\w'-]+(?=\s+(?:S\.|S\s|SA\b|SL\b|LLC|Inc|Ltd))"
 )
+_POSS_WORDS = frozenset({"your", "you're", "youre", "tus", "sus", "tu", "su", "my", "mis", "mi"})
+_RX_NOUNS = frozenset(
+    {
+        "prescription",
+        "prescriptions",
+        "rx",
+        "refill",
+        "refills",
+        "receta",
+        "recetas",
+        "medicamento",
+        "medicamentos",
+    }
+)
 _PERSONAL_FACT = lexicon.RESULT_WORDS | lexicon.CARE_EVENT | lexicon.PRESCRIPTION_WORDS
 _GREETINGS = frozenset(
     {"hi", "hello", "dear", "hey", "hola", "estimado", "estimada", "querido", "querida"}
@@ -824,6 +838,8 @@ class PhiDetector:
         )
         for i in range(n):
             word, o = words[i], orig[i]
+            if not o[:1].isupper():
+                continue
             # "Hi April," / "Dear June!" / "Hi Ngozi,": a greeting names the reader,
             # whatever the word, unless it greets a group ("Hello Friends,").
             if (
@@ -1047,11 +1063,37 @@ class PhiDetector:
     def _health(self, t: _Text, out: list[Finding], person: bool) -> None:
         generic = t.generic
         results = t.any(lexicon.RESULT_WORDS)
+        mentions = self._mentions(t)
+        if mentions:
+            self._health_terms(t, out, person, mentions, generic, results)
+        # The patterns below all need a possessive, a result word or a prescription
+        # word; most subjects have none, so skip them cheaply.
+        if t.any(_POSS_WORDS):
+            self._possessive_facts(t, out, generic)
+        if not generic:
+            for rm in _ANALYTE_VALUE.finditer(t.folded):
+                out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.75))
+            if results:
+                for rm in _RESULTS_READY.finditer(t.folded):
+                    out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.7))
+        if t.any(_RX_NOUNS):
+            for rm in _RX_READY.finditer(t.folded):
+                out.append(Finding(kinds.PRESCRIPTION, rm.start(), rm.end(), 0.7))
+
+    def _health_terms(
+        self,
+        t: _Text,
+        out: list[Finding],
+        person: bool,
+        mentions: list[_Mention],
+        generic: bool,
+        results: bool,
+    ) -> None:
         strong_result = t.any(lexicon.STRONG_RESULT)
         rx = t.any(lexicon.PRESCRIPTION_WORDS) or bool(_DOSE.search(t.text))
         care = t.any(lexicon.CARE_EVENT)
         has_identifier = bool(out)
-        for m in self._mentions(t):
+        for m in mentions:
             # "next steps for you" ties the fact to the reader too, if less tightly.
             poss = self._possessed(t, m.index) or (
                 m.category != "preventive" and any(w in _YOU for w in t.words[m.index + 1 :])
@@ -1071,6 +1113,8 @@ class PhiDetector:
                 )
             if keep:
                 out.append(Finding(m.kind, m.start, m.end, 0.8 if person else 0.7))
+
+    def _possessive_facts(self, t: _Text, out: list[Finding], generic: bool) -> None:
         for rm in _POSS_TEST.finditer(t.folded):
             before = t.before(rm.start(), 2)
             if not generic and not (set(before) & _CTA):
@@ -1079,13 +1123,6 @@ class PhiDetector:
             for rm in pattern.finditer(t.folded):
                 if not generic or (kind == kinds.RESULT and t.any(lexicon.READY_WORDS)):
                     out.append(Finding(kind, rm.start(), rm.end(), 0.75))
-        if not generic:
-            for rm in _ANALYTE_VALUE.finditer(t.folded):
-                out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.75))
-            for rm in _RESULTS_READY.finditer(t.folded):
-                out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.7))
-        for rm in _RX_READY.finditer(t.folded):
-            out.append(Finding(kinds.PRESCRIPTION, rm.start(), rm.end(), 0.7))
 
 
 def _cued_value_ok(kind: str, value: str) -> bool:
