@@ -115,7 +115,7 @@ _RESULTS_READY = re.compile(
 _POSS_TEST = re.compile(
     r"\b(?:your|you're|tus|sus|tu|su|my|mis|mi)\s+(?:[\w'-]+\s+){0,2}?"
     r"(?:panel|tests?|screen|scans?|labs?|cultures?|workup|images|imaging|scores?|levels?|"
-    r"readings?|biopsy|x-rays?|pruebas?|analisis|estudios?|samples?|specimens?|muestras?|"
+    r"readings?|biopsy|x-rays?|ct|pruebas?|analisis|estudios?|samples?|specimens?|muestras?|"
     r"admission|discharge|hospitalization|hospital stay|surgery|ingreso|hospitalizacion|cirugia)\b"
 )
 _RX_POSS = re.compile(
@@ -594,7 +594,7 @@ class _Text:
     def title_case(self) -> bool:
         alpha = [w for w in self.orig if w[0].isalpha() and len(w) > 3]
         caps = sum(1 for w in alpha if w[0].isupper())
-        return len(alpha) >= 3 and caps >= 0.8 * len(alpha)
+        return len(alpha) >= 4 and caps >= 0.8 * len(alpha)
 
 
 class PhiDetector:
@@ -934,7 +934,10 @@ class PhiDetector:
                     parts = [w for w in words[i : end + 1] if w not in _PARTICLES]
                     all_words = all(self._base(w) in v.ambiguous for w in parts)
                     some_word = any(self._base(w) in v.ambiguous for w in parts)
-                    if (not all_words or (health_context and not t.title_case)) and not (
+                    # Two everyday words ("Robin Mills") pass with a health context, or
+                    # leading a subject that also holds numbers ("Robin Mills (09/10/2015)").
+                    context = health_context or (i == 0 and t.has_digit)
+                    if (not all_words or (context and not t.title_case)) and not (
                         t.title_case and some_word and len(parts) < 3
                     ):
                         add(i, end, 0.8)
