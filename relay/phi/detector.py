@@ -904,13 +904,13 @@ class PhiDetector:
                 add(i, max(extend(i), self._name_run(t, i)), 0.85)
                 continue
             # Vocative at either end: "Jane, your results", "Managing your diabetes, Jane".
+            # An everyday-word name ("Grace", "Maria") counts when the reader is addressed
+            # right after it, or when it closes the subject after a comma.
             after = text[t.ends[i] : t.ends[i] + 2]
-            if (
-                first
-                and not ambiguous
-                and (
-                    (i == 0 and after.startswith(",")) or (i == n - 1 and gap_before.strip() == ",")
-                )
+            addressed = i + 1 < n and words[i + 1] in _POSS_WORDS | _YOU
+            if first and (
+                (i == 0 and after.startswith(",") and (not ambiguous or addressed))
+                or (i == n - 1 and gap_before.strip() == ",")
             ):
                 add(i, i, 0.85)
                 continue

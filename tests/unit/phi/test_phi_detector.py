@@ -149,6 +149,8 @@ def test_dates_tied_to_a_person(detector: Detector, subject: str, expected: set[
         "Russell Allen-Smith - appointment",
         "Re: Dr Bradley Murphy",
         "Hi Ngozi, your forms",
+        "Happy Birthday, Maria!",
+        "Grace, your biopsy results",
     ],
 )
 def test_names_with_cues(detector: Detector, subject: str) -> None:
@@ -169,6 +171,7 @@ def test_names_with_cues(detector: Detector, subject: str) -> None:
         "Event at Huelva Pasaje de Rubén Navarro center",
         "Join us in San Teresa de la Montaña on Friday",
         "Event at New Brian Charles Loop center",
+        "Hope, health and healing",
     ],
 )
 def test_name_words_that_are_not_names(detector: Detector, subject: str) -> None:
