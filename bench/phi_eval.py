@@ -268,6 +268,7 @@ HANDWRITTEN_CLEAN = (
 )
 
 
+SEASONS = ("summer", "winter", "spring", "fall", "holiday season")
 ICD_SAMPLES = ("E11.9", "J45.909", "F32.A", "I10", "M54.5", "Z79.4")
 
 
@@ -810,7 +811,148 @@ def generate(seed: int = 7) -> list[tuple[str, str, str]]:
         add("phi", "handwritten", s)
     for s in HANDWRITTEN_CLEAN:
         add("clean", "handwritten", s)
+    rows.extend(generate_templated())
     rng.shuffle(rows)
+    return rows
+
+
+def generate_templated(seed: int = 99) -> list[tuple[str, str, str]]:
+    """A second, differently worded template set (written as an outside check, then kept)."""
+    from faker import Faker
+
+    rng = random.Random(seed)
+    fakers = [Faker(loc) for loc in ("en_US", "es_MX", "en_GB", "es_CO", "en_AU", "en_CA")]
+    for i, fk in enumerate(fakers):
+        fk.seed_instance(100 + i)
+
+    def f() -> Faker:
+        return rng.choice(fakers)
+
+    drugs = [
+        "Amlodipine",
+        "Omeprazole",
+        "Wegovy",
+        "Synthroid",
+        "Zyrtec",
+        "Lipitor",
+        "Plavix",
+        "Keppra",
+        "Lexapro",
+        "Wellbutrin",
+        "Advair",
+        "Januvia",
+        "Trulicity",
+        "Seroquel",
+        "Abilify",
+        "Adderall",
+        "Norco",
+        "Valtrex",
+    ]
+    tests = [
+        "CBC",
+        "urinalysis",
+        "thyroid panel",
+        "MRI",
+        "CT",
+        "x-ray",
+        "Pap test",
+        "stress test",
+        "biopsy",
+        "bone density scan",
+        "allergy test",
+        "HbA1c",
+        "lipid panel",
+        "sleep study",
+    ]
+    conds = [
+        "diabetes",
+        "hypertension",
+        "asthma",
+        "GERD",
+        "migraine",
+        "arthritis",
+        "depression",
+        "anxiety",
+        "COPD",
+        "eczema",
+        "gout",
+        "osteoporosis",
+        "sciatica",
+        "IBS",
+        "kidney stones",
+        "shingles",
+        "pneumonia",
+        "bronchitis",
+    ]
+    specs = [
+        "cardiology",
+        "dermatology",
+        "oncology",
+        "neurology",
+        "orthopedics",
+        "pediatrics",
+        "OB/GYN",
+        "psychiatry",
+        "urology",
+        "gastroenterology",
+    ]
+    phi = [
+        lambda g: f"Appointment confirmation for {g.name()} on {g.date(pattern='%m/%d/%Y')}",
+        lambda g: f"{g.first_name()}, your {rng.choice(tests)} results are ready",
+        lambda g: f"Refill reminder: {rng.choice(drugs)} {rng.choice([5, 10, 20, 25, 50, 100])}mg",
+        lambda g: f"Your visit with Dr. {g.last_name()} on {g.date(pattern='%B %d')}",
+        lambda g: f"Claim #{g.numerify('#########')} for {g.name()}",
+        lambda g: f"MRN: {g.numerify('########')}",
+        lambda g: f"Re: {g.first_name()}'s {rng.choice(conds)}",
+        lambda g: f"Diagnosis update: {rng.choice(conds)}",
+        lambda g: f"Account {g.numerify('#######')} statement",
+        lambda g: f"{g.name()} ({g.date_of_birth().strftime('%m/%d/%Y')})",
+        lambda g: f"Member ID {g.bothify('???########').upper()}",
+        lambda g: f"Patient {g.name()} admitted",
+        lambda g: f"{g.name()} - {g.phone_number()}",
+        lambda g: f"Lab order for {g.name()}",
+        lambda g: f"Cita de {g.name()} el {g.date(pattern='%d/%m/%Y')}",
+        lambda g: f"Resultados de {g.name()}",
+        lambda g: f"{g.first_name()}, su receta está lista",
+        lambda g: f"Your {rng.choice(specs)} referral is approved",
+        lambda g: f"{rng.choice(drugs)} prescription for {g.first_name()}",
+        lambda g: f"Test results: {rng.choice(conds)} confirmed",
+        lambda g: f"Your {rng.choice(conds)} treatment plan",
+        lambda g: f"Follow-up for your {rng.choice(tests)}",
+        lambda g: f"{g.name()}: missed appointment",
+        lambda g: f"Email from {g.name()} re: {rng.choice(tests)}",
+    ]
+    clean = [
+        lambda g: f"Our {g.city()} clinic will be closed on {g.date(pattern='%B %d')}",
+        lambda g: f"{rng.randint(3, 12)} tips for a healthy {rng.choice(SEASONS)}",
+        lambda g: "Flu vaccines available at all locations",
+        lambda g: "New patient portal features",
+        lambda g: f"Join our {rng.choice(conds)} webinar on {g.date(pattern='%B %d')}",
+        lambda g: f"Monthly newsletter - {g.month_name()} {g.year()}",
+        lambda g: f"Health tips: {rng.choice(conds)} awareness month",
+        lambda g: f"We're hiring: {g.job()}",
+        lambda g: f"Thank you for choosing {g.company()}",
+        lambda g: f"Consejos de salud para el {rng.choice(['verano', 'invierno'])}",
+        lambda g: f"Understanding {rng.choice(conds)}: causes and treatments",
+        lambda g: f"New {rng.choice(specs)} clinic opens in {g.city()}",
+        lambda g: f"Ask our pharmacist about {rng.choice(drugs)}",
+        lambda g: f"What is a {rng.choice(tests)}?",
+        lambda g: f"Meet Dr. {g.last_name()}, {rng.choice(specs)}",
+        lambda g: f"{g.company()} sponsors {g.city()} health fair",
+        lambda g: f"Free {rng.choice(tests)} screenings in {g.month_name()}",
+        lambda g: f"Living with {rng.choice(conds)}: support group",
+        lambda g: f"Updated hours for {g.day_of_week()}",
+        lambda g: f"Call {g.numerify('1-800-###-####')} to schedule",
+        lambda g: f"Managing {rng.choice(conds)} at home",
+        lambda g: f"The {g.last_name()} Wellness Center is now open",
+        lambda g: f"Donate to the {g.last_name()} Cancer Fund",
+        lambda g: f"{rng.choice(drugs)} recall notice",
+    ]
+    rows: list[tuple[str, str, str]] = []
+    for _ in range(120):
+        rows.append(("phi", "templated", rng.choice(phi)(f())))
+    for _ in range(120):
+        rows.append(("clean", "templated", rng.choice(clean)(f())))
     return rows
 
 

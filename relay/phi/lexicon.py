@@ -1588,6 +1588,13 @@ NOT_NAMES: frozenset[str] = frozenset(
 # Everyday-word medicines the generated drug list leaves out (it drops dictionary words).
 MEDICATIONS: frozenset[str] = frozenset(
     {
+        "norco",
+        "percocet",
+        "vicodin",
+        "bactrim",
+        "augmentin",
+        "z-pak",
+        "zpak",
         "insulin",
         "aspirin",
         "penicillin",
