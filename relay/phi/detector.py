@@ -387,39 +387,9 @@ _SENSITIVE_ICD: tuple[tuple[str, str, str], ...] = (
     ("F10", "F19", kinds.SUBSTANCE_USE),
     ("F20", "F69", kinds.MENTAL_HEALTH),
     ("F90", "F99", kinds.MENTAL_HEALTH),
-    ("F32", "F33", kinds.MENTAL_HEALTH),
     ("O00", "O9A", kinds.REPRODUCTIVE_HEALTH),
     ("Z30", "Z39", kinds.REPRODUCTIVE_HEALTH),
     ("A50", "A64", kinds.SEXUAL_HEALTH),
-)
-
-_MONTH_WORDS = frozenset(
-    [
-        "january",
-        "february",
-        "march",
-        "april",
-        "may",
-        "june",
-        "july",
-        "august",
-        "september",
-        "october",
-        "november",
-        "december",
-        "jan",
-        "feb",
-        "mar",
-        "apr",
-        "jun",
-        "jul",
-        "aug",
-        "sep",
-        "sept",
-        "oct",
-        "nov",
-        "dec",
-    ]
 )
 
 

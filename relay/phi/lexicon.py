@@ -650,7 +650,6 @@ POSSESSIVE: frozenset[str] = frozenset(
         "te",
     }
 )
-SECOND_PERSON: frozenset[str] = frozenset({"your", "you", "youre", "you're", "tu", "tus", "usted"})
 
 # Words that end a possessive phrase ("your family from flu": "from" ends it).
 BREAKERS: frozenset[str] = frozenset(
