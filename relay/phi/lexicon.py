@@ -823,6 +823,8 @@ PRESCRIPTION_WORDS: frozenset[str] = frozenset(
 # Care events of one person (appointments, stays, follow-ups).
 CARE_EVENT: frozenset[str] = frozenset(
     {
+        "hospitalaria",
+        "egreso",
         "authorization",
         "approved",
         "denied",
@@ -851,7 +853,6 @@ CARE_EVENT: frozenset[str] = frozenset(
         "consulta",
         "seguimiento",
         "ingreso",
-        "alta",
         "hospitalizacion",
         "scheduled",
         "rescheduled",
@@ -883,6 +884,7 @@ CARE_EVENT: frozenset[str] = frozenset(
 # ("5 tips to manage your diabetes") does not make a subject about one person.
 GENERIC: frozenset[str] = frozenset(
     {
+        "como",
         "what",
         "how",
         "why",
@@ -1145,7 +1147,6 @@ DATE_CARE_WORDS: frozenset[str] = frozenset(
         "consulta",
         "cirugia",
         "ingreso",
-        "alta",
         "seguimiento",
         "mri",
         "labs",
