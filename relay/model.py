@@ -79,6 +79,7 @@ class MessageContext:
     category: Category | None
     category_name: str
     category_source: str
+    plaintext_network: bool = False
 
 
 # --- modifications: data describing a change; `rewrite` carries them out ----------

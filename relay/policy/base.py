@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
 class Policy(Protocol):
     """A small unit of policy. `name` is its rule id in audit records and replies."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def evaluate(self, ctx: MessageContext) -> Verdict: ...
 
@@ -54,60 +56,70 @@ class PolicyDeps:
 class Section:
     """One `[policy.NAME]` table with typed getters whose errors name file and key."""
 
-    file: str
-    prefix: str
+    file: builtins.str
+    prefix: builtins.str
     data: Mapping[str, Any]
 
-    def _key(self, key: str) -> str:
+    def _key(self, key: builtins.str) -> builtins.str:
         return f"{self.prefix}.{key}" if self.prefix else key
 
-    def has(self, key: str) -> bool:
+    def has(self, key: builtins.str) -> bool:
         return key in self.data
 
-    def str(self, key: str, default: str | None = None) -> str:
+    def str(self, key: builtins.str, default: builtins.str | None = None) -> builtins.str:
         value = self.data.get(key, default)
-        if not isinstance(value, str):
+        if not isinstance(value, builtins.str):
             raise ConfigError(self.file, self._key(key), "expected a string")
         return value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
         value = self.data.get(key, default)
-        if not isinstance(value, bool):
+        if not isinstance(value, builtins.bool):
             raise ConfigError(self.file, self._key(key), "expected true or false")
         return value
 
-    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
+    def number(self, key: builtins.str, default: float, minimum: float = 0.0) -> float:
         value = self.data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        if (
+            isinstance(value, builtins.bool)
+            or not isinstance(value, int | float)
+            or value < minimum
+        ):
             raise ConfigError(self.file, self._key(key), f"expected a number >= {minimum}")
         return float(value)
 
-    def strings(self, key: str, default: Sequence[str] = ()) -> tuple[str, ...]:
+    def strings(
+        self, key: builtins.str, default: Sequence[builtins.str] = ()
+    ) -> tuple[builtins.str, ...]:
         value = self.data.get(key, list(default))
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, list) or not all(isinstance(v, builtins.str) for v in value):
             raise ConfigError(self.file, self._key(key), "expected a list of strings")
         return tuple(value)
 
-    def choice(self, key: str, choices: Sequence[str], default: str) -> str:
+    def choice(
+        self, key: builtins.str, choices: Sequence[builtins.str], default: builtins.str
+    ) -> builtins.str:
         value = self.str(key, default)
         if value not in choices:
             raise ConfigError(self.file, self._key(key), f"expected one of {', '.join(choices)}")
         return value
 
-    def table(self, key: str) -> Section:
+    def table(self, key: builtins.str) -> Section:
         value = self.data.get(key, {})
         if not isinstance(value, dict):
             raise ConfigError(self.file, self._key(key), "expected a table")
         return Section(self.file, self._key(key), value)
 
-    def keys(self) -> tuple[str, ...]:
+    def keys(self) -> tuple[builtins.str, ...]:
         return tuple(self.data)
 
-    def reject_unknown(self, allowed: Sequence[str]) -> None:
+    def reject_unknown(self, allowed: Sequence[builtins.str]) -> None:
         for key in self.data:
             if key not in allowed:
                 raise ConfigError(
-                    self.file, self._key(key), f"unknown setting; expected one of {', '.join(allowed)}"
+                    self.file,
+                    self._key(key),
+                    f"unknown setting; expected one of {', '.join(allowed)}",
                 )
 
 

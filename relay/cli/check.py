@@ -1,0 +1,136 @@
+"""`phi-relay check MESSAGE.eml`: run the policies on a message without sending it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import email.utils
+from pathlib import Path
+from typing import Any
+
+from relay import pipeline, replies
+from relay.cli import EXIT_OK, EXIT_REFUSED, CliError
+from relay.cli.serve import load_config
+from relay.consent import open_store
+from relay.message import SessionFacts, ShapeError, ShapeLimits, build_context, check_raw, parse
+from relay.model import Action, Envelope, Peer, TlsInfo, Verdict
+from relay.phi import default_detector
+from relay.phi.roster import Roster
+from relay.policy.base import ConfigError, PolicyDeps
+from relay.rules import load as load_rules
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "check",
+        help="run the policies on a message without sending it",
+        description="Exit 0 if the message would be accepted, 1 if refused, 2 on a usage "
+        "or input error.",
+    )
+    p.add_argument("message", type=Path, help="message file (.eml)")
+    p.add_argument("--mail-from", help="envelope sender (default: the From address)")
+    p.add_argument("--rcpt", action="append", help="envelope recipient (default: To and Cc)")
+    p.add_argument("--auth-user", help="authenticated user to assume (for category mapping)")
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--policy-file", help="policy file (default policies/default.toml)")
+    p.add_argument("--state-dir", help="state directory (consent store, roster)")
+    p.set_defaults(func=run)
+
+
+def _addresses(msg: Any, *names: str) -> list[str]:
+    values = [str(v) for n in names for v in (msg.get_all(n) or [])]
+    return [addr for _, addr in email.utils.getaddresses(values) if addr]
+
+
+async def _check(args: argparse.Namespace) -> int:
+    for flag in (
+        "listen",
+        "implicit_tls_listen",
+        "tls_cert",
+        "tls_key",
+        "users_file",
+        "upstream",
+        "upstream_tls",
+        "upstream_ca",
+        "client_timeout",
+        "upstream_timeout",
+        "audit_log",
+        "http_listen",
+        "mode",
+        "trusted_network",
+        "plaintext_network",
+    ):
+        setattr(args, flag, None)
+    cfg, _ = load_config(args)
+    try:
+        raw = args.message.read_bytes()
+    except OSError as exc:
+        raise CliError(f"{args.message}: cannot be read ({exc.strerror})") from exc
+    raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    s = cfg.server
+    limits = ShapeLimits(s.max_header_bytes, s.max_mime_depth, "normalise")
+    store = await open_store(cfg.store_url)
+    try:
+        deps = PolicyDeps(
+            policy_dir=cfg.policy_file.parent,
+            state_dir=cfg.state_dir,
+            detector=default_detector(Roster.load(cfg.state_dir)),
+            store=store,
+        )
+        try:
+            ruleset = load_rules(cfg.policy_file, deps)
+        except ConfigError as exc:
+            raise CliError(str(exc)) from exc
+        try:
+            msg = parse(check_raw(raw, Envelope("", (), (), True), limits), limits)
+        except ShapeError as err:
+            verdict = Verdict(rule="message", action=Action.REJECT, reason=err.reason)
+            print(f"message\treject\t{err.reason}")
+            print(f"decision: reject\t{replies.for_verdict(verdict)}")
+            return EXIT_REFUSED
+        sender = args.mail_from or next(iter(_addresses(msg, "From")), "")
+        rcpts = tuple(args.rcpt or _addresses(msg, "To", "Cc"))
+        if not rcpts:
+            raise CliError("no recipients: pass --rcpt ADDRESS or give the message a To header")
+        envelope = Envelope(sender, rcpts, (), True)
+        facts = SessionFacts(
+            "check", Peer("127.0.0.1", 0), TlsInfo("TLSv1.3", "check"), args.auth_user, True, False
+        )
+        ctx = build_context(
+            raw=raw,
+            msg=msg,
+            envelope=envelope,
+            facts=facts,
+            decision_id="check",
+            categories=ruleset.categories,
+        )
+        pre = []
+        if ctx.category is None:
+            pre.append(
+                Verdict(
+                    rule="category",
+                    action=Action.REJECT,
+                    reason="category.unknown",
+                    kinds=(ctx.category_name,),
+                )
+            )
+        outcome = await pipeline.run(
+            ruleset.policies, ctx, timeout=s.policy_timeout, mode=s.mode, pre=pre
+        )
+    finally:
+        await store.close()
+    print(f"category\t{ctx.category_name}\t(from {ctx.category_source})")
+    for v in outcome.verdicts:
+        detail = f" ({', '.join(v.kinds)})" if v.kinds else ""
+        dropped = f"\tdrops {len(v.drop)} recipient(s)" if v.drop else ""
+        print(f"{v.rule}\t{v.action.name.lower()}\t{v.reason or '-'}{detail}{dropped}")
+    if outcome.deciding is not None:
+        reply = replies.for_verdict(outcome.deciding, ruleset.categories.names())
+        print(f"decision: {outcome.enforced.name.lower()}\t{reply}")
+        return EXIT_REFUSED
+    print(f"decision: accept\t{len(outcome.accepted)} of {len(rcpts)} recipient(s)")
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(_check(args))

@@ -1,0 +1,107 @@
+"""`phi-relay serve`: run the relay with defaults that work on a fresh machine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from relay import config as config_mod
+from relay.certs import init_dev_certs
+from relay.cli import EXIT_OK, CliError
+from relay.config import Config
+from relay.logs import configure
+from relay.policy.base import ConfigError
+
+# flag -> (section, key); values are parsed by relay.config so errors read the same everywhere.
+FLAGS: dict[str, tuple[str, str, str]] = {
+    "--listen": ("server", "listen", "HOST:PORT for SMTP with STARTTLS (default 127.0.0.1:2525)"),
+    "--implicit-tls-listen": ("server", "implicit_tls_listen", "HOST:PORT for implicit TLS"),
+    "--tls-cert": ("server", "tls_cert", "server certificate chain (PEM)"),
+    "--tls-key": ("server", "tls_key", "server private key (PEM)"),
+    "--users-file": ("server", "users_file", "AUTH users file (phi-relay user add)"),
+    "--upstream": ("upstream", "host", "upstream HOST:PORT (default: capture to a folder)"),
+    "--upstream-tls": ("upstream", "tls", "starttls or implicit"),
+    "--upstream-ca": ("upstream", "ca_file", "CA bundle to verify the upstream with"),
+    "--client-timeout": ("server", "client_timeout", "seconds a client may stay idle"),
+    "--upstream-timeout": ("upstream", "timeout", "seconds for each upstream step"),
+    "--audit-log": ("audit", "file", "audit log file"),
+    "--state-dir": ("", "state_dir", "directory for keys, consent store, captured mail"),
+    "--http-listen": ("http", "listen", "HOST:PORT for unsubscribe, health and metrics"),
+    "--mode": ("server", "mode", "enforce or monitor"),
+    "--policy-file": ("", "policy_file", "policy file (default policies/default.toml)"),
+}
+LIST_FLAGS = {
+    "--trusted-network": ("server", "trusted_networks", "CIDR that may relay without AUTH"),
+    "--plaintext-network": ("server", "plaintext_networks", "CIDR that may also skip STARTTLS"),
+}
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        help="run the relay",
+        description="Run the relay. Settings: defaults < --config FILE < PHI_RELAY_* env < flags.",
+    )
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    for flag, (_, _, help_text) in FLAGS.items():
+        p.add_argument(flag, dest=flag[2:].replace("-", "_"), help=help_text)
+    for flag, (_, _, help_text) in LIST_FLAGS.items():
+        p.add_argument(flag, dest=flag[2:].replace("-", "_"), action="append", help=help_text)
+    p.add_argument("--log-json", action="store_true", help="service log as JSON lines")
+    p.set_defaults(func=run)
+
+
+def overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for flag, (section, key, _) in FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is None:
+            continue
+        if flag == "--upstream":
+            hp = config_mod.parse_hostport("flag --upstream", "upstream", value, default_port=587)
+            out.setdefault("upstream", {}).update({"host": hp.host, "port": hp.port})
+            continue
+        out.setdefault(section, {})[key] = value
+    for flag, (section, key, _) in LIST_FLAGS.items():
+        values = getattr(args, flag[2:].replace("-", "_"), None)
+        if values:
+            out.setdefault(section, {})[key] = list(values)
+    return out
+
+
+def load_config(args: argparse.Namespace) -> tuple[Config, dict[str, dict[str, object]]]:
+    ov = overrides(args)
+    cfg_path = args.config
+    if cfg_path is None and os.environ.get("PHI_RELAY_CONFIG"):
+        cfg_path = Path(os.environ["PHI_RELAY_CONFIG"])
+    try:
+        cfg = config_mod.load(cfg_path, overrides=ov)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from exc
+    return cfg, ov
+
+
+def run(args: argparse.Namespace) -> int:
+    from relay.server import Relay, StartupError
+    from relay.server import run as run_relay
+
+    configure(json=True if args.log_json else None)
+    cfg, ov = load_config(args)
+    default_cert = Path("certs/server.crt")
+    if cfg.server.tls_cert == default_cert and not cfg.server.tls_cert.exists():
+        paths, _ = init_dev_certs(default_cert.parent, cfg.server.hostname)
+        where = paths.cert.parent
+        print(f"phi-relay: generated development certificates in {where}/ (not for production)")
+    relay = Relay(cfg, config_path=args.config, overrides=ov)
+    try:
+        asyncio.run(run_relay(relay))
+    except StartupError as exc:
+        raise CliError(str(exc)) from exc
+    except ConfigError as exc:
+        raise CliError(str(exc)) from exc
+    except OSError as exc:
+        raise CliError(f"cannot listen: {exc.strerror} ({exc}); choose another --listen") from exc
+    return EXIT_OK

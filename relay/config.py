@@ -1,0 +1,385 @@
+"""Relay configuration: defaults < TOML file < PHI_RELAY_* environment < command-line flags.
+
+The result is frozen and validated once; every error names the source (file,
+variable or flag), the key and what is expected. Insecure combinations refuse to
+start rather than run in a weaker mode.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from relay.policy.base import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+ENV_PREFIX = "PHI_RELAY_"
+LOOPBACK: tuple[IPNetwork, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: HostPort = HostPort("127.0.0.1", 2525)
+    implicit_tls_listen: HostPort | None = None
+    hostname: str = "phi-relay.localdomain"
+    tls_cert: Path = Path("certs/server.crt")
+    tls_key: Path = Path("certs/server.key")
+    users_file: Path | None = None
+    trusted_networks: tuple[IPNetwork, ...] = ()
+    plaintext_networks: tuple[IPNetwork, ...] = ()
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 100
+    max_line_length: int = 998
+    max_header_bytes: int = 64 * 1024
+    max_mime_depth: int = 20
+    bare_line_endings: str = "refuse"
+    client_timeout: float = 300.0
+    data_timeout: float = 600.0
+    max_sessions: int = 200
+    max_sessions_per_client: int = 20
+    auth_failure_delay: float = 1.0
+    auth_max_failures: int = 5
+    auth_lockout: float = 900.0
+    shutdown_timeout: float = 30.0
+    policy_timeout: float = 10.0
+    mode: str = "enforce"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    host: str = ""
+    port: int = 587
+    tls: str = "starttls"
+    ca_file: Path | None = None
+    timeout: float = 60.0
+    username: str = ""
+    password_file: Path | None = None
+    hostname: str = ""
+
+    @property
+    def capture(self) -> bool:
+        return not self.host
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    file: Path | None = Path("state/audit.log")
+    stdout: bool = False
+    fsync: bool = False
+    max_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    listen: HostPort | None = HostPort("127.0.0.1", 8025)
+    base_url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str = "defaults"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    state_dir: Path = Path("state")
+    policy_file: Path = Path("policies/default.toml")
+    consent_store: str = ""
+
+    @property
+    def capture_dir(self) -> Path:
+        return self.state_dir / "captured"
+
+    @property
+    def store_url(self) -> str:
+        return self.consent_store or f"sqlite:///{self.state_dir / 'consent.db'}"
+
+    @property
+    def unsubscribe_base_url(self) -> str:
+        if self.http.base_url:
+            return self.http.base_url.rstrip("/")
+        listen = self.http.listen or HostPort("127.0.0.1", 8025)
+        return f"http://{listen}"
+
+
+# --- parsing of single values; each raises ConfigError naming where it came from ---------
+
+
+def parse_hostport(
+    where: str, key: str, value: object, default_port: int | None = None
+) -> HostPort:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(where, key, "expected HOST:PORT, e.g. 127.0.0.1:2525")
+    text = value.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not port_text:
+        if default_port is None:
+            raise ConfigError(where, key, "expected HOST:PORT, e.g. 127.0.0.1:2525")
+        port_text = str(default_port)
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(where, key, "expected a port number between 0 and 65535")
+    return HostPort(host or "0.0.0.0", int(port_text))  # noqa: S104 - an empty host means all
+
+
+def parse_network(where: str, key: str, value: object) -> IPNetwork:
+    if not isinstance(value, str):
+        raise ConfigError(where, key, "expected a CIDR network such as 10.0.0.0/8")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError as exc:
+        raise ConfigError(where, key, "expected a CIDR network such as 10.0.0.0/8") from exc
+
+
+def _convert(where: str, key: str, kind: str, value: object) -> object:
+    """Turn a TOML/env/flag value into the field's type, or explain what was expected."""
+    from_env = isinstance(value, str)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if from_env and str(value).lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+            return str(value).lower() in {"1", "true", "yes", "on"}
+        raise ConfigError(where, key, "expected true or false")
+    if kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if from_env and str(value).isdigit():
+            return int(str(value))
+        raise ConfigError(where, key, "expected a whole number >= 0")
+    if kind == "float":
+        try:
+            number = float(value) if isinstance(value, int | float | str) else -1.0
+        except ValueError:
+            number = -1.0
+        if isinstance(value, bool) or number <= 0:
+            raise ConfigError(where, key, "expected a number of seconds > 0")
+        return number
+    if kind == "path":
+        if not isinstance(value, str) or not value:
+            raise ConfigError(where, key, "expected a file path")
+        return Path(value)
+    if kind == "opt_path":
+        if not isinstance(value, str):
+            raise ConfigError(where, key, "expected a file path (empty to disable)")
+        return Path(value) if value else None
+    if kind == "hostport":
+        return parse_hostport(where, key, value)
+    if kind == "opt_hostport":
+        if value in ("", None):
+            return None
+        return parse_hostport(where, key, value)
+    if kind == "networks":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ConfigError(where, key, "expected a list of CIDR networks")
+        return tuple(parse_network(where, key, v) for v in items if str(v).strip())
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(where, key, "expected a string")
+        return value
+    raise AssertionError(kind)
+
+
+_KINDS: dict[str, dict[str, str]] = {
+    "server": {
+        "listen": "hostport",
+        "implicit_tls_listen": "opt_hostport",
+        "hostname": "str",
+        "tls_cert": "path",
+        "tls_key": "path",
+        "users_file": "opt_path",
+        "trusted_networks": "networks",
+        "plaintext_networks": "networks",
+        "max_message_size": "int",
+        "max_recipients": "int",
+        "max_line_length": "int",
+        "max_header_bytes": "int",
+        "max_mime_depth": "int",
+        "bare_line_endings": "str",
+        "client_timeout": "float",
+        "data_timeout": "float",
+        "max_sessions": "int",
+        "max_sessions_per_client": "int",
+        "auth_failure_delay": "float",
+        "auth_max_failures": "int",
+        "auth_lockout": "float",
+        "shutdown_timeout": "float",
+        "policy_timeout": "float",
+        "mode": "str",
+    },
+    "upstream": {
+        "host": "str",
+        "port": "int",
+        "tls": "str",
+        "ca_file": "opt_path",
+        "timeout": "float",
+        "username": "str",
+        "password_file": "opt_path",
+        "hostname": "str",
+    },
+    "audit": {"file": "opt_path", "stdout": "bool", "fsync": "bool", "max_bytes": "int"},
+    "http": {"listen": "opt_hostport", "base_url": "str"},
+    "": {"state_dir": "path", "policy_file": "path", "consent_store": "str"},
+}
+_SECTION_TYPES: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "upstream": UpstreamConfig,
+    "audit": AuditConfig,
+    "http": HttpConfig,
+}
+
+
+def _apply(cfg: Config, where: str, section: str, values: Mapping[str, object]) -> Config:
+    kinds = _KINDS[section]
+    converted: dict[str, object] = {}
+    for key, raw in values.items():
+        full = f"{section}.{key}" if section else key
+        if key not in kinds:
+            raise ConfigError(where, full, f"unknown setting; expected one of {', '.join(kinds)}")
+        converted[key] = _convert(where, full, kinds[key], raw)
+    if not converted:
+        return cfg
+    if section:
+        return replace(cfg, **{section: replace(getattr(cfg, section), **converted)})
+    return replace(cfg, **converted)  # type: ignore[arg-type]
+
+
+def load_file(cfg: Config, path: Path) -> Config:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(path, "-", "file not found; pass an existing --config FILE") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "-", f"not valid TOML ({exc})") from exc
+    where = str(path)
+    top: dict[str, object] = {}
+    for key, value in data.items():
+        if key in _SECTION_TYPES:
+            if not isinstance(value, dict):
+                raise ConfigError(where, key, "expected a table")
+            cfg = _apply(cfg, where, key, value)
+        else:
+            top[key] = value
+    cfg = _apply(cfg, where, "", top)
+    return replace(cfg, source=where)
+
+
+def load_env(cfg: Config, environ: Mapping[str, str]) -> Config:
+    """PHI_RELAY_<SECTION>_<KEY> (e.g. PHI_RELAY_SERVER_LISTEN) and PHI_RELAY_<KEY> for top keys."""
+    for section, kinds in _KINDS.items():
+        values: dict[str, object] = {}
+        for key in kinds:
+            name = ENV_PREFIX + (f"{section}_{key}" if section else key).upper()
+            if name in environ:
+                values[key] = environ[name]
+        if values:
+            for key, value in values.items():
+                name = ENV_PREFIX + (f"{section}_{key}" if section else key).upper()
+                cfg = _apply(cfg, f"environment {name}", section, {key: value})
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Mapping[str, object]]) -> Config:
+    """Command-line flags: {section: {key: value}}, already named as in the file."""
+    for section, values in overrides.items():
+        for key, value in values.items():
+            flag = "--" + key.replace("_", "-")
+            cfg = _apply(cfg, f"flag {flag}", section, {key: value})
+    return cfg
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field checks. Insecure or impossible combinations refuse to start."""
+    s, u = cfg.server, cfg.upstream
+    where = cfg.source
+    if s.mode not in ("enforce", "monitor"):
+        raise ConfigError(where, "server.mode", "expected enforce or monitor")
+    if s.bare_line_endings not in ("refuse", "normalise"):
+        raise ConfigError(where, "server.bare_line_endings", "expected refuse or normalise")
+    if u.tls not in ("starttls", "implicit"):
+        raise ConfigError(
+            where, "upstream.tls", "expected starttls or implicit (plaintext is never used)"
+        )
+    for key, minimum in (
+        ("max_message_size", 1024),
+        ("max_recipients", 1),
+        ("max_line_length", 78),
+        ("max_sessions", 1),
+        ("max_sessions_per_client", 1),
+        ("max_header_bytes", 1024),
+        ("max_mime_depth", 1),
+    ):
+        if getattr(s, key) < minimum:
+            raise ConfigError(where, f"server.{key}", f"expected a whole number >= {minimum}")
+    if s.max_line_length > 998:
+        # RFC 5322 2.1.1: longer lines are not valid mail, and upstreams refuse them.
+        raise ConfigError(where, "server.max_line_length", "expected at most 998 (RFC 5322)")
+    if u.username and not (u.password_file or os.environ.get(ENV_PREFIX + "UPSTREAM_PASSWORD")):
+        raise ConfigError(
+            where,
+            "upstream.username",
+            "set upstream.password_file or PHI_RELAY_UPSTREAM_PASSWORD for upstream AUTH",
+        )
+    if s.max_message_size > 2**31:
+        raise ConfigError(where, "server.max_message_size", "expected at most 2 GiB")
+    return cfg
+
+
+def load(
+    path: Path | None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, object]] | None = None,
+) -> Config:
+    cfg = Config()
+    if path is not None:
+        cfg = load_file(cfg, path)
+    cfg = load_env(cfg, os.environ if environ is None else environ)
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    if not cfg.server.trusted_networks and cfg.server.users_file is None:
+        # A first try needs someone allowed to send: loopback, and still only over TLS.
+        cfg = replace(cfg, server=replace(cfg.server, trusted_networks=LOOPBACK))
+    return validate(cfg)
+
+
+def upstream_password(cfg: UpstreamConfig) -> str | None:
+    """The upstream AUTH password, read at connect time so a rotated secret file is picked up."""
+    if cfg.password_file is not None:
+        try:
+            return cfg.password_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                str(cfg.password_file), "upstream.password_file", "file cannot be read"
+            ) from exc
+    return os.environ.get(ENV_PREFIX + "UPSTREAM_PASSWORD")
+
+
+def setting_names() -> list[str]:
+    """Every file key, for documentation and `--help` text."""
+    names = []
+    for section, cls in _SECTION_TYPES.items():
+        names += [f"{section}.{f.name}" for f in fields(cls)]
+    return names + list(_KINDS[""])

@@ -1,0 +1,296 @@
+"""The upstream: a verified-TLS SMTP client (or a local capture folder), errors mapped once.
+
+Every failure becomes a Reply that says whether it is transient (4xx: the client
+keeps the message and retries) or permanent (5xx, only when the upstream said so).
+Plaintext is never used: no STARTTLS or a certificate that does not verify is a 4xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import ssl
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+import structlog
+
+from relay.model import Reply, TlsInfo
+
+log = structlog.get_logger("relay.delivery")
+_STATUS = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s+")
+
+
+class UpstreamError(Exception):
+    """The upstream could not take the message; `reply` is what the client should hear."""
+
+    def __init__(self, reply: Reply, outcome: str) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+        self.outcome = outcome
+
+
+class Connection(Protocol):
+    name: str
+    tls: TlsInfo
+
+    async def mail(self, sender: str, options: list[str]) -> None: ...
+
+    async def rcpt(self, recipient: str) -> Reply: ...
+
+    async def data(self, message: bytes) -> Reply: ...
+
+    async def rset(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Upstream(Protocol):
+    name: str
+
+    async def connect(self) -> Connection: ...
+
+    async def ping(self) -> None: ...
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(text.replace("\r", " ").replace("\n", " ").split())
+    return flat[:limit]
+
+
+def reply_from_upstream(code: int, message: str) -> Reply:
+    text = _one_line(message)
+    m = _STATUS.match(text)
+    if m and m.group(1)[0] == str(code)[0]:
+        status, text = m.group(1), text[m.end() :]
+    else:
+        status = {2: "2.0.0", 4: "4.0.0", 5: "5.0.0"}.get(code // 100, "4.0.0")
+    if not 200 <= code < 600 or (code < 400 and code >= 300):
+        # A code no SMTP client can act on: treat as a transient protocol error.
+        return Reply(451, "4.5.0", f"Upstream answered unexpectedly ({code})")
+    return Reply(code, status, f"Upstream: {text}" if text else "Upstream refused")
+
+
+def _is_cert_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        if "CERTIFICATE_VERIFY_FAILED" in str(seen) or "certificate verify failed" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def map_error(exc: BaseException) -> UpstreamError:
+    """The single place library exceptions become replies."""
+    if isinstance(exc, UpstreamError):
+        return exc
+    if _is_cert_failure(exc):
+        return UpstreamError(
+            Reply(451, "4.7.5", "Upstream TLS certificate could not be verified; not sent"),
+            "tls-verify-failed",
+        )
+    if isinstance(exc, ssl.SSLError):
+        return UpstreamError(
+            Reply(451, "4.7.5", "TLS handshake with the upstream failed; not sent"),
+            "tls-failed",
+        )
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return UpstreamError(Reply(451, "4.4.2", "Upstream timed out; try again later"), "timeout")
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 400:
+        reply = reply_from_upstream(exc.code, exc.message)
+        return UpstreamError(reply, "refused" if reply.code >= 500 else "deferred")
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError | EOFError):
+        return UpstreamError(
+            Reply(451, "4.4.2", "Connection to the upstream was lost; try again later"),
+            "disconnected",
+        )
+    if isinstance(exc, aiosmtplib.SMTPConnectError | OSError):
+        return UpstreamError(
+            Reply(451, "4.4.1", "Upstream unreachable; try again later"), "unreachable"
+        )
+    return UpstreamError(
+        Reply(451, "4.3.0", "Upstream error; try again later"), f"error:{type(exc).__name__}"
+    )
+
+
+def client_tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+@dataclass
+class SmtpConnection:
+    client: aiosmtplib.SMTP
+    name: str
+    tls: TlsInfo
+    timeout: float
+
+    async def mail(self, sender: str, options: list[str]) -> None:
+        try:
+            await self.client.mail(sender, options=options, encoding="utf-8")
+        except Exception as exc:
+            raise map_error(exc) from exc
+
+    async def rcpt(self, recipient: str) -> Reply:
+        try:
+            await self.client.rcpt(recipient, encoding="utf-8")
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            return reply_from_upstream(exc.code, exc.message)
+        except Exception as exc:
+            raise map_error(exc) from exc
+        return Reply(250, "2.1.5", "OK")
+
+    async def data(self, message: bytes) -> Reply:
+        try:
+            resp = await self.client.data(message)
+        except Exception as exc:
+            raise map_error(exc) from exc
+        return reply_from_upstream(resp.code, resp.message)
+
+    async def rset(self) -> None:
+        try:
+            await self.client.rset()
+        except Exception as exc:
+            raise map_error(exc) from exc
+
+    async def close(self) -> None:
+        if not self.client.is_connected:
+            return
+        try:
+            async with asyncio.timeout(5):
+                await self.client.quit()
+        except Exception:
+            self.client.close()
+
+
+@dataclass
+class SmtpUpstream:
+    host: str
+    port: int
+    implicit_tls: bool
+    tls_context: ssl.SSLContext
+    timeout: float
+    local_hostname: str
+    username: str = ""
+    password: str | None = None
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name = f"{self.host}:{self.port}"
+
+    async def connect(self) -> Connection:
+        client = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            use_tls=self.implicit_tls,
+            start_tls=False,
+            tls_context=self.tls_context,
+            timeout=self.timeout,
+            local_hostname=self.local_hostname,
+        )
+        try:
+            await client.connect()
+            await client.ehlo()
+            if not self.implicit_tls:
+                if not client.supports_extension("starttls"):
+                    client.close()
+                    raise UpstreamError(
+                        Reply(
+                            451,
+                            "4.7.4",
+                            "Upstream does not offer STARTTLS; not sending in plaintext",
+                        ),
+                        "no-starttls",
+                    )
+                await client.starttls(tls_context=self.tls_context)
+                await client.ehlo()
+            if self.username:
+                await client.login(self.username, self.password or "")
+        except Exception as exc:
+            client.close()
+            err = map_error(exc)
+            if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+                # Our credentials are an operator problem: never a 5xx for the client's mail.
+                err = UpstreamError(
+                    Reply(451, "4.7.0", "Relay could not authenticate to the upstream"),
+                    "upstream-auth-failed",
+                )
+            raise err from exc
+        return SmtpConnection(client, self.name, _tls_of(client), self.timeout)
+
+    async def ping(self) -> None:
+        conn = await self.connect()
+        await conn.close()
+
+
+def _tls_of(client: aiosmtplib.SMTP) -> TlsInfo:
+    obj = client.get_transport_info("ssl_object")
+    if isinstance(obj, ssl.SSLObject | ssl.SSLSocket):
+        cipher = obj.cipher()
+        return TlsInfo(obj.version(), cipher[0] if cipher else None)
+    return TlsInfo()
+
+
+@dataclass
+class CaptureConnection:
+    folder: Path
+    name: str = "capture"
+    tls: TlsInfo = field(default_factory=lambda: TlsInfo("local", "none"))
+    sender: str = ""
+    recipients: list[str] = field(default_factory=list)
+
+    async def mail(self, sender: str, options: list[str]) -> None:
+        self.sender, self.recipients = sender, []
+
+    async def rcpt(self, recipient: str) -> Reply:
+        self.recipients.append(recipient)
+        return Reply(250, "2.1.5", "OK")
+
+    async def data(self, message: bytes) -> Reply:
+        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.eml"
+        envelope = (
+            f"X-Captured-Mail-From: <{self.sender}>\r\n"
+            + "".join(f"X-Captured-Rcpt-To: <{r}>\r\n" for r in self.recipients)
+        ).encode("utf-8", "surrogateescape")
+        await asyncio.to_thread(_write_atomic, self.folder / name, envelope + message)
+        return Reply(250, "2.0.0", f"Captured as {name}")
+
+    async def rset(self) -> None:
+        self.sender, self.recipients = "", []
+
+    async def close(self) -> None:
+        return None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.rename(path)
+
+
+@dataclass
+class CaptureUpstream:
+    """Development stand-in for a provider: delivered mail lands as .eml files in a folder."""
+
+    folder: Path
+    name: str = "capture"
+
+    async def connect(self) -> Connection:
+        return CaptureConnection(self.folder)
+
+    async def ping(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,419 @@
+"""The one place that knows the order.
+
+parse -> policies -> decision -> audit -> rewrite -> deliver -> audit.
+
+A `Transaction` follows one client transaction (MAIL .. DATA). It holds the upstream
+connection open from MAIL onwards so that the upstream's per-recipient answers reach
+the client at RCPT time ("250 means the upstream accepted it"), and only after the
+decision is written to the audit log does the message itself go upstream.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+
+from relay import pipeline, replies
+from relay.address import domain_of
+from relay.category import HEADER, printable_name
+from relay.delivery import Connection, Upstream, UpstreamError
+from relay.message import SessionFacts, ShapeError, ShapeLimits, build_context, check_raw, parse
+from relay.model import (
+    Action,
+    Decision,
+    DeliveryResult,
+    Envelope,
+    LinkMaker,
+    Modification,
+    RemoveHeader,
+    Reply,
+    TlsInfo,
+    Verdict,
+)
+from relay.rewrite import RewriteError, per_recipient, render
+
+if TYPE_CHECKING:
+    from relay.audit import AuditLog
+    from relay.config import Config
+    from relay.dedup import Dedup
+    from relay.metrics import Metrics
+    from relay.rules import RuleSet
+
+log = structlog.get_logger("relay.flow")
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Everything a transaction needs; replaced as a whole when configuration reloads."""
+
+    config: Config
+    rules: RuleSet
+    audit: AuditLog
+    metrics: Metrics
+    upstream: Upstream
+    links: LinkMaker | None
+    dedup: Dedup | None
+
+    @property
+    def limits(self) -> ShapeLimits:
+        s = self.config.server
+        return ShapeLimits(s.max_header_bytes, s.max_mime_depth, s.bare_line_endings)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Link:
+    """A session's upstream connection, reused across its transactions."""
+
+    def __init__(self) -> None:
+        self.conn: Connection | None = None
+
+    async def get(self, upstream: Upstream) -> Connection:
+        if self.conn is None:
+            self.conn = await upstream.connect()
+        return self.conn
+
+    async def drop(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            await conn.close()
+
+    async def reset(self) -> None:
+        if self.conn is None:
+            return
+        try:
+            await self.conn.rset()
+        except UpstreamError:
+            await self.drop()
+
+
+class Transaction:
+    def __init__(
+        self,
+        runtime: Runtime,
+        facts: SessionFacts,
+        link: Link,
+        mail_from: str,
+        mail_options: Sequence[str],
+        smtputf8: bool,
+        helo: str,
+    ) -> None:
+        self.rt = runtime
+        self.facts = facts
+        self.link = link
+        self.mail_from = mail_from
+        self.options = tuple(mail_options)
+        self.smtputf8 = smtputf8
+        self.helo = helo
+        self.recipients: list[str] = []
+        self.upstream_mail_sent = False
+
+    # --- envelope phase: proxied to the upstream so its answers reach the client ---------
+
+    def _upstream_options(self, conn: Connection) -> list[str]:
+        keep = []
+        for opt in self.options:
+            name = opt.split("=", 1)[0].upper()
+            if name in ("BODY", "SMTPUTF8"):
+                keep.append(opt)
+        return keep
+
+    async def open(self) -> Reply | None:
+        """Connect and send MAIL upstream. None means OK; a Reply is the client's refusal."""
+        try:
+            conn = await self.link.get(self.rt.upstream)
+            await conn.mail(self.mail_from, self._upstream_options(conn))
+        except UpstreamError as err:
+            await self.link.drop()
+            self._upstream_event("mail", err)
+            return err.reply
+        self.upstream_mail_sent = True
+        return None
+
+    async def add_recipient(self, rcpt: str) -> Reply | None:
+        if len(self.recipients) >= self.rt.config.server.max_recipients:
+            return Reply(452, "4.5.3", "Too many recipients; send the rest in another message")
+        try:
+            conn = await self.link.get(self.rt.upstream)
+            reply = await conn.rcpt(rcpt)
+        except UpstreamError as err:
+            await self.link.drop()
+            self.upstream_mail_sent = False
+            self._upstream_event("rcpt", err)
+            return err.reply
+        if not reply.success:
+            return reply
+        self.recipients.append(rcpt)
+        return None
+
+    async def abort(self) -> None:
+        if self.upstream_mail_sent:
+            await self.link.reset()
+            self.upstream_mail_sent = False
+
+    def _upstream_event(self, stage: str, err: UpstreamError) -> None:
+        try:
+            self.rt.audit.event(
+                "upstream-unavailable",
+                session_id=self.facts.session_id,
+                stage=stage,
+                upstream=self.rt.upstream.name,
+                outcome=err.outcome,
+                reply_code=err.reply.code,
+                reply_status=err.reply.status,
+            )
+        except Exception:
+            log.error("audit write failed", stage=stage)
+
+    # --- message phase -------------------------------------------------------------------
+
+    async def finish(self, raw: bytes) -> Reply:
+        started = time.monotonic()
+        rt = self.rt
+        decision_id = new_id()
+        envelope = Envelope(self.mail_from, tuple(self.recipients), self.options, self.smtputf8)
+        category, verdicts, ctx_message = "unknown", [], None
+        outcome: pipeline.Outcome
+        try:
+            raw = check_raw(raw, envelope, rt.limits)
+            msg = parse(raw, rt.limits)
+            ctx = build_context(
+                raw=raw,
+                msg=msg,
+                envelope=envelope,
+                facts=self.facts,
+                decision_id=decision_id,
+                categories=rt.rules.categories,
+            )
+            ctx_message = ctx
+            category = ctx.category_name if ctx.category else "unknown"
+            pre: list[Verdict] = []
+            if ctx.category is None:
+                pre.append(
+                    Verdict(
+                        rule="category",
+                        action=Action.REJECT,
+                        reason="category.unknown",
+                        kinds=(printable_name(ctx.category_name),),
+                    )
+                )
+            outcome = await pipeline.run(
+                rt.rules.policies,
+                ctx,
+                timeout=rt.config.server.policy_timeout,
+                mode=rt.config.server.mode,
+                pre=pre,
+            )
+        except ShapeError as err:
+            verdicts = [Verdict(rule="message", action=Action.REJECT, reason=err.reason)]
+            outcome = pipeline.combine(verdicts, envelope.rcpt_tos, rt.config.server.mode)
+
+        fingerprint = rt.dedup.fingerprint(self.mail_from, raw) if rt.dedup else ""
+        already: set[str] = set()
+        if rt.dedup is not None and outcome.enforced < Action.TEMPFAIL and outcome.accepted:
+            already = await rt.dedup.already(fingerprint, outcome.accepted)
+        to_send = tuple(r for r in outcome.accepted if r not in already)
+
+        if outcome.deciding is not None:
+            reply = replies.for_verdict(outcome.deciding, rt.rules.categories.names())
+        else:
+            reply = Reply(250, "2.0.0", "Accepted for delivery")
+        decision = Decision(
+            decision_id=decision_id,
+            session_id=self.facts.session_id,
+            time=time.time(),
+            peer=self.facts.peer,
+            tls=self.facts.tls,
+            auth_user=self.facts.auth_user,
+            sender_domain=domain_of(self.mail_from),
+            recipients=envelope.rcpt_tos,
+            category=category,
+            mode=rt.config.server.mode,
+            verdicts=outcome.verdicts,
+            action=outcome.action,
+            enforced_action=outcome.enforced,
+            reply=reply,
+            accepted=outcome.accepted,
+            dropped=outcome.dropped,
+            size=len(raw),
+        )
+        # The decision is on disk before anything is forwarded or refused.
+        try:
+            rt.audit.decision(decision)
+        except Exception:
+            log.error("audit write failed; deferring message", decision_id=decision_id)
+            rt.metrics.audit_error()
+            await self.abort()
+            return replies.by_reason("audit.error")
+        rt.metrics.decision(decision, time.monotonic() - started)
+
+        if outcome.enforced >= Action.TEMPFAIL:
+            await self.abort()
+            return reply
+        if ctx_message is None:  # pragma: no cover - shape errors always reject
+            await self.abort()
+            return replies.by_reason("rewrite.error")
+        if not to_send:
+            await self.abort()
+            self._delivery(
+                decision_id,
+                (),
+                Reply(250, "2.0.0", "already delivered"),
+                "duplicate-suppressed",
+                0.0,
+            )
+            return Reply(250, "2.0.0", "Already delivered to every recipient; not sent again")
+
+        mods: tuple[Modification, ...] = (RemoveHeader(HEADER), *outcome.modifications)
+        return await self._deliver(
+            ctx_message.message, raw, to_send, mods, category, decision_id, fingerprint
+        )
+
+    def _received(self, decision_id: str) -> bytes:
+        tls = self.facts.tls
+        proto = "ESMTPS" if tls.active else "ESMTP"
+        if self.facts.auth_user:
+            proto += "A"
+        with_tls = f" ({tls.version} {tls.cipher})" if tls.active else ""
+        helo = "".join(c for c in self.helo if c.isalnum() or c in ".-_[]:")[:64] or "unknown"
+        line = (
+            f"Received: from {helo} ({self.facts.peer.host})\r\n"
+            f"\tby {self.rt.config.server.hostname} (phi-relay) with {proto}{with_tls}\r\n"
+            f"\tid {decision_id}; {email.utils.formatdate(localtime=False)}\r\n"
+        )
+        return line.encode("ascii", "replace")
+
+    async def _deliver(
+        self,
+        message: object,
+        raw: bytes,
+        recipients: tuple[str, ...],
+        mods: tuple[Modification, ...],
+        category: str,
+        decision_id: str,
+        fingerprint: str,
+    ) -> Reply:
+        from email.message import EmailMessage
+
+        assert isinstance(message, EmailMessage)
+        rt = self.rt
+        groups: list[tuple[str, ...]]
+        groups = [(r,) for r in recipients] if per_recipient(mods) else [recipients]
+        received = self._received(decision_id)
+        delivered: list[str] = []
+        failures: list[tuple[Reply, int]] = []
+        for index, group in enumerate(groups):
+            try:
+                body = render(
+                    raw,
+                    message,
+                    mods,
+                    recipient=group[0] if len(group) == 1 else None,
+                    category=category,
+                    links=rt.links,
+                )
+            except RewriteError:
+                log.error("rewrite failed", decision_id=decision_id)
+                self._delivery(
+                    decision_id, group, replies.by_reason("rewrite.error"), "rewrite-failed", 0.0
+                )
+                failures.append((replies.by_reason("rewrite.error"), len(group)))
+                continue
+            reply, refused = await self._send(group, received + body, index == 0, decision_id)
+            failures.extend((r, 1) for r in refused.values())
+            if reply.success:
+                served = tuple(r for r in group if r not in refused)
+                delivered.extend(served)
+                if rt.dedup is not None:
+                    await rt.dedup.record(fingerprint, served)
+            elif len(refused) < len(group):
+                failures.append((reply, len(group) - len(refused)))
+        if not failures:
+            return Reply(250, "2.0.0", f"Delivered to upstream as {decision_id}")
+        transient = [r for r, _ in failures if r.transient]
+        worst = transient[0] if transient else failures[0][0]
+        if delivered:
+            # A retry is safe: recipients already served are skipped (dedup).
+            note = f" (delivered to {len(delivered)} of {len(recipients)} recipients)"
+            return Reply(worst.code, worst.status, worst.text + note)
+        return worst
+
+    async def _send(
+        self, group: tuple[str, ...], data: bytes, first: bool, decision_id: str
+    ) -> tuple[Reply, dict[str, Reply]]:
+        """One upstream transaction. The first may reuse the envelope opened at MAIL/RCPT."""
+        rt = self.rt
+        started = time.monotonic()
+        tls = TlsInfo()
+        refused: dict[str, Reply] = {}
+        try:
+            reuse = first and self.upstream_mail_sent and tuple(self.recipients) == group
+            if not reuse:
+                if self.upstream_mail_sent:
+                    await self.link.reset()
+                conn = await self.link.get(rt.upstream)
+                await conn.mail(self.mail_from, self._upstream_options(conn))
+                self.upstream_mail_sent = True
+                for rcpt in group:
+                    answer = await conn.rcpt(rcpt)
+                    if not answer.success:
+                        refused[rcpt] = answer
+                if len(refused) == len(group):
+                    await self.abort()
+                    reply = next(iter(refused.values()))
+                    self._delivery(decision_id, group, reply, "refused", started, refused, tls)
+                    return reply, refused
+            conn = await self.link.get(rt.upstream)
+            tls = conn.tls
+            reply = await conn.data(data)
+        except UpstreamError as err:
+            await self.link.drop()
+            self.upstream_mail_sent = False
+            # After DATA was sent, a lost reply leaves the outcome unknown: the one window SMTP
+            # cannot close. It is counted as "ambiguous" in the audit log.
+            outcome = "ambiguous" if err.outcome in ("timeout", "disconnected") else err.outcome
+            self._delivery(decision_id, group, err.reply, outcome, started, refused, tls)
+            return err.reply, refused
+        self.upstream_mail_sent = False
+        outcome = "delivered" if reply.success else ("deferred" if reply.transient else "refused")
+        self._delivery(decision_id, group, reply, outcome, started, refused, tls)
+        return reply, refused
+
+    def _delivery(
+        self,
+        decision_id: str,
+        group: tuple[str, ...],
+        reply: Reply,
+        outcome: str,
+        started: float,
+        refused: dict[str, Reply] | None = None,
+        tls: TlsInfo | None = None,
+    ) -> None:
+        result = DeliveryResult(
+            decision_id=decision_id,
+            upstream=self.rt.upstream.name,
+            recipients=group,
+            reply=reply,
+            refused=refused or {},
+            duration_ms=(time.monotonic() - started) * 1000 if started else 0.0,
+            tls=tls or TlsInfo(),
+            outcome=outcome,
+        )
+        self.rt.metrics.delivery(result)
+        try:
+            self.rt.audit.delivery(result)
+        except Exception:
+            # Cannot un-deliver: record the failure in the service log and the metrics.
+            log.error("audit delivery record failed", decision_id=decision_id)
+            self.rt.metrics.audit_error()
+
+
+RuntimeGetter = Callable[[], Runtime]

@@ -1,0 +1,131 @@
+"""The one table that turns actions and PHI-free reason codes into SMTP replies.
+
+Policies never build SMTP text. Replies say what was wrong and what to do, and
+never echo message content: only finding kinds (e.g. "medical record number").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from relay.model import Action, Reply, Verdict
+
+_TEXT: dict[str, tuple[int, str, str]] = {
+    "tls.required": (530, "5.7.0", "Must issue a STARTTLS command first"),
+    "auth.required": (530, "5.7.0", "Authentication required"),
+    "phi.subject": (
+        550,
+        "5.7.1",
+        "Subject line contains protected health information ({kinds}); "
+        "put details in the message body",
+    ),
+    "phi.body": (
+        550,
+        "5.7.1",
+        "Message body contains identifiers that must not be sent by email ({kinds}); "
+        "remove them and send again",
+    ),
+    "message.subject.multiple": (
+        550,
+        "5.6.0",
+        "Message has more than one Subject header; send exactly one",
+    ),
+    "message.from.multiple": (
+        550,
+        "5.6.0",
+        "Message has more than one From header; send exactly one",
+    ),
+    "message.bare-line-ending": (
+        550,
+        "5.6.0",
+        "Message contains a bare CR or LF; lines must end with CRLF",
+    ),
+    "message.header-too-large": (552, "5.3.4", "Message header section is too large"),
+    "message.header-8bit": (
+        550,
+        "5.6.7",
+        "Non-ASCII header without SMTPUTF8; encode it (RFC 2047) or send with SMTPUTF8",
+    ),
+    "message.nul": (550, "5.6.0", "Message contains a NUL byte"),
+    "message.mime-too-deep": (550, "5.6.0", "MIME structure is nested too deeply"),
+    "message.mime-broken": (
+        550,
+        "5.6.0",
+        "MIME structure is broken (missing or mismatched boundary); fix the message",
+    ),
+    "category.unknown": (
+        550,
+        "5.7.1",
+        "Unknown message category {kinds}; use one of: {allowed}",
+    ),
+    "consent.no-authorized-recipients": (
+        550,
+        "5.7.1",
+        "No recipient has a current marketing authorization on record; "
+        "marketing requires the patient's prior written authorization",
+    ),
+    "optout.all-recipients": (
+        550,
+        "5.7.1",
+        "Every recipient has opted out of this kind of message; it was not sent",
+    ),
+    "segmentation.no-authorized-recipients": (
+        550,
+        "5.7.1",
+        "Message refers to a health condition and no recipient has an authorization "
+        "covering it; record a condition-specific authorization first",
+    ),
+    "recipients.none-left": (
+        550,
+        "5.7.1",
+        "No recipient may receive this message under the consent and opt-out rules",
+    ),
+    "footer.protected-message": (
+        550,
+        "5.7.1",
+        "Signed or encrypted message cannot carry the required opt-out footer; "
+        "send it unsigned or in a category without a footer",
+    ),
+    "policy.error": (451, "4.3.0", "Policy check failed ({rule}); try again later"),
+    "policy.timeout": (451, "4.3.0", "Policy check timed out ({rule}); try again later"),
+    "audit.error": (451, "4.3.0", "Cannot write the audit record; try again later"),
+    "rewrite.error": (
+        451,
+        "4.3.0",
+        "Cannot apply the required changes to the message; try again later",
+    ),
+}
+
+_DEFAULT = {
+    Action.REJECT: (550, "5.7.1", "Message refused by policy ({rule})"),
+    Action.TEMPFAIL: (451, "4.7.1", "Message deferred by policy ({rule}); try again later"),
+}
+
+ACCEPTED = Reply(250, "2.0.0", "OK: delivered to upstream")
+
+
+def _kind_label(kind: str) -> str:
+    from relay.phi.kinds import LABELS
+
+    return LABELS.get(kind, kind.replace("-", " ").replace("_", " "))
+
+
+def for_verdict(verdict: Verdict, allowed: Sequence[str] = ()) -> Reply:
+    """The reply for a refusing or deferring verdict."""
+    code, status, text = _TEXT.get(verdict.reason) or _DEFAULT.get(
+        verdict.action, (451, "4.3.0", "Message deferred ({rule}); try again later")
+    )
+    if verdict.reason.startswith("phi."):
+        kinds = ", ".join(dict.fromkeys(_kind_label(k) for k in verdict.kinds))
+    else:
+        kinds = ", ".join(verdict.kinds)
+    return Reply(
+        code,
+        status,
+        text.format(kinds=kinds or "unspecified", rule=verdict.rule, allowed=", ".join(allowed)),
+    )
+
+
+def by_reason(reason: str, **fmt: str) -> Reply:
+    code, status, text = _TEXT[reason]
+    return Reply(code, status, text.format(**{"kinds": "", "rule": "", "allowed": "", **fmt}))

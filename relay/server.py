@@ -1,0 +1,303 @@
+"""Assemble and run the relay: runtime, SMTP listeners, HTTP endpoint, signals, reload, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from relay import config as config_mod
+from relay import keys, rules
+from relay.audit import AuditLog
+from relay.certs import server_context
+from relay.config import Config
+from relay.consent import open_store
+from relay.consent.api import ConsentStore
+from relay.dedup import Dedup
+from relay.delivery import CaptureUpstream, SmtpUpstream, Upstream, client_tls_context
+from relay.flow import Runtime
+from relay.links import make_link_maker
+from relay.metrics import Metrics
+from relay.phi import default_detector
+from relay.phi.roster import Roster
+from relay.policy.base import ConfigError, PolicyDeps
+from relay.session import Shared, factory
+from relay.tokens import TokenCodec
+from relay.users import Users, UsersFileError
+
+log = structlog.get_logger("relay.server")
+
+
+class StartupError(Exception):
+    """The relay cannot start as configured; the message says what to change."""
+
+
+def make_upstream(cfg: Config) -> Upstream:
+    u = cfg.upstream
+    if u.capture:
+        return CaptureUpstream(cfg.capture_dir)
+    return SmtpUpstream(
+        host=u.host,
+        port=u.port,
+        implicit_tls=u.tls == "implicit",
+        tls_context=client_tls_context(u.ca_file),
+        timeout=u.timeout,
+        local_hostname=u.hostname or cfg.server.hostname,
+        username=u.username,
+        password=config_mod.upstream_password(u),
+    )
+
+
+@dataclass
+class Services:
+    """Long-lived pieces that survive a reload: the store, keys, metrics, dedup, audit."""
+
+    store: ConsentStore
+    metrics: Metrics
+    codec: TokenCodec
+    audit: AuditLog
+    dedup: Dedup
+    audit_key: bytes
+
+
+def build_runtime(cfg: Config, services: Services) -> Runtime:
+    """Everything that a reload replaces: config, policies, upstream, links."""
+    roster = Roster.load(cfg.state_dir)
+    deps = PolicyDeps(
+        policy_dir=cfg.policy_file.parent,
+        state_dir=cfg.state_dir,
+        detector=default_detector(roster),
+        store=services.store,
+    )
+    ruleset = rules.load(cfg.policy_file, deps)
+    return Runtime(
+        config=cfg,
+        rules=ruleset,
+        audit=services.audit,
+        metrics=services.metrics,
+        upstream=make_upstream(cfg),
+        links=make_link_maker(services.codec, cfg.unsubscribe_base_url, None),
+        dedup=services.dedup,
+    )
+
+
+def _load_users(cfg: Config) -> Users | None:
+    if cfg.server.users_file is None:
+        return None
+    try:
+        return Users.load(cfg.server.users_file)
+    except UsersFileError as exc:
+        raise StartupError(str(exc)) from exc
+
+
+@dataclass
+class Relay:
+    config: Config
+    config_path: Path | None = None
+    overrides: dict[str, dict[str, object]] = field(default_factory=dict)
+    services: Services | None = None
+    shared: Shared | None = None
+    tls_context: ssl.SSLContext | None = None
+    servers: list[asyncio.Server] = field(default_factory=list)
+    http_runner: object | None = None
+    smtp_port: int = 0
+    implicit_port: int = 0
+    http_port: int = 0
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.tls_context = server_context(cfg.server.tls_cert, cfg.server.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(
+                f"TLS certificate {cfg.server.tls_cert} or key {cfg.server.tls_key} cannot be "
+                f"loaded ({exc}); run `phi-relay certs init` or pass --tls-cert/--tls-key"
+            ) from exc
+        try:
+            store = await open_store(cfg.store_url)
+        except ValueError as exc:
+            raise StartupError(f"consent_store: {exc}") from exc
+        audit_key = keys.load_or_create(cfg.state_dir, "audit")
+        audit = AuditLog(
+            cfg.audit.file,
+            key=audit_key,
+            stdout=cfg.audit.stdout,
+            fsync=cfg.audit.fsync,
+            max_bytes=cfg.audit.max_bytes or None,
+        )
+        self.services = Services(
+            store=store,
+            metrics=Metrics(),
+            codec=TokenCodec(keys.load_list(cfg.state_dir, "unsubscribe")),
+            audit=audit,
+            dedup=Dedup(cfg.state_dir / "dedup.db", keys.load_or_create(cfg.state_dir, "dedup")),
+            audit_key=audit_key,
+        )
+        runtime = build_runtime(cfg, self.services)
+        self.shared = Shared(runtime, _load_users(cfg), self.tls_context)
+        loop = asyncio.get_running_loop()
+        s = cfg.server
+        smtp = await loop.create_server(
+            factory(self.shared, implicit_tls=False, hostname=s.hostname),
+            host=s.listen.host,
+            port=s.listen.port,
+            reuse_address=True,
+        )
+        self.servers.append(smtp)
+        self.smtp_port = smtp.sockets[0].getsockname()[1]
+        if s.implicit_tls_listen is not None:
+            implicit = await loop.create_server(
+                factory(self.shared, implicit_tls=True, hostname=s.hostname),
+                host=s.implicit_tls_listen.host,
+                port=s.implicit_tls_listen.port,
+                ssl=self.tls_context,
+                reuse_address=True,
+                ssl_handshake_timeout=s.client_timeout,
+            )
+            self.servers.append(implicit)
+            self.implicit_port = implicit.sockets[0].getsockname()[1]
+        if cfg.http.listen is not None:
+            await self._start_http(runtime)
+        self._announce(runtime)
+        audit.event(
+            "relay-start",
+            mode=s.mode,
+            policy_file=str(cfg.policy_file),
+            upstream=runtime.upstream.name,
+        )
+
+    async def _start_http(self, runtime: Runtime) -> None:
+        from relay.web import build_app, start_http
+
+        assert self.services is not None and self.config.http.listen is not None
+
+        async def upstream_ready() -> None:
+            await self.runtime.upstream.ping()
+
+        app = build_app(
+            store=self.services.store,
+            codec=self.services.codec,
+            metrics=self.services.metrics,
+            readiness={"upstream": upstream_ready, "store": self.services.store.ping},
+        )
+        listen = self.config.http.listen
+        runner = await start_http(app, listen.host, listen.port)
+        self.http_runner = runner
+        self.http_port = _runner_port(runner)
+
+    @property
+    def runtime(self) -> Runtime:
+        assert self.shared is not None
+        return self.shared.runtime
+
+    def _announce(self, runtime: Runtime) -> None:
+        cfg = self.config
+        log.info(
+            "phi-relay listening",
+            smtp=f"{cfg.server.listen.host}:{self.smtp_port}",
+            implicit_tls=f"{cfg.server.implicit_tls_listen.host}:{self.implicit_port}"
+            if cfg.server.implicit_tls_listen
+            else None,
+            http=f"{cfg.http.listen.host}:{self.http_port}" if cfg.http.listen else None,
+            mode=cfg.server.mode,
+            policies=[p.name for p in runtime.rules.policies],
+        )
+        if cfg.upstream.capture:
+            log.warning(
+                "NO UPSTREAM CONFIGURED: delivered mail is CAPTURED to a local folder, not sent",
+                folder=str(cfg.capture_dir.resolve()),
+                fix="set --upstream HOST:PORT (or upstream.host) to relay to your provider",
+            )
+        for net in cfg.server.plaintext_networks:
+            log.warning("plaintext SMTP allowed from this network (no STARTTLS)", network=str(net))
+        if cfg.server.mode == "monitor":
+            log.warning("MONITOR MODE: policies are audited but only TLS rules are enforced")
+        if not cfg.server.trusted_networks and cfg.server.users_file is None:
+            log.warning(
+                "no trusted networks and no users file: every client will be refused",
+                fix="pass --trusted-network CIDR or --users-file FILE",
+            )
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read configuration and policies. On any error keep the running ones."""
+        assert self.shared is not None and self.services is not None
+        try:
+            cfg = config_mod.load(self.config_path, overrides=self.overrides)
+            runtime = build_runtime(cfg, self.services)
+            users = _load_users(cfg)
+            if self.tls_context is not None:
+                self.tls_context.load_cert_chain(str(cfg.server.tls_cert), str(cfg.server.tls_key))
+        except (ConfigError, StartupError, OSError, ssl.SSLError, ValueError) as exc:
+            log.error("reload failed; keeping the running configuration", error=str(exc))
+            self.services.metrics.config_reload(False)
+            self.services.audit.event("config-reload", ok=False, error=type(exc).__name__)
+            return False
+        self.shared.runtime = runtime
+        self.shared.users = users
+        self.config = cfg
+        self.services.audit.reopen()
+        self.services.metrics.config_reload(True)
+        self.services.audit.event("config-reload", ok=True, policy_file=str(cfg.policy_file))
+        log.info("configuration reloaded", policies=[p.name for p in runtime.rules.policies])
+        return True
+
+    async def stop(self) -> None:
+        """Stop accepting, let transactions in flight finish (bounded), then close."""
+        if self.shared is None:
+            return
+        self.shared.closing = True
+        for srv in self.servers:
+            srv.close()
+        deadline = asyncio.get_running_loop().time() + self.config.server.shutdown_timeout
+        while self.shared.sessions and asyncio.get_running_loop().time() < deadline:
+            for sess in list(self.shared.sessions):
+                await sess.shutdown()
+            await asyncio.sleep(0.05)
+        for sess in list(self.shared.sessions):
+            if sess.transport is not None:
+                sess.transport.close()
+        for srv in self.servers:
+            try:
+                async with asyncio.timeout(2):
+                    await srv.wait_closed()
+            except TimeoutError:
+                pass
+        if self.http_runner is not None:
+            await self.http_runner.cleanup()  # type: ignore[attr-defined]
+        if self.services is not None:
+            self.services.audit.event("relay-stop")
+            self.services.audit.close()
+            self.services.dedup.close()
+            await self.services.store.close()
+
+
+def _runner_port(runner: object) -> int:
+    for site in getattr(runner, "sites", []):
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            return int(server.sockets[0].getsockname()[1])
+    return 0
+
+
+async def run(relay: Relay) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, relay.reload)
+    await relay.start()
+    ready_file = os.environ.get("PHI_RELAY_READY_FILE")
+    if ready_file:
+        # Lets a supervisor or a test learn the bound ports (useful with port 0).
+        ports = f"{relay.smtp_port} {relay.implicit_port} {relay.http_port}\n"
+        await asyncio.to_thread(Path(ready_file).write_text, ports)
+    await stop.wait()
+    log.info("shutting down", timeout=relay.config.server.shutdown_timeout)
+    await relay.stop()

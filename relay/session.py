@@ -1,0 +1,542 @@
+"""The SMTP protocol, and only that: TLS, AUTH, limits and replies; message handling is `flow`.
+
+Built on aiosmtpd with its known traps handled here, in one place:
+- its STARTTLS requirement is per connection (plaintext networks are exempt) and
+  implicit-TLS connections count as TLS (aiosmtpd only knows STARTTLS);
+- a second STARTTLS inside TLS is refused;
+- AUTH is ours: only after TLS, verified off the event loop, delayed and locked
+  out after repeated failures;
+- every reply carries an enhanced status code (we advertise ENHANCEDSTATUSCODES);
+- the size limit is always explicit (aiosmtpd defaults to 32 MiB otherwise);
+- handler hooks are found by name, so the handler's names are checked at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import ipaddress
+import re
+import ssl
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from relay.config import IPNetwork
+from relay.flow import Link, Runtime, Transaction, new_id
+from relay.message import SessionFacts
+from relay.model import Peer, Reply, TlsInfo
+from relay.users import Users
+
+log = structlog.get_logger("relay.session")
+
+_HAS_STATUS = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# aiosmtpd's own replies, given enhanced status codes and words a person can act on.
+_AIOSMTPD_REPLIES = {
+    "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
+    "500 Line too long (see RFC5321 4.5.3.1.6)": (
+        "500 5.5.2 Line too long; lines must be at most {line} octets (RFC 5322)"
+    ),
+    "552 Error: Too much mail data": "552 5.3.4 Message too big; the limit is {size} bytes",
+    "552 Error: message size exceeds fixed maximum message size": (
+        "552 5.3.4 Message too big; the limit is {size} bytes"
+    ),
+    "500 Command line too long": "500 5.5.2 Command line too long",
+    "503 Error: need RCPT command": "503 5.5.1 Need a RCPT command first",
+    "503 Error: need MAIL command": "503 5.5.1 Need a MAIL command first",
+    "503 Error: nested MAIL command": "503 5.5.1 MAIL already given; RSET first",
+}
+
+
+class SessionLimiter:
+    """Concurrent sessions, in total and per client address."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total, self.per_client = total, per_client
+        self.active = 0
+        self.by_client: dict[str, int] = {}
+
+    def acquire(self, host: str) -> str | None:
+        if self.active >= self.total:
+            return "421 4.7.0 Too many connections; try again later"
+        if self.by_client.get(host, 0) >= self.per_client:
+            return "421 4.7.0 Too many connections from your address; try again later"
+        self.active += 1
+        self.by_client[host] = self.by_client.get(host, 0) + 1
+        return None
+
+    def release(self, host: str) -> None:
+        self.active -= 1
+        left = self.by_client.get(host, 1) - 1
+        if left:
+            self.by_client[host] = left
+        else:
+            self.by_client.pop(host, None)
+
+
+class AuthThrottle:
+    """Failed AUTH attempts per client address: delayed, then locked out for a while."""
+
+    def __init__(self, max_failures: int, lockout: float) -> None:
+        self.max_failures, self.lockout = max_failures, lockout
+        self.failures: dict[str, list[float]] = {}
+
+    def locked(self, host: str) -> bool:
+        now = time.monotonic()
+        recent = [t for t in self.failures.get(host, []) if now - t < self.lockout]
+        self.failures[host] = recent
+        if not recent:
+            self.failures.pop(host, None)
+        return len(recent) >= self.max_failures
+
+    def fail(self, host: str) -> None:
+        self.failures.setdefault(host, []).append(time.monotonic())
+
+    def succeed(self, host: str) -> None:
+        self.failures.pop(host, None)
+
+
+def in_networks(host: str, networks: Iterable[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
+
+
+class Shared:
+    """State shared by all sessions of one server: runtime (swapped on reload), limits, users."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        users: Users | None,
+        tls_context: ssl.SSLContext,
+    ) -> None:
+        self.runtime = runtime
+        self.users = users
+        self.tls_context = tls_context
+        s = runtime.config.server
+        self.limiter = SessionLimiter(s.max_sessions, s.max_sessions_per_client)
+        self.throttle = AuthThrottle(s.auth_max_failures, s.auth_lockout)
+        self.sessions: set[RelaySMTP] = set()
+        self.closing = False
+
+
+class RelaySMTP(SMTP):
+    def __init__(self, shared: Shared, *, implicit_tls: bool, hostname: str) -> None:
+        cfg = shared.runtime.config.server
+        self.shared = shared
+        self.implicit_tls = implicit_tls
+        # +2 for CRLF, +1 for the transparency dot (RFC 5321 4.5.2).
+        self.line_length_limit = cfg.max_line_length + 3
+        super().__init__(
+            Handler(),
+            data_size_limit=cfg.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=hostname,
+            ident="phi-relay ESMTP",
+            # Implicit-TLS connections are TLS from the first byte: no STARTTLS there.
+            tls_context=None if implicit_tls else shared.tls_context,
+            require_starttls=False,
+            timeout=cfg.client_timeout,
+            auth_required=False,
+            auth_require_tls=True,
+        )
+        self.session_id = new_id()
+        self.peer_host = ""
+        self.refusal: str | None = None
+        self.registered = False
+        self.busy = False
+        self.auth_user: str | None = None
+        self.link = Link()
+        self.txn: Transaction | None = None
+
+    # --- connection lifecycle ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if not first:
+            return  # the STARTTLS upgrade of a connection already counted
+        peer = transport.get_extra_info("peername")
+        self.peer_host = str(peer[0]) if peer else ""
+        self.peer_port = int(peer[1]) if peer else 0
+        if self.shared.closing:
+            self.refusal = "421 4.3.2 Service shutting down; try again later"
+        else:
+            self.refusal = self.shared.limiter.acquire(self.peer_host)
+        if self.refusal is None:
+            self.registered = True
+            self.shared.sessions.add(self)
+            self.shared.runtime.metrics.session(True)
+        else:
+            self.shared.runtime.metrics.refused_session(self.refusal.split(";")[0][10:])
+        cfg = self.shared.runtime.config.server
+        self.plaintext_ok = in_networks(self.peer_host, cfg.plaintext_networks)
+        self.trusted = in_networks(self.peer_host, cfg.trusted_networks)
+        # Per connection: plaintext networks may skip STARTTLS, nobody else may.
+        self.require_starttls = not self.implicit_tls and not self.plaintext_ok
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.registered:
+            self.registered = False
+            self.shared.limiter.release(self.peer_host)
+            self.shared.sessions.discard(self)
+            self.shared.runtime.metrics.session(False)
+            asyncio.get_running_loop().create_task(self._cleanup())
+        super().connection_lost(error)
+
+    async def _cleanup(self) -> None:
+        if self.txn is not None:
+            await self.txn.abort()
+            self.txn = None
+        await self.link.drop()
+
+    async def _handle_client(self) -> None:
+        if self.refusal is not None:
+            await self.push(self.refusal)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super()._handle_client()
+
+    async def push(self, status: Any) -> None:
+        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else str(status)
+        cfg = self.shared.runtime.config.server
+        mapped = _AIOSMTPD_REPLIES.get(text)
+        if mapped is not None:
+            text = mapped.format(line=cfg.max_line_length, size=cfg.max_message_size)
+        elif (
+            len(text) >= 4
+            and text[:3].isdigit()
+            and text[0] in "245"
+            and text[:3] not in ("220", "334", "354")
+            and text[3] == " "
+            and not _HAS_STATUS.match(text)
+            and text not in ("250 HELP", f"250 {self.hostname}")
+        ):
+            # RFC 2034: once ENHANCEDSTATUSCODES is advertised, every reply carries one.
+            default = {"2": "2.0.0", "4": "4.0.0", "5": "5.5.0"}[text[0]]
+            text = f"{text[:3]} {default} {text[4:]}"
+        await super().push(text)
+
+    # --- TLS ----------------------------------------------------------------------------
+
+    @property
+    def tls_active(self) -> bool:
+        return self.implicit_tls or self._tls_protocol is not None
+
+    def tls_info(self) -> TlsInfo:
+        if not self.tls_active or self.transport is None:
+            return TlsInfo()
+        obj = self.transport.get_extra_info("ssl_object")
+        if obj is None:
+            return TlsInfo()
+        cipher = obj.cipher()
+        return TlsInfo(obj.version(), cipher[0] if cipher else None)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self.tls_active:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
+
+    def ehlo_lines(self, hostname: str) -> list[str]:
+        cfg = self.shared.runtime.config.server
+        lines = [
+            self.hostname,
+            f"SIZE {cfg.max_message_size}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "PIPELINING",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if not self.tls_active:
+            lines.append("STARTTLS")
+        elif self.shared.users is not None:
+            lines.append("AUTH PLAIN LOGIN")
+        lines.append("HELP")
+        return [f"250-{ln}" for ln in lines[:-1]] + [f"250 {lines[-1]}"]
+
+    # --- AUTH ---------------------------------------------------------------------------
+
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        if await self.check_helo_needed("EHLO"):
+            return
+        assert self.session is not None
+        if not self.tls_active:
+            await self.push("530 5.7.0 Must issue a STARTTLS command first")
+            return
+        users = self.shared.users
+        if users is None:
+            await self.push("503 5.5.1 AUTH not available on this relay")
+            return
+        if self.auth_user is not None:
+            await self.push("503 5.5.1 Already authenticated")
+            return
+        if self.txn is not None:
+            await self.push("503 5.5.1 AUTH not allowed during a mail transaction")
+            return
+        args = (arg or "").split()
+        if not args or len(args) > 2:
+            await self.push("501 5.5.4 Syntax: AUTH PLAIN|LOGIN [initial-response]")
+            return
+        if self.shared.throttle.locked(self.peer_host):
+            await self.push("454 4.7.0 Too many failed logins from your address; try again later")
+            return
+        mechanism = args[0].upper()
+        if mechanism == "PLAIN":
+            creds = await self._plain(args)
+        elif mechanism == "LOGIN":
+            creds = await self._login(args)
+        else:
+            await self.push("504 5.5.4 Unrecognized authentication type; use PLAIN or LOGIN")
+            return
+        if creds is None:
+            return
+        name, password = creds
+        if await users.verify(name, password):
+            self.shared.throttle.succeed(self.peer_host)
+            self.auth_user = name
+            self.session.authenticated = True
+            await self.push("235 2.7.0 Authentication successful")
+            return
+        self.shared.throttle.fail(self.peer_host)
+        self.shared.runtime.metrics.auth_failure()
+        try:
+            self.shared.runtime.audit.event(
+                "auth-failure",
+                session_id=self.session_id,
+                peer=self.peer_host,
+                mechanism=mechanism,
+                user=name if users.known(name) else "(unknown user)",
+            )
+        except Exception:
+            log.error("audit write failed", event="auth-failure")
+        await asyncio.sleep(self.shared.runtime.config.server.auth_failure_delay)
+        await self.push("535 5.7.8 Authentication credentials invalid")
+
+    async def _read_b64(self, initial: str | None, challenge: str) -> str | None:
+        if initial is not None:
+            blob = initial.encode()
+        else:
+            await super().push(f"334 {base64.b64encode(challenge.encode()).decode()}")
+            line = await self._reader.readline()
+            blob = line.strip()
+            if blob == b"*":
+                await self.push("501 5.7.0 Authentication aborted")
+                return None
+        try:
+            return base64.b64decode(blob, validate=True).decode("utf-8", "surrogateescape")
+        except (binascii.Error, ValueError):
+            await self.push("501 5.5.2 Cannot decode base64")
+            return None
+
+    async def _plain(self, args: list[str]) -> tuple[str, str] | None:
+        text = await self._read_b64(args[1] if len(args) > 1 else None, "")
+        if text is None:
+            return None
+        parts = text.split("\x00")
+        if len(parts) != 3:
+            await self.push("501 5.5.2 Cannot split the PLAIN response")
+            return None
+        return parts[1], parts[2]
+
+    async def _login(self, args: list[str]) -> tuple[str, str] | None:
+        name = await self._read_b64(args[1] if len(args) > 1 else None, "Username:")
+        if name is None:
+            return None
+        password = await self._read_b64(None, "Password:")
+        if password is None:
+            return None
+        return name, password
+
+    # --- mail transaction (called by the handler hooks) ----------------------------------
+
+    def facts(self) -> SessionFacts:
+        return SessionFacts(
+            session_id=self.session_id,
+            peer=Peer(self.peer_host, self.peer_port),
+            tls=self.tls_info(),
+            auth_user=self.auth_user,
+            trusted_network=self.trusted,
+            plaintext_network=self.plaintext_ok,
+        )
+
+    def _gate(self) -> str | None:
+        """Checks every MAIL must pass: TLS (unless exempt) and authentication or trust."""
+        if not self.tls_active and not self.plaintext_ok:
+            return "530 5.7.0 Must issue a STARTTLS command first"
+        if self.auth_user is None and not self.trusted:
+            return "530 5.7.0 Authentication required"
+        if self.shared.closing:
+            return "421 4.3.2 Service shutting down; try again later"
+        return None
+
+    async def on_mail(self, envelope: Envelope, address: str, options: list[str]) -> str:
+        await self.on_rset()  # a transaction left open by a failed DATA
+        refusal = self._gate()
+        if refusal is not None:
+            return refusal
+        if _CONTROL.search(address) or any(_CONTROL.search(o) for o in options):
+            return "501 5.5.2 Control characters in MAIL command"
+        smtputf8 = "SMTPUTF8" in (o.upper() for o in options)
+        self.busy = True
+        try:
+            txn = Transaction(
+                self.shared.runtime,
+                self.facts(),
+                self.link,
+                address,
+                options,
+                smtputf8,
+                (self.session.host_name if self.session else "") or "",
+            )
+            reply = await txn.open()
+        finally:
+            self.busy = False
+        if reply is not None:
+            return str(reply)
+        self.txn = txn
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        envelope.smtp_utf8 = smtputf8
+        return "250 2.1.0 Sender OK"
+
+    async def on_rcpt(self, envelope: Envelope, address: str, options: list[str]) -> str:
+        if self.txn is None:
+            return "503 5.5.1 Need a MAIL command first"
+        if _CONTROL.search(address) or any(_CONTROL.search(o) for o in options):
+            return "501 5.5.2 Control characters in RCPT command"
+        self.busy = True
+        try:
+            reply = await self.txn.add_recipient(address)
+        finally:
+            self.busy = False
+        if reply is not None:
+            return str(reply)
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Recipient OK"
+
+    async def on_data(self, envelope: Envelope) -> str:
+        txn, self.txn = self.txn, None
+        if txn is None:
+            return "503 5.5.1 Need a MAIL command first"
+        cfg = self.shared.runtime.config
+        # Processing and upstream delivery must not be cut by the idle timer.
+        self._reset_timeout(cfg.server.policy_timeout + 4 * cfg.upstream.timeout + 30)
+        self.busy = True
+        try:
+            raw = envelope.original_content or b""
+            reply: Reply = await txn.finish(raw)
+        finally:
+            self.busy = False
+            self._reset_timeout()
+        return str(reply)
+
+    async def on_rset(self) -> None:
+        txn, self.txn = self.txn, None
+        if txn is not None:
+            await txn.abort()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        # aiosmtpd's idle timer would cover the whole DATA phase with the command timeout.
+        if self.txn is not None and self.envelope is not None and self.envelope.rcpt_tos:
+            self._reset_timeout(self.shared.runtime.config.server.data_timeout)
+        await super().smtp_DATA(arg)
+        # aiosmtpd answered without calling handle_DATA (too big, line too long): the
+        # upstream still holds the envelope; release it.
+        await self.on_rset()
+
+    async def shutdown(self) -> None:
+        """Close an idle session with 421; a busy one is left to finish its transaction."""
+        if self.transport is None or self.busy:
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.push("421 4.3.2 Service shutting down; try again later")
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Handler:
+    """aiosmtpd hooks. Each delegates to the session object; names are checked below."""
+
+    async def handle_EHLO(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        if _CONTROL.search(hostname):
+            return ["501 5.5.2 Control characters in EHLO"]
+        session.host_name = hostname
+        await server.on_rset()  # EHLO resets the transaction (RFC 5321 4.1.4)
+        return server.ehlo_lines(hostname)
+
+    async def handle_MAIL(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        return await server.on_mail(envelope, address, options)
+
+    async def handle_RCPT(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        return await server.on_rcpt(envelope, address, options)
+
+    async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
+        return await server.on_data(envelope)
+
+    async def handle_RSET(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
+        await server.on_rset()
+        return "250 2.0.0 OK"
+
+    async def handle_exception(self, error: Exception) -> str:
+        # The type only: exception text could quote client input.
+        log.error("session error", error=type(error).__name__)
+        return "451 4.3.0 Internal error; try again later"
+
+
+# aiosmtpd finds hooks by name; a misspelt hook would silently never run.
+KNOWN_HOOKS = {
+    "handle_EHLO",
+    "handle_HELO",
+    "handle_MAIL",
+    "handle_RCPT",
+    "handle_DATA",
+    "handle_RSET",
+    "handle_NOOP",
+    "handle_QUIT",
+    "handle_VRFY",
+    "handle_AUTH",
+    "handle_STARTTLS",
+    "handle_PROXY",
+    "handle_exception",
+}
+_unknown = {n for n in dir(Handler) if n.startswith("handle_")} - KNOWN_HOOKS
+assert not _unknown, f"unknown aiosmtpd hooks: {_unknown}"
+
+
+def factory(shared: Shared, *, implicit_tls: bool, hostname: str) -> Callable[[], RelaySMTP]:
+    return lambda: RelaySMTP(shared, implicit_tls=implicit_tls, hostname=hostname)
