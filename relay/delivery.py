@@ -106,12 +106,16 @@ def map_error(exc: BaseException) -> UpstreamError:
     if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 400:
         reply = reply_from_upstream(exc.code, exc.message)
         return UpstreamError(reply, "refused" if reply.code >= 500 else "deferred")
+    if isinstance(exc, aiosmtplib.SMTPConnectError | ConnectionRefusedError):
+        return UpstreamError(
+            Reply(451, "4.4.1", "Upstream unreachable; try again later"), "unreachable"
+        )
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError | EOFError):
         return UpstreamError(
             Reply(451, "4.4.2", "Connection to the upstream was lost; try again later"),
             "disconnected",
         )
-    if isinstance(exc, aiosmtplib.SMTPConnectError | OSError):
+    if isinstance(exc, OSError):
         return UpstreamError(
             Reply(451, "4.4.1", "Upstream unreachable; try again later"), "unreachable"
         )

@@ -462,8 +462,10 @@ class RelaySMTP(SMTP):
         """Close an idle session with 421; a busy one is left to finish its transaction."""
         if self.transport is None or self.busy:
             return
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.push("421 4.3.2 Service shutting down; try again later")
+        if not self.transport.is_closing():
+            # The peer may vanish between the check and the write; the goodbye is best effort.
+            with contextlib.suppress(ConnectionError, RuntimeError, AttributeError):
+                await self.push("421 4.3.2 Service shutting down; try again later")
         if self.transport is not None:
             self.transport.close()
 

@@ -1,0 +1,140 @@
+"""A real upstream SMTP server for tests: aiosmtpd over STARTTLS or implicit TLS, recording mail.
+
+Knobs let a test make it refuse recipients, drop STARTTLS, present a rogue certificate,
+answer 421 or reset the connection at a chosen stage, or stall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        msg = message_from_bytes(self.data, policy=policy.default)
+        assert isinstance(msg, EmailMessage)
+        return msg
+
+
+@dataclass
+class Faults:
+    refuse_rcpt: dict[str, str] = field(default_factory=dict)  # address -> full reply
+    data_reply: str | None = None  # e.g. "451 4.3.0 try later" instead of 250
+    reset_at: str | None = None  # "MAIL" | "RCPT" | "DATA" (after the message, before reply)
+    stall_at: str | None = None  # stage to hang at (a timeout for the relay)
+    stall_seconds: float = 30.0
+    reply_421_at: str | None = None
+
+
+class _Handler:
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    async def _fault(self, server: SMTP, stage: str) -> str | None:
+        f = self.sink.faults
+        if f.stall_at == stage:
+            await asyncio.sleep(f.stall_seconds)
+        if f.reset_at == stage:
+            assert server.transport is not None
+            server.transport.abort()
+            return "421 4.4.2 reset"  # never seen: the connection is gone
+        if f.reply_421_at == stage:
+            return "421 4.3.2 Service not available, closing channel"
+        return None
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        fault = await self._fault(server, "MAIL")
+        if fault:
+            return fault
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        fault = await self._fault(server, "RCPT")
+        if fault:
+            return fault
+        if address in self.sink.faults.refuse_rcpt:
+            return self.sink.faults.refuse_rcpt[address]
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        fault = await self._fault(server, "DATA")
+        if fault:
+            return fault
+        if self.sink.faults.data_reply:
+            return self.sink.faults.data_reply
+        data = envelope.original_content or b""
+        self.sink.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), data))
+        self.sink.event.set()
+        return "250 2.0.0 queued"
+
+
+class Sink:
+    def __init__(
+        self,
+        tls_context: ssl.SSLContext | None,
+        *,
+        starttls: bool = True,
+        implicit: bool = False,
+    ) -> None:
+        self.tls_context = tls_context
+        self.starttls = starttls
+        self.implicit = implicit
+        self.received: list[Received] = []
+        self.faults = Faults()
+        self.event = asyncio.Event()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.connections = 0
+
+    def _factory(self) -> SMTP:
+        self.connections += 1
+        kwargs: dict[str, Any] = {
+            "hostname": "upstream.test",
+            "enable_SMTPUTF8": True,
+            "data_size_limit": 50 * 1024 * 1024,
+        }
+        if self.starttls and not self.implicit:
+            kwargs["tls_context"] = self.tls_context
+            kwargs["require_starttls"] = True
+        return SMTP(_Handler(self), **kwargs)
+
+    async def start(self) -> Sink:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            self._factory,
+            host="127.0.0.1",
+            port=0,
+            ssl=self.tls_context if self.implicit else None,
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            if hasattr(self.server, "close_clients"):  # Python >= 3.13
+                self.server.close_clients()
+            await self.server.wait_closed()
+
+    def all_rcpts(self) -> list[str]:
+        return [r for m in self.received for r in m.rcpt_tos]
