@@ -320,12 +320,14 @@ class Transaction:
                     category=category,
                     links=rt.links,
                 )
-            except RewriteError:
-                log.error("rewrite failed", decision_id=decision_id)
-                self._delivery(
-                    decision_id, group, replies.by_reason("rewrite.error"), "rewrite-failed", 0.0
-                )
-                failures.append((replies.by_reason("rewrite.error"), len(group)))
+            except RewriteError as err:
+                # A message that cannot be rewritten now never will be: 5xx, or the client
+                # would retry forever. Only a missing link service is worth a retry.
+                reason = "rewrite.permanent" if err.permanent else "rewrite.error"
+                log.error("rewrite failed", decision_id=decision_id, reason=err.reason)
+                failed = replies.by_reason(reason)
+                self._delivery(decision_id, group, failed, "rewrite-failed", 0.0)
+                failures.append((failed, len(group)))
                 continue
             reply, refused = await self._send(group, received + body, index == 0, decision_id)
             failures.extend((r, 1) for r in refused.values())

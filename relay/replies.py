@@ -89,6 +89,11 @@ _TEXT: dict[str, tuple[int, str, str]] = {
     "policy.error": (451, "4.3.0", "Policy check failed ({rule}); try again later"),
     "policy.timeout": (451, "4.3.0", "Policy check timed out ({rule}); try again later"),
     "audit.error": (451, "4.3.0", "Cannot write the audit record; try again later"),
+    "rewrite.permanent": (
+        554,
+        "5.6.0",
+        "Message structure does not allow the required footer; fix the MIME structure or charset",
+    ),
     "rewrite.error": (
         451,
         "4.3.0",

@@ -13,11 +13,11 @@ import structlog
 
 from relay import config as config_mod
 from relay import keys, rules
-from relay.audit import AuditLog
+from relay.audit import AuditError, AuditLog
 from relay.certs import server_context
 from relay.config import Config
 from relay.consent import open_store
-from relay.consent.api import ConsentStore
+from relay.consent.api import ConsentStore, StoreError
 from relay.dedup import Dedup
 from relay.delivery import CaptureUpstream, SmtpUpstream, Upstream, client_tls_context
 from relay.flow import Runtime
@@ -75,13 +75,17 @@ def build_runtime(cfg: Config, services: Services) -> Runtime:
         store=services.store,
     )
     ruleset = rules.load(cfg.policy_file, deps)
+    try:
+        links = make_link_maker(services.codec, cfg.unsubscribe_base_url, None)
+    except ValueError as exc:
+        raise ConfigError(cfg.source, "http.base_url", str(exc)) from exc
     return Runtime(
         config=cfg,
         rules=ruleset,
         audit=services.audit,
         metrics=services.metrics,
         upstream=make_upstream(cfg),
-        links=make_link_maker(services.codec, cfg.unsubscribe_base_url, None),
+        links=links,
         dedup=services.dedup,
     )
 
@@ -121,16 +125,19 @@ class Relay:
             ) from exc
         try:
             store = await open_store(cfg.store_url)
-        except ValueError as exc:
+        except (ValueError, StoreError) as exc:
             raise StartupError(f"consent_store: {exc}") from exc
         audit_key = keys.load_or_create(cfg.state_dir, "audit")
-        audit = AuditLog(
-            cfg.audit.file,
-            key=audit_key,
-            stdout=cfg.audit.stdout,
-            fsync=cfg.audit.fsync,
-            max_bytes=cfg.audit.max_bytes or None,
-        )
+        try:
+            audit = AuditLog(
+                cfg.audit.file,
+                key=audit_key,
+                stdout=cfg.audit.stdout,
+                fsync=cfg.audit.fsync,
+                max_bytes=cfg.audit.max_bytes or None,
+            )
+        except AuditError as exc:
+            raise StartupError(f"audit.file: {exc}; choose a writable --audit-log") from exc
         self.services = Services(
             store=store,
             metrics=Metrics(),
@@ -185,6 +192,7 @@ class Relay:
             codec=self.services.codec,
             metrics=self.services.metrics,
             readiness={"upstream": upstream_ready, "store": self.services.store.ping},
+            organisation=runtime.rules.organisation.name,
         )
         listen = self.config.http.listen
         runner = await start_http(app, listen.host, listen.port)
