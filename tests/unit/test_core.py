@@ -1,4 +1,4 @@
-"""Table-driven tests of the SMTP core's pure parts: config, pipeline, categories, replies, users."""
+"""Table-driven tests of the SMTP core: config, pipeline, categories, replies, users."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_loopback_trusted_only_when_nothing_else_configured() -> None:
     assert cfg.server.trusted_networks == ()
 
 
-def V(rule: str, action: Action = Action.PASS, reason: str = "", **kw: object) -> Verdict:  # noqa: N802
+def V(rule: str, action: Action = Action.PASS, reason: str = "", **kw: object) -> Verdict:
     return Verdict(rule=rule, action=action, reason=reason, **kw)  # type: ignore[arg-type]
 
 
