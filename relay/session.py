@@ -22,7 +22,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -32,6 +32,9 @@ from relay.flow import Link, Runtime, Transaction, new_id
 from relay.message import SessionFacts
 from relay.model import Peer, Reply, TlsInfo
 from relay.users import Users
+
+if TYPE_CHECKING:
+    from asyncio.streams import _ReaduntilBuffer
 
 log = structlog.get_logger("relay.session")
 
@@ -51,7 +54,16 @@ _AIOSMTPD_REPLIES = {
     "503 Error: need RCPT command": "503 5.5.1 Need a RCPT command first",
     "503 Error: need MAIL command": "503 5.5.1 Need a MAIL command first",
     "503 Error: nested MAIL command": "503 5.5.1 MAIL already given; RSET first",
+    "503 Error: send HELO first": "503 5.5.1 Send EHLO first",
 }
+
+
+class _CrlfLineReader(asyncio.StreamReader):
+    """Command lines end at CRLF only: a bare LF inside one cannot start a second command."""
+
+    async def readuntil(self, separator: _ReaduntilBuffer = b"\r\n") -> bytes:
+        # aiosmtpd reads commands with the default separator (LF); DATA and AUTH pass theirs.
+        return await super().readuntil(separator)
 
 
 class SessionLimiter:
@@ -152,6 +164,10 @@ class RelaySMTP(SMTP):
             auth_required=False,
             auth_require_tls=True,
         )
+        # aiosmtpd builds its own reader; giving it our line rule keeps the rest of aiosmtpd.
+        reader = getattr(self, "_stream_reader", None)
+        if isinstance(reader, asyncio.StreamReader):
+            reader.__class__ = _CrlfLineReader
         self.session_id = new_id()
         self.peer_host = ""
         self.refusal: str | None = None
@@ -433,11 +449,18 @@ class RelaySMTP(SMTP):
         if txn is None:
             return "503 5.5.1 Need a MAIL command first"
         cfg = self.shared.runtime.config
+        raw = envelope.original_content or b""
+        # aiosmtpd's reader limit has room for a transparency dot and CRLF, so a line one or
+        # two octets over the limit gets through it; the exact check is on the unstuffed text.
+        if max(map(len, raw.split(b"\n")), default=0) > cfg.server.max_line_length + 1:
+            await txn.abort()
+            return _AIOSMTPD_REPLIES["500 Line too long (see RFC5321 4.5.3.1.6)"].format(
+                line=cfg.server.max_line_length
+            )
         # Processing and upstream delivery must not be cut by the idle timer.
         self._reset_timeout(cfg.server.policy_timeout + 4 * cfg.upstream.timeout + 30)
         self.busy = True
         try:
-            raw = envelope.original_content or b""
             reply: Reply = await txn.finish(raw)
         finally:
             self.busy = False
