@@ -17,6 +17,8 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import shutil
 import signal
 import ssl
 import statistics
@@ -362,6 +364,71 @@ async def stop_relay(proc: asyncio.subprocess.Process) -> int:
 # --- report ------------------------------------------------------------------------------
 
 
+def process_cpu(pid: int | None = None) -> float:
+    """User+system CPU seconds of this process or of `pid` (Linux /proc; 0.0 elsewhere)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    # Fields 14 and 15 (utime, stime) counted from 1; index 11/12 after the ")".
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+_LINE = re.compile(r":\d+\)$")
+
+
+async def start_py_spy(pid: int, out: Path) -> asyncio.subprocess.Process:
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return await asyncio.create_subprocess_exec(
+        exe,
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        "250",
+        # Only samples holding the GIL: the event loop's CPU time, which bounds throughput
+        # (without it, idle thread-pool workers blocked in queue.get show up as hot).
+        "--gil",
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+def hot_spots(collapsed: Path, top: int = 15) -> str:
+    """Self time per function and inclusive time per relay/ function, from py-spy's raw output."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        # "func (file.py:123)" -> "func (file.py)": one entry per function, not per line.
+        frames = [_LINE.sub(")", f) for f in stack.split(";")]
+        total += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            if "relay/" in frame:
+                inclusive[frame] = inclusive.get(frame, 0) + count
+    if not total:
+        return "py-spy recorded no samples"
+    lines = [f"relay hot spots ({total} samples); self time:"]
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {100 * n / total:5.1f}%  {frame}")
+    lines.append("inclusive time in relay/ functions:")
+    for frame, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {100 * n / total:5.1f}%  {frame}")
+    return "\n".join(lines)
+
+
 def count_decisions(audit: Path) -> int:
     if not audit.exists():
         return 0
@@ -398,6 +465,7 @@ async def main_async(args: argparse.Namespace) -> int:
             )
             # Each phase gets half of what is left of the budget.
             half = (deadline_total - time.monotonic()) / 2
+            cpu0 = process_cpu()
             direct = await run_load(
                 "direct",
                 sink.port,
@@ -408,12 +476,15 @@ async def main_async(args: argparse.Namespace) -> int:
                 deadline=time.monotonic() + half,
                 timeout=args.timeout,
             )
-            direct_received = sink.messages
+            direct_received, direct_upstream_sessions = sink.messages, sink.sessions
+            direct_cpu = process_cpu() - cpu0
             print(describe(direct), flush=True)
             sink.reset()
             proc, relay_port, audit = await start_relay(
                 tmp, pki, sink.port, args.concurrency, args.profile
             )
+            spy = await start_py_spy(proc.pid, args.py_spy) if args.py_spy else None
+            cpu0, relay_cpu0 = process_cpu(), process_cpu(proc.pid)
             try:
                 relayed = await run_load(
                     "relay",
@@ -425,9 +496,13 @@ async def main_async(args: argparse.Namespace) -> int:
                     deadline=deadline_total,
                     timeout=args.timeout,
                 )
+                bench_cpu = process_cpu() - cpu0
+                relay_cpu = process_cpu(proc.pid) - relay_cpu0
             finally:
                 rc = await stop_relay(proc)
-            relay_received = sink.messages
+                if spy is not None:
+                    await asyncio.wait_for(spy.wait(), 60)  # py-spy ends with the relay
+            relay_received, relay_upstream_sessions = sink.messages, sink.sessions
             print(describe(relayed), flush=True)
         finally:
             await sink.stop()
@@ -446,8 +521,22 @@ async def main_async(args: argparse.Namespace) -> int:
             f"relay exit code {rc}",
             flush=True,
         )
+        print(
+            f"cpu seconds: direct run {direct_cpu:.2f} (load generator and sink, one process); "
+            f"relay run: load generator and sink {bench_cpu:.2f}, relay {relay_cpu:.2f} "
+            f"of {relayed.seconds:.2f} s ({os.cpu_count()} cores)",
+            flush=True,
+        )
+        print(
+            f"sink sessions: direct {direct_upstream_sessions}, "
+            f"from the relay {relay_upstream_sessions}",
+            flush=True,
+        )
         if args.profile is not None:
             print(f"relay profile written to {args.profile}", flush=True)
+        if args.py_spy is not None:
+            print(f"relay samples written to {args.py_spy}", flush=True)
+            print(hot_spots(args.py_spy), flush=True)
         ok = (
             relayed.error_count == 0
             and direct.error_count == 0
@@ -478,9 +567,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--profile", type=Path, help="run the relay under cProfile and write the stats here"
     )
+    p.add_argument(
+        "--py-spy",
+        type=Path,
+        help="sample the relay with py-spy (pip install py-spy), write collapsed stacks here "
+        "and print the hot spots",
+    )
     args = p.parse_args(argv)
     if args.profile is not None:
         args.profile = args.profile.resolve()
+    if args.py_spy is not None:
+        if shutil.which("py-spy") is None and not (Path(sys.executable).parent / "py-spy").exists():
+            p.error("--py-spy needs py-spy: .venv/bin/pip install py-spy")
+        args.py_spy = args.py_spy.resolve()
     return args
 
 
