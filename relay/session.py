@@ -218,6 +218,16 @@ class RelaySMTP(SMTP):
             self.txn = None
         await self.link.drop()
 
+    def _timeout_cb(self) -> None:
+        # aiosmtpd just closes; RFC 5321 3.8 asks for a 421 so the client knows to retry later.
+        transport = self.transport
+        if transport is None:
+            return
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(b"421 4.4.2 Timed out waiting for the client; closing\r\n")
+        # close() flushes the write buffer first; connection_lost() then cleans up.
+        transport.close()
+
     async def _handle_client(self) -> None:
         if self.refusal is not None:
             await self.push(self.refusal)

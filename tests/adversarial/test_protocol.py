@@ -47,6 +47,7 @@ async def still_serving(conn: RawSmtp, sink: Sink, expected_received: int) -> No
     assert len(sink.received) == expected_received
     assert sink.received[-1].rcpt_tos == [rcpt]
     assert await conn.cmd("QUIT") == "221 2.0.0 Bye"
+    await conn.close()
 
 
 REFUSED_BARE = "550 5.6.0 Message contains a bare CR or LF; lines must end with CRLF"
