@@ -87,6 +87,16 @@ def _is_cert_failure(exc: BaseException) -> bool:
     return False
 
 
+def _caused_by_ssl_error(exc: BaseException) -> bool:
+    # aiosmtplib wraps a failed implicit-TLS handshake in SMTPConnectError.
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def map_error(exc: BaseException) -> UpstreamError:
     """The single place library exceptions become replies."""
     if isinstance(exc, UpstreamError):
@@ -96,7 +106,7 @@ def map_error(exc: BaseException) -> UpstreamError:
             Reply(451, "4.7.5", "Upstream TLS certificate could not be verified; not sent"),
             "tls-verify-failed",
         )
-    if isinstance(exc, ssl.SSLError):
+    if _caused_by_ssl_error(exc):
         return UpstreamError(
             Reply(451, "4.7.5", "TLS handshake with the upstream failed; not sent"),
             "tls-failed",

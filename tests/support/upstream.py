@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -37,14 +38,22 @@ class Faults:
     stall_at: str | None = None  # stage to hang at (a timeout for the relay)
     stall_seconds: float = 30.0
     reply_421_at: str | None = None
+    data_reply_for: dict[str, str] = field(default_factory=dict)  # rcpt -> DATA reply instead
+    # The ambiguous window: keep the message, then drop the connection before replying.
+    lose_reply_after_accept: bool = False
 
 
 class _Handler:
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, faults: Faults | None = None) -> None:
         self.sink = sink
+        self.own_faults = faults  # this session's faults (Sink.session_faults), else the sink's
+
+    @property
+    def faults(self) -> Faults:
+        return self.own_faults if self.own_faults is not None else self.sink.faults
 
     async def _fault(self, server: SMTP, stage: str) -> str | None:
-        f = self.sink.faults
+        f = self.faults
         if f.stall_at == stage:
             await asyncio.sleep(f.stall_seconds)
         if f.reset_at == stage:
@@ -71,8 +80,8 @@ class _Handler:
         fault = await self._fault(server, "RCPT")
         if fault:
             return fault
-        if address in self.sink.faults.refuse_rcpt:
-            return self.sink.faults.refuse_rcpt[address]
+        if address in self.faults.refuse_rcpt:
+            return self.faults.refuse_rcpt[address]
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -80,11 +89,18 @@ class _Handler:
         fault = await self._fault(server, "DATA")
         if fault:
             return fault
-        if self.sink.faults.data_reply:
-            return self.sink.faults.data_reply
+        if self.faults.data_reply:
+            return self.faults.data_reply
+        for rcpt in envelope.rcpt_tos:
+            if rcpt in self.faults.data_reply_for:
+                return self.faults.data_reply_for[rcpt]
         data = envelope.original_content or b""
         self.sink.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), data))
         self.sink.event.set()
+        if self.faults.lose_reply_after_accept:
+            assert server.transport is not None
+            server.transport.abort()
+            return "250 2.0.0 queued"  # never seen: the connection is gone
         return "250 2.0.0 queued"
 
 
@@ -105,6 +121,8 @@ class Sink:
         self.server: asyncio.Server | None = None
         self.port = 0
         self.connections = 0
+        # Called once per upstream session; returns that session's faults (None: the sink's).
+        self.session_faults: Callable[[], Faults | None] | None = None
 
     def _factory(self) -> SMTP:
         self.connections += 1
@@ -116,7 +134,8 @@ class Sink:
         if self.starttls and not self.implicit:
             kwargs["tls_context"] = self.tls_context
             kwargs["require_starttls"] = True
-        return SMTP(_Handler(self), **kwargs)
+        own = self.session_faults() if self.session_faults is not None else None
+        return SMTP(_Handler(self, own), **kwargs)
 
     async def start(self) -> Sink:
         loop = asyncio.get_running_loop()
