@@ -167,8 +167,13 @@ class Result:
     errors: dict[str, int] = field(default_factory=dict)
     peak_sessions: int = 0
 
-    def error(self, kind: str) -> None:
+    first_reply: dict[str, str] = field(default_factory=dict)  # error kind -> first reply
+
+    def error(self, kind: str, exc: BaseException | None = None) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
+        # Server replies carry no message content (the relay keeps PHI out of them).
+        if exc is not None and kind not in self.first_reply:
+            self.first_reply[kind] = str(getattr(exc, "message", exc))[:200]
 
     @property
     def error_count(self) -> int:
@@ -229,7 +234,7 @@ async def run_load(
             await client.starttls(server_hostname="localhost")
             await client.ehlo()
         except (aiosmtplib.SMTPException, OSError) as exc:
-            result.error("session:" + _error_kind(exc))
+            result.error("session:" + _error_kind(exc), exc)
             client.close()
             if opened:
                 open_sessions -= 1
@@ -251,7 +256,7 @@ async def run_load(
                 try:
                     errors, _ = await client.sendmail(SENDER, [rcpt], data)
                 except aiosmtplib.SMTPResponseException as exc:
-                    result.error("send:" + _error_kind(exc))
+                    result.error("send:" + _error_kind(exc), exc)
                     await client.rset()
                     continue
                 result.latencies.append(time.perf_counter() - t)
@@ -261,7 +266,7 @@ async def run_load(
                     result.sent += 1
             await client.quit()
         except (aiosmtplib.SMTPException, OSError) as exc:
-            result.error("session:" + _error_kind(exc))
+            result.error("session:" + _error_kind(exc), exc)
             client.close()
         finally:
             open_sessions -= 1
@@ -445,7 +450,7 @@ def describe(r: Result) -> str:
         f"latency p50 {percentile(ms, 50):7.1f} ms p99 {percentile(ms, 99):7.1f} ms | "
         f"session setup p50 {percentile(setup, 50):6.1f} ms | "
         f"peak sessions {r.peak_sessions} | errors {r.error_count} ({errors})"
-    )
+    ) + "".join(f"\n         first {k}: {v}" for k, v in sorted(r.first_reply.items()))
 
 
 async def main_async(args: argparse.Namespace) -> int:
