@@ -24,6 +24,9 @@ from relay.model import Reply, TlsInfo
 
 log = structlog.get_logger("relay.delivery")
 _STATUS = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s+")
+# Upstreams quote addresses ("<jane@example.org>: Recipient address rejected"); an address
+# can identify a patient, so it is not passed on to the client's reply (or its bounce).
+_ADDRESS = re.compile(r"<?[^\s<>@]*[^\s<>@:]@[^\s<>]+>?")
 
 
 class UpstreamError(Exception):
@@ -64,7 +67,7 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def reply_from_upstream(code: int, message: str) -> Reply:
-    text = _one_line(message)
+    text = _ADDRESS.sub("<address>", _one_line(message))
     m = _STATUS.match(text)
     if m and m.group(1)[0] == str(code)[0]:
         status, text = m.group(1), text[m.end() :]

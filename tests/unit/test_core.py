@@ -250,7 +250,7 @@ def test_shape_normalise_and_mime_depth() -> None:
 @pytest.mark.parametrize(
     ("code", "text", "expected"),
     [
-        (550, "5.1.1 <x@y.z>: no such user", "550 5.1.1 Upstream: <x@y.z>: no such user"),
+        (550, "5.1.1 <x@y.z>: no such user", "550 5.1.1 Upstream: <address>: no such user"),
         (451, "try later", "451 4.0.0 Upstream: try later"),
         (550, "4.1.1 mismatched", "550 5.0.0 Upstream: 4.1.1 mismatched"),
         (354, "odd", "451 4.5.0 Upstream answered unexpectedly (354)"),
