@@ -131,14 +131,14 @@ async def test_swaks_refuses_an_untrusted_relay_certificate(
         "--auth-password",
         PASSWORD,
     )
-    assert code == 29, out  # swaks: "error in TLS negotiation"
+    assert code == 29, out  # swaks exit codes: 29 "error in TLS transaction"
     assert sink.received == []
     assert auth_relay.decisions() == []
 
 
 async def test_swaks_without_tls_gets_530(auth_relay: RunningRelay, sink: Sink) -> None:
     code, out = await run_swaks(*base_args(auth_relay, fake.email(), "Office hours"))
-    assert code == 23, out  # swaks: "error in MAIL FROM"
+    assert code == 23, out  # swaks exit codes: 23 "error in MAIL transaction"
     assert "<** 530 5.7.0 Must issue a STARTTLS command first" in out
     assert sink.received == []
     assert auth_relay.decisions() == []
