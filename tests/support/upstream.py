@@ -57,7 +57,7 @@ class _Handler:
         if f.stall_at == stage:
             await asyncio.sleep(f.stall_seconds)
         if f.reset_at == stage:
-            assert server.transport is not None
+            assert isinstance(server.transport, asyncio.Transport)
             server.transport.abort()
             return "421 4.4.2 reset"  # never seen: the connection is gone
         if f.reply_421_at == stage:
@@ -98,7 +98,7 @@ class _Handler:
         self.sink.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), data))
         self.sink.event.set()
         if self.faults.lose_reply_after_accept:
-            assert server.transport is not None
+            assert isinstance(server.transport, asyncio.Transport)
             server.transport.abort()
             return "250 2.0.0 queued"  # never seen: the connection is gone
         return "250 2.0.0 queued"
