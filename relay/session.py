@@ -172,6 +172,7 @@ class RelaySMTP(SMTP):
         self.peer_host = ""
         self.refusal: str | None = None
         self.registered = False
+        self.holds_slot = False
         self.busy = False
         self.auth_user: str | None = None
         self.link = Link()
@@ -193,6 +194,7 @@ class RelaySMTP(SMTP):
             self.refusal = self.shared.limiter.acquire(self.peer_host)
         if self.refusal is None:
             self.registered = True
+            self.holds_slot = True
             self.shared.sessions.add(self)
             self.shared.runtime.metrics.session(True)
         else:
@@ -203,10 +205,21 @@ class RelaySMTP(SMTP):
         # Per connection: plaintext networks may skip STARTTLS, nobody else may.
         self.require_starttls = not self.implicit_tls and not self.plaintext_ok
 
+    def _release_slot(self) -> None:
+        if self.holds_slot:
+            self.holds_slot = False
+            self.shared.limiter.release(self.peer_host)
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        # A client that read our 221 may reconnect before connection_lost runs: free its
+        # slot now, or a busy client is refused with 421 under its own limit.
+        await super().smtp_QUIT(arg)
+        self._release_slot()
+
     def connection_lost(self, error: Exception | None) -> None:
+        self._release_slot()
         if self.registered:
             self.registered = False
-            self.shared.limiter.release(self.peer_host)
             self.shared.sessions.discard(self)
             self.shared.runtime.metrics.session(False)
             asyncio.get_running_loop().create_task(self._cleanup())
@@ -444,6 +457,13 @@ class RelaySMTP(SMTP):
             return "503 5.5.1 Need a MAIL command first"
         if _CONTROL.search(address) or any(_CONTROL.search(o) for o in options):
             return "501 5.5.2 Control characters in RCPT command"
+        if not self.txn.upstream_mail_sent:
+            # The upstream dropped this transaction at an earlier RCPT; a fresh upstream
+            # session has no MAIL, and its "503" would refuse a good recipient for good.
+            return (
+                "451 4.4.2 Upstream connection lost during this transaction; "
+                "send RSET and try again"
+            )
         self.busy = True
         try:
             reply = await self.txn.add_recipient(address)

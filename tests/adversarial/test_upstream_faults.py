@@ -11,7 +11,7 @@ from faker import Faker
 from tests.support.pki import Pki
 from tests.support.rawsmtp import RawSmtp
 from tests.support.relay import RunningRelay, start_relay
-from tests.support.upstream import Sink
+from tests.support.upstream import Faults, Sink
 
 fake = Faker()
 Faker.seed(5053)
@@ -166,3 +166,30 @@ async def test_reply_lost_after_upstream_accepted_is_the_counted_ambiguous_windo
     assert sink.all_rcpts() == [rcpt, rcpt]
     assert outcomes(relay) == ["ambiguous", "delivered"]
     await conn.close()
+
+
+@pytest.mark.parametrize("fault", ["reset_at", "stall_at"])
+async def test_recipient_after_upstream_lost_at_rcpt_is_deferred_not_refused(
+    tmp_path: Path, pki: Pki, sink: Sink, fault: str
+) -> None:
+    # Found by bench/soak.py: the next RCPT went to a fresh upstream session without MAIL,
+    # whose "503 need MAIL" reached the client as a permanent refusal of a good recipient.
+    sessions = [Faults(**{fault: "RCPT", "stall_seconds": 2.0})]
+    sink.session_faults = lambda: sessions.pop() if sessions else None
+    r = await fast_relay(tmp_path, pki, sink)
+    try:
+        conn = await RawSmtp.ready(r.port, pki.client_context())
+        first, second = fake.email(), fake.email()
+        assert await conn.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Sender OK"
+        expected = LOST if fault == "reset_at" else TIMED_OUT
+        assert await conn.cmd(f"RCPT TO:<{first}>") == expected
+        assert await conn.cmd(f"RCPT TO:<{second}>") == (
+            "451 4.4.2 Upstream connection lost during this transaction; send RSET and try again"
+        )
+        assert await conn.cmd("RSET") == "250 2.0.0 OK"
+        answers = await transaction(conn, [first, second], message())
+        assert answers[-1].startswith("250 2.0.0 Delivered to upstream as "), answers
+        assert sink.all_rcpts() == [first, second]
+        await conn.close()
+    finally:
+        await r.stop()
