@@ -43,6 +43,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # aiosmtpd's own replies, given enhanced status codes and words a person can act on.
 _AIOSMTPD_REPLIES = {
     "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
+    "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
     "500 Line too long (see RFC5321 4.5.3.1.6)": (
         "500 5.5.2 Line too long; lines must be at most {line} octets (RFC 5322)"
     ),
