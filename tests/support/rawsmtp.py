@@ -76,7 +76,7 @@ class RawSmtp:
         """STARTTLS, with `pipelined` bytes sent in the same packet (the CVE-2011-0411 attack)."""
         await self.send(b"STARTTLS\r\n" + pipelined)
         answer = await self.reply()
-        assert answer.startswith("220 "), answer
+        assert answer == "220 2.0.0 Ready to start TLS", answer
         await asyncio.wait_for(self.writer.start_tls(tls, server_hostname=server_hostname), TIMEOUT)
 
     async def data(self, message: bytes, timeout: float = TIMEOUT) -> str:
