@@ -93,7 +93,7 @@ async def test_swaks_sends_with_starttls_and_auth(auth_relay: RunningRelay, sink
         PASSWORD,
     )
     assert code == 0, out
-    plain_part, _, tls_part = out.partition("\n -> STARTTLS\n<-  220 Ready to start TLS\n")
+    plain_part, _, tls_part = out.partition("\n -> STARTTLS\n<-  220 2.0.0 Ready to start TLS\n")
     assert tls_part, out
     assert "AUTH" not in plain_part  # AUTH is offered only inside TLS
     assert '=== TLS peer DN="/CN=localhost"' in tls_part
