@@ -55,6 +55,7 @@ class Tally:
     attempts: int = 0
     reconnects: int = 0
     replies: Counter[str] = field(default_factory=Counter)
+    gave_up_traces: list[list[str]] = field(default_factory=list)  # replies, a few examples
 
 
 def fault_chooser(rate: float, rng: random.Random) -> Faults | None:
@@ -123,6 +124,7 @@ class Client:
 
     async def deliver(self, mid: str, rcpts: list[str], data: bytes, retries: int) -> None:
         pending = list(rcpts)
+        trace: list[str] = []
         for attempt in range(retries + 1):
             if attempt:
                 await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
@@ -132,8 +134,10 @@ class Client:
             except (Closed, ConnectionError, OSError, TimeoutError, AssertionError):
                 await self.drop()
                 self.tally.replies["connection lost"] += 1
+                trace.append("connection lost")
                 continue
             self.tally.replies[reply[:5]] += 1
+            trace.append(" | ".join([*answers.values(), reply]))
             if reply.startswith("421"):
                 await self.drop()
             # Recipients refused for good at RCPT are final; deferred ones stay pending.
@@ -151,6 +155,8 @@ class Client:
             if not pending:
                 return
         self.tally.gave_up += len(pending)
+        if len(self.tally.gave_up_traces) < 5:
+            self.tally.gave_up_traces.append(trace)
 
 
 async def soak(args: argparse.Namespace) -> int:
@@ -238,6 +244,7 @@ async def soak(args: argparse.Namespace) -> int:
         "seconds": round(elapsed, 1),
         "messages_per_second": round(tally.sent / elapsed, 1) if elapsed else 0.0,
         "stopped_by_max_seconds": tally.sent < args.messages,
+        "gave_up_examples": tally.gave_up_traces,
     }
     print(json.dumps(result, indent=2))
     ok = not lost and unexplained == 0
