@@ -12,7 +12,7 @@ from faker import Faker
 from relay.users import add_user
 from tests.support.pki import Pki
 from tests.support.rawsmtp import RawSmtp
-from tests.support.relay import start_relay
+from tests.support.relay import RunningRelay, start_relay
 from tests.support.upstream import Sink
 
 fake = Faker()
@@ -171,3 +171,37 @@ async def test_auth_failures_delayed_locked_out_and_audited_without_password(
             assert plain_auth("clinic-app", guess) not in text
     finally:
         await r.stop()
+
+
+async def test_command_dripped_byte_by_byte_is_cut_at_client_timeout(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    # The idle timer restarts only on a whole command, so a slow drip cannot hold a slot.
+    r = await start_relay(tmp_path, pki, sink, server={"client_timeout": 1})
+    try:
+        conn = await RawSmtp.ready(r.port, pki.client_context())
+        started = time.monotonic()
+        closed = asyncio.create_task(conn.closed_by_server(timeout=20))
+        sent = 0
+        while not closed.done() and sent < 100:
+            try:
+                await conn.send(b"X")
+            except (ConnectionError, OSError):
+                break
+            sent += 1
+            await asyncio.wait({closed}, timeout=0.1)
+        assert await closed == TIMED_OUT
+        assert 0.5 < time.monotonic() - started < 15
+        assert 3 < sent < 100
+        await conn.close()
+    finally:
+        await r.stop()
+
+
+async def test_unknown_command_flood_disconnected(relay: RunningRelay) -> None:
+    conn = await RawSmtp.ready(relay.port, relay.pki.client_context())
+    answers = [await conn.cmd(f"XBOGUS{i}") for i in range(5)]
+    assert answers[:4] == [f'500 5.5.0 Error: command "XBOGUS{i}" not recognized' for i in range(4)]
+    assert answers[4] == "502 5.5.1 Too many unrecognized commands, goodbye."
+    assert await conn.closed_by_server() == b""
+    await conn.close()
