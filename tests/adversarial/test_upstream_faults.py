@@ -174,7 +174,9 @@ async def test_recipient_after_upstream_lost_at_rcpt_is_deferred_not_refused(
 ) -> None:
     # Found by bench/soak.py: the next RCPT went to a fresh upstream session without MAIL,
     # whose "503 need MAIL" reached the client as a permanent refusal of a good recipient.
-    sessions = [Faults(**{fault: "RCPT", "stall_seconds": 2.0})]
+    faulty = Faults(stall_seconds=2.0)
+    setattr(faulty, fault, "RCPT")
+    sessions = [faulty]
     sink.session_faults = lambda: sessions.pop() if sessions else None
     r = await fast_relay(tmp_path, pki, sink)
     try:
