@@ -371,7 +371,8 @@ class Transaction:
                 if len(refused) == len(group):
                     await self.abort()
                     reply = next(iter(refused.values()))
-                    self._delivery(decision_id, group, reply, "refused", started, refused, tls)
+                    outcome = "deferred" if reply.transient else "refused"
+                    self._delivery(decision_id, group, reply, outcome, started, refused, tls)
                     return reply, refused
             conn = await self.link.get(rt.upstream)
             tls = conn.tls

@@ -195,3 +195,18 @@ async def test_recipient_after_upstream_lost_at_rcpt_is_deferred_not_refused(
         await conn.close()
     finally:
         await r.stop()
+
+
+async def test_transient_rcpt_refusal_in_a_per_recipient_send_is_audited_deferred(
+    relay: RunningRelay, sink: Sink
+) -> None:
+    first, second = fake.email(), fake.email()
+    # RCPTs: both at envelope time, then one per per-recipient transaction; the last is 450.
+    sink.faults.rcpt_replies = ["", "", "", "450 4.2.1 mailbox busy"]
+    conn = await RawSmtp.ready(relay.port, relay.pki.client_context())
+    answers = await transaction(conn, [first, second], message("education"))
+    assert answers[-1] == "450 4.2.1 Upstream: mailbox busy (delivered to 1 of 2 recipients)"
+    assert sink.all_rcpts() == [first]
+    # A 4xx is a deferral the client retries, not a refusal.
+    assert outcomes(relay) == ["delivered", "deferred"]
+    await conn.close()

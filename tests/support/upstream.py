@@ -41,6 +41,7 @@ class Faults:
     data_reply_for: dict[str, str] = field(default_factory=dict)  # rcpt -> DATA reply instead
     # The ambiguous window: keep the message, then drop the connection before replying.
     lose_reply_after_accept: bool = False
+    rcpt_replies: list[str] = field(default_factory=list)  # for successive RCPTs; "" = normal
 
 
 class _Handler:
@@ -82,6 +83,10 @@ class _Handler:
             return fault
         if address in self.faults.refuse_rcpt:
             return self.faults.refuse_rcpt[address]
+        if self.faults.rcpt_replies:
+            scripted = self.faults.rcpt_replies.pop(0)
+            if scripted:
+                return scripted
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
