@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
 import structlog
@@ -293,7 +294,7 @@ class Transaction:
 
     async def _deliver(
         self,
-        message: object,
+        message: EmailMessage,
         raw: bytes,
         recipients: tuple[str, ...],
         mods: tuple[Modification, ...],
@@ -301,9 +302,6 @@ class Transaction:
         decision_id: str,
         fingerprint: str,
     ) -> Reply:
-        from email.message import EmailMessage
-
-        assert isinstance(message, EmailMessage)
         rt = self.rt
         groups: list[tuple[str, ...]]
         groups = [(r,) for r in recipients] if per_recipient(mods) else [recipients]
