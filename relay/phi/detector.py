@@ -127,6 +127,11 @@ _RX_READY = re.compile(
     r"\b(?:prescription|rx|refill|receta|medicamento)s?\s+(?:is\s+|are\s+|esta\s+)?"
     r"(?:ready|listo|lista|listos|available|for pick-?up|para recoger|filled|approved|denied)\b"
 )
+# "When to see a doctor", "what to expect": advice to anyone.
+_HOW_TO = re.compile(
+    r"\b(?:when|what|where|whether|who) to\b"
+    r"|\bcuando (?:ir|acudir|llamar)\b|\bque (?:es|son|hacer)\b"
+)
 _ROLE_MAILBOX = frozenset(
     {
         "info",
@@ -264,6 +269,10 @@ _CTA = frozenset(
         "agende",
     }
 )
+_STAFF_TITLES = frozenset(
+    {"nurse", "therapist", "counselor", "enfermera", "enfermero", "terapeuta", "midwife"}
+)
+_CASED_FOLDED = frozenset(k.lower() for k in lexicon.CASED_TERMS)
 _NOT_AFTER_DR = frozenset({"your", "our", "the", "and", "of", "appointment", "visit", "office"})
 # An introduced or featured doctor is marketing, not a patient's relationship.
 _PROVIDER_INTRO = frozenset(
@@ -377,8 +386,10 @@ _GREETINGS = frozenset(
 _ANALYTE_VALUE = re.compile(
     r"\b(?:a1c|hba1c|hemoglobin|glucose|blood sugar|cholesterol|ldl|hdl|triglycerides|potassium|"
     r"sodium|creatinine|egfr|psa|tsh|inr|platelets?|wbc|ferritin|vitamin d|iron|bp|glucosa|"
-    r"hemoglobina|colesterol|sugar|azucar)\b\W{0,3}"
-    r"(?:(?:is|was|level|levels|reading|running|came|back|at|es|fue|nivel|esta)\s+){0,3}"
+    r"hemoglobina|colesterol|sugar|azucar|blood pressure|pressure|heart rate|pulse|oxygen|"
+    r"presion arterial|presion|oxigeno)\b\W{0,3}"
+    r"(?:(?:is|was|were|are|level|levels|reading|running|came|back|at|es|fue|nivel|esta|estaba|"
+    r"estan|sigue|still|too|very|muy)\s+){0,3}"
     r"(?:high|low|elevated|abnormal|critical|alto|alta|bajo|baja|\d+(?:\.\d+)?\s?%?)"
 )
 _SENSITIVE_ICD: tuple[tuple[str, str, str], ...] = (
@@ -474,9 +485,14 @@ class Vocabulary:
             phrases[term] = ("procedure", kinds.PROCEDURE, "")
         for term in lexicon.PREVENTIVE:
             phrases[term] = ("preventive", kinds.PROCEDURE, "")
+        for term in lexicon.MORE_PROCEDURES:
+            phrases[term] = ("procedure", kinds.PROCEDURE, "")
         for tag, (kind, terms) in lexicon.CONDITION_TAGS.items():
             for term in terms:
                 phrases[term] = ("condition", kind, tag)
+        for tag, (kind, terms) in lexicon.MORE_CONDITIONS.items():
+            for term in terms:
+                phrases.setdefault(term, ("condition", kind, term if tag == "lay" else tag))
         self.phrases = phrases
         self.max_words = max(len(p.split()) for p in phrases)
         self.phrase_starts = frozenset(p.split()[0] for p in phrases)
@@ -558,7 +574,13 @@ class _Text:
 
     @cached_property
     def generic(self) -> bool:
-        return self.any(lexicon.GENERIC)
+        words = self.wordset & lexicon.GENERIC
+        if words == {"about"}:
+            # "about your labs" addresses one reader; "all about diabetes" does not.
+            i = self.words.index("about")
+            if i + 1 < len(self.words) and self.words[i + 1] in _POSS_WORDS:
+                return False
+        return bool(words) or _HOW_TO.search(self.folded) is not None
 
     @cached_property
     def title_case(self) -> bool:
@@ -889,7 +911,7 @@ class PhiDetector:
                 word.endswith("'s")
                 and first
                 and (
-                    (not ambiguous and t.any(_PERSONAL_FACT))
+                    (not ambiguous and (t.any(_PERSONAL_FACT) or self._fact_after(t, i)))
                     or (prev in lexicon.SALUTATIONS and health_context)
                 )
             ):
@@ -925,6 +947,10 @@ class PhiDetector:
                 if nxt in v.last_names and nxt not in v.ambiguous and orig[i + 1][0].isupper():
                     add(i, i + 1, 0.75)
         return [f for f in found if not self._not_a_person(t, f)]
+
+    def _fact_after(self, t: _Text, i: int) -> bool:
+        """A health term within three words after word i: "David's chest x-ray"."""
+        return any(i < m.index <= i + 3 for m in self._mentions(t))
 
     def _not_a_person(self, t: _Text, f: Finding) -> bool:
         """A name that is part of a firm, a street or a place ("Clark, Spencer and Smith",
@@ -997,6 +1023,13 @@ class PhiDetector:
                 if t.any(lexicon.PROVIDER_LINK) and not t.any(_PROVIDER_INTRO):
                     end = j + 1 if j + 1 < len(words) and orig[j + 1][:1].isupper() else j
                     out.append(Finding(kinds.PROVIDER, t.starts[i], t.ends[end], 0.85))
+            elif words[i] in _STAFF_TITLES and orig[i + 1][:1].isupper():
+                # "Nurse Kim tried to reach you": a named nurse or therapist contacting
+                # the reader; the name must be a known one ("Nurse Appreciation Week").
+                j = i + 1
+                known = words[j] in self.vocab.first_names or words[j] in self.vocab.last_names
+                if known and t.any(_POSS_WORDS | _YOU) and not t.any(_PROVIDER_INTRO):
+                    out.append(Finding(kinds.PROVIDER, t.starts[i], t.ends[j], 0.75))
 
     # --- health facts -------------------------------------------------------------------
 
@@ -1009,7 +1042,13 @@ class PhiDetector:
         phrases, starts, words = self.vocab.phrases, self.vocab.phrase_starts, t.words
         n, i = len(words), 0
         found: list[_Mention] = []
+        cased_terms = lexicon.CASED_TERMS if not t.wordset.isdisjoint(_CASED_FOLDED) else {}
         while i < n:
+            cased = cased_terms.get(t.orig[i]) if cased_terms else None
+            if cased is not None:
+                found.append(_Mention(t.starts[i], t.ends[i], i, *cased))
+                i += 1
+                continue
             if words[i] not in starts:
                 i += 1
                 continue
@@ -1035,8 +1074,12 @@ class PhiDetector:
 
     def _health(self, t: _Text, out: list[Finding], person: bool) -> None:
         generic = t.generic
-        results = t.any(lexicon.RESULT_WORDS)
         mentions = self._mentions(t)
+        results = t.any(lexicon.RESULT_WORDS)
+        if results and mentions:
+            # A result word inside a term is not a result: "back pain", "echo".
+            inside = {w for m in mentions for w in t.words[m.index : t.index_at(m.end)]}
+            results = not (t.wordset & lexicon.RESULT_WORDS) <= inside
         if mentions:
             self._health_terms(t, out, person, mentions, generic, results)
         # The patterns below all need a possessive, a result word or a prescription
@@ -1065,16 +1108,20 @@ class PhiDetector:
         strong_result = t.any(lexicon.STRONG_RESULT)
         rx = t.any(lexicon.PRESCRIPTION_WORDS) or bool(_DOSE.search(t.text))
         care = t.any(lexicon.CARE_EVENT)
+        record = t.any(lexicon.RECORD_WORDS)
         has_identifier = bool(out)
+        family = self._family(t)
         for m in mentions:
             # "next steps for you" ties the fact to the reader too, if less tightly.
             poss = self._possessed(t, m.index) or (
                 m.category != "preventive" and any(w in _YOU for w in t.words[m.index + 1 :])
             )
             cta = poss and m.index >= 2 and t.words[max(0, m.index - 3)] in _CTA
-            keep = person or has_identifier
+            keep = person or has_identifier or family
             if not keep and m.category == "preventive":
-                keep = (poss and (results or care) and not cta) or (results and not generic)
+                keep = (poss and (results or care or record) and not cta) or (
+                    results and not generic
+                )
             elif not keep and m.category == "medication":
                 keep = (rx or poss) and not t.any(_MED_MARKETING) and not (generic and not rx)
             elif not keep:
@@ -1087,6 +1134,17 @@ class PhiDetector:
             if keep:
                 out.append(Finding(m.kind, m.start, m.end, 0.8 if person else 0.7))
 
+    def _family(self, t: _Text) -> bool:
+        """A statement about the reader's relative ("Su hija necesita la vacuna", "Your
+        son's asthma plan"): not a question, a call to action or education."""
+        if t.generic or t.text.rstrip().endswith("?") or (t.words and t.words[0] in _CTA):
+            return False
+        words = t.words
+        return any(
+            words[i] in _POSS_WORDS and words[i + 1] in lexicon.FAMILY
+            for i in range(len(words) - 1)
+        )
+
     def _possessive_facts(self, t: _Text, out: list[Finding], generic: bool) -> None:
         for rm in _POSS_TEST.finditer(t.folded):
             before = t.before(rm.start(), 2)
@@ -1094,6 +1152,13 @@ class PhiDetector:
                 out.append(Finding(kinds.PROCEDURE, rm.start(), rm.end(), 0.7))
         for pattern, kind in ((_RESULTS_POSS, kinds.RESULT), (_RX_POSS, kinds.PRESCRIPTION)):
             for rm in pattern.finditer(t.folded):
+                # "Your monthly activity report" is an app summary, not a test report.
+                if (
+                    kind == kinds.RESULT
+                    and rm.group(0).split()[-1] in ("report", "reports")
+                    and set(rm.group(0).split()) & lexicon.NOT_TEST_REPORT
+                ):
+                    continue
                 if not generic or (kind == kinds.RESULT and t.any(lexicon.READY_WORDS)):
                     out.append(Finding(kind, rm.start(), rm.end(), 0.75))
 

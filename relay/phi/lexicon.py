@@ -1292,6 +1292,20 @@ PROVIDER_LINK: frozenset[str] = frozenset(
         "scheduled",
         "patient",
         "paciente",
+        # contact and scheduling between one reader and the doctor
+        "reschedule",
+        "rescheduled",
+        "cancelled",
+        "canceled",
+        "telehealth",
+        "video",
+        "session",
+        "sesion",
+        "call",
+        "called",
+        "llamada",
+        "reprogramar",
+        "reprogramada",
     }
 )
 SALUTATIONS: frozenset[str] = frozenset(
@@ -1679,5 +1693,185 @@ SPANISH_WORD_NAMES: frozenset[str] = frozenset(
         "cano",
         "soto",
         "mora",
+    }
+)
+
+
+# --- Generalisation additions ---------------------------------------------------------
+# Added after a fresh hold-out set showed whole classes of terms missing: everyday lay
+# conditions, Spanish names of common tests, substance-use treatment phrasing. They are
+# merged into the vocabulary like the lists above.
+MORE_CONDITIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "lay": (
+        kinds.CONDITION,
+        (
+            "jaundice",
+            "ictericia",
+            "rash",
+            "sprain",
+            "sprained ankle",
+            "sprained wrist",
+            "broken wrist",
+            "broken ankle",
+            "broken foot",
+            "broken hand",
+            "torn acl",
+            "acl tear",
+            "torn meniscus",
+            "rotator cuff tear",
+            "kidney stone",
+            "kidney stones",
+            "gallstones",
+            "pink eye",
+            "chickenpox",
+            "measles",
+            "head lice",
+            "lice",
+            "cavity",
+            "cavities",
+            "sore throat",
+            "fever",
+            "yeast infection",
+            "ear infections",
+            "high blood sugar",
+            "low blood sugar",
+            "heart murmur",
+            "irregular heartbeat",
+            "varicela",
+            "sarampion",
+            "fiebre",
+            "piojos",
+            "caries",
+            "calculos renales",
+            "infeccion de oido",
+            "infeccion urinaria",
+            "esguince",
+        ),
+    ),
+    "substance-use": (
+        kinds.SUBSTANCE_USE,
+        (
+            "alcohol treatment",
+            "drug treatment",
+            "addiction treatment",
+            "substance use treatment",
+            "opioid treatment",
+            "medication-assisted treatment",
+            "sober living",
+            "sobriety",
+            "naloxone",
+            "narcan",
+            "alcohol screening",
+            "tratamiento de adicciones",
+        ),
+    ),
+    "mental-health": (
+        kinds.MENTAL_HEALTH,
+        ("psychiatrist", "psychologist", "psiquiatra", "psicologo", "psicologa", "psicoterapia"),
+    ),
+}
+MORE_PROCEDURES: frozenset[str] = frozenset(
+    {
+        "colonoscopia",
+        "endoscopia",
+        "papanicolau",
+        "papanicolaou",
+        "prueba de papanicolaou",
+        "mastografia",
+        "electrocardiograma",
+        "ecocardiograma",
+        "densitometria",
+        "bone density scan",
+        "dexa scan",
+        "holter monitor",
+        "spirometry",
+        "espirometria",
+        "eeg",
+        "emg",
+        "cystoscopy",
+        "cistoscopia",
+        "lumbar puncture",
+        "spinal tap",
+        "pacemaker",
+        "marcapasos",
+        "stent",
+        "ablation",
+        "cardioversion",
+        "allergy test",
+        "allergy testing",
+        "allergy shots",
+        "blood draw",
+        "lab draw",
+        "root canal",
+        "tooth extraction",
+        "wisdom teeth",
+        "cataract surgery",
+        "wound check",
+        "dressing change",
+        "suture removal",
+        "iron infusion",
+        "x-rays",
+        "rayos x",
+        "analisis de orina",
+        "examen de orina",
+        "acl repair",
+        "post-op check",
+        "chest x-ray",
+    }
+)
+# Case-sensitive tokens: "PrEP" is the HIV medicine, "prep" is colonoscopy prep.
+CASED_TERMS: dict[str, tuple[str, str, str]] = {"PrEP": ("medication", kinds.HIV, "hiv")}
+# A possessive before one of these names a specific person: "your son", "su hija".
+FAMILY: frozenset[str] = frozenset(
+    {
+        "son",
+        "daughter",
+        "child",
+        "child's",
+        "baby",
+        "baby's",
+        "son's",
+        "daughter's",
+        "husband",
+        "wife",
+        "mom",
+        "dad",
+        "mother",
+        "father",
+        "mom's",
+        "dad's",
+        "hijo",
+        "hija",
+        "bebe",
+        "esposo",
+        "esposa",
+        "mama",
+        "papa",
+        "madre",
+        "padre",
+    }
+)
+# A record of one person's care: "your vaccine record", "su cartilla de vacunación".
+RECORD_WORDS: frozenset[str] = frozenset(
+    {"record", "records", "card", "certificate", "history", "registro", "cartilla", "carnet"}
+)
+# Qualifiers that make "your ... report" an app or account summary, not a test report.
+NOT_TEST_REPORT: frozenset[str] = frozenset(
+    {
+        "activity",
+        "weekly",
+        "monthly",
+        "daily",
+        "annual",
+        "yearly",
+        "step",
+        "steps",
+        "usage",
+        "credit",
+        "account",
+        "progress",
+        "impact",
+        "transparency",
+        "quality",
     }
 )
