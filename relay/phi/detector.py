@@ -67,7 +67,8 @@ _DATE_PATTERNS = (
 )
 _SSN = re.compile(r"(?<![\w-])(\d{3})([- .]?)(\d{2})\2(\d{4})(?![\w-])")
 _SSN_LAST4 = re.compile(
-    r"\b(?:ssn|social security(?: number)?|ss#|seguro social)\W{0,3}(?:\w+\s+){0,3}?\d{4}\b", re.I
+    r"\b(?:ssn|social security(?: number)?|ss#|seguro social)\W{0,3}(?:[\w#-]+:?\s+){0,3}?\d{4}\b",
+    re.I,
 )
 _PHONE = re.compile(
     r"(?<![\w+])(?:\+?1[-. ]?)?(?:\((\d{3})\)\s?|(\d{3})([-. ]))(\d{3})[-. ](\d{4})"
@@ -116,12 +117,22 @@ _POSS_TEST = re.compile(
     r"\b(?:your|you're|tus|sus|tu|su|my|mis|mi)\s+(?:[\w'-]+\s+){0,2}?"
     r"(?:panel|tests?|screen|scans?|labs?|cultures?|workup|images|imaging|scores?|levels?|"
     r"readings?|biopsy|x-rays?|ct|pruebas?|analisis|estudios?|samples?|specimens?|muestras?|"
-    r"admission|discharge|hospitalization|hospital stay|surgery|ingreso|hospitalizacion|cirugia)\b"
+    r"admission|discharge|hospitalization|hospital stay|surgery|ingreso|hospitalizacion|cirugia|"
+    # an operation named by what it does to a body part: "your gallbladder removal"
+    r"(?:knee|hip|shoulder|gallbladder|tooth|teeth|cataract|hernia|spine|spinal|disc|acl|"
+    r"rotator cuff|breast|valve|appendix|tonsils?|mole|cyst|joint|ankle|wrist|elbow|thyroid|"
+    r"kidney|liver|lens|bunion|meniscus|tendon|ligament|rodilla|cadera|hombro|vesicula)\s+"
+    r"(?:removal|repair|replacement|reconstruction|fusion|implants?|extraction|reemplazo)|"
+    r"operation|operacion|diagnosis|diagnostico|blood type|"
+    r"tipo de sangre|"
+    r"wound|incision|herida)\b"
 )
 _RX_POSS = re.compile(
     r"\b(?:your|tus|sus|tu|su|my|mis|mi)\s+(?:[\w'-]+\s+){0,2}?"
     r"(?:prescriptions?|rx|refills?|medications?|medicines?|recetas?|medicamentos?|"
     r"medicinas?|dosis|dose)\b"
+    # a household object, not a prescription: "your medicine cabinet"
+    r"(?!\s+(?:cabinet|cabinets|chest|drawer|storage|disposal|take-back|safety))"
 )
 _RX_READY = re.compile(
     r"\b(?:prescription|rx|refill|receta|medicamento)s?\s+(?:is\s+|are\s+|esta\s+)?"
@@ -906,6 +917,21 @@ class PhiDetector:
             ):
                 add(i, i, 0.85)
                 continue
+            # "Maria missed her dialysis", "Carlos has a fever": a known first name opening
+            # a sentence about a health event (a verb right after it).
+            if (
+                i == 0
+                and first
+                and not ambiguous
+                and i + 1 < n
+                and gap_before == ""
+                and text[t.ends[i] : t.starts[i + 1]] == " "
+                and _is_verb(orig[i + 1])
+                and (health_context or bool(self._mentions(t)))
+                and not t.generic
+            ):
+                add(i, i, 0.75)
+                continue
             # "Jane's lab results".
             if (
                 word.endswith("'s")
@@ -1140,9 +1166,15 @@ class PhiDetector:
         if t.generic or t.text.rstrip().endswith("?") or (t.words and t.words[0] in _CTA):
             return False
         words = t.words
-        return any(
+        if any(
             words[i] in _POSS_WORDS and words[i + 1] in lexicon.FAMILY
             for i in range(len(words) - 1)
+        ):
+            return True
+        # "Mom's chemo", "Dad's MRI": a relative's own health term right after.
+        return any(
+            w.endswith("'s") and w in lexicon.FAMILY and self._fact_after(t, i)
+            for i, w in enumerate(words)
         )
 
     def _possessive_facts(self, t: _Text, out: list[Finding], generic: bool) -> None:
@@ -1161,6 +1193,38 @@ class PhiDetector:
                     continue
                 if not generic or (kind == kinds.RESULT and t.any(lexicon.READY_WORDS)):
                     out.append(Finding(kind, rm.start(), rm.end(), 0.75))
+
+
+_VERBS = frozenset(
+    {
+        "is",
+        "was",
+        "has",
+        "had",
+        "needs",
+        "missed",
+        "tested",
+        "started",
+        "finished",
+        "completed",
+        "got",
+        "went",
+        "came",
+        "took",
+        "tiene",
+        "necesita",
+        "esta",
+        "está",
+        "fue",
+        "salio",
+        "salió",
+    }
+)
+
+
+def _is_verb(word: str) -> bool:
+    """A lower-case verb right after a first name: "Maria missed", "Carlos tiene"."""
+    return word in _VERBS or (word.islower() and word.endswith("ed") and len(word) > 4)
 
 
 def _cued_value_ok(kind: str, value: str) -> bool:

@@ -1746,6 +1746,9 @@ MORE_CONDITIONS: dict[str, tuple[str, tuple[str, ...]]] = {
             "infeccion de oido",
             "infeccion urinaria",
             "esguince",
+            "wound",
+            "incision",
+            "herida",
         ),
     ),
     "substance-use": (
@@ -1817,6 +1820,13 @@ MORE_PROCEDURES: frozenset[str] = frozenset(
         "acl repair",
         "post-op check",
         "chest x-ray",
+        "cast",
+        "splint",
+        "gender-affirming care",
+        "hormone therapy",
+        "terapia hormonal",
+        "gallbladder removal",
+        "cholecystectomy",
     }
 )
 # Case-sensitive tokens: "PrEP" is the HIV medicine, "prep" is colonoscopy prep.
@@ -1831,6 +1841,10 @@ FAMILY: frozenset[str] = frozenset(
         "baby",
         "baby's",
         "son's",
+        "wife's",
+        "husband's",
+        "mother's",
+        "father's",
         "daughter's",
         "husband",
         "wife",
