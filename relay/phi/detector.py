@@ -1076,6 +1076,11 @@ class PhiDetector:
                 i += 1
                 continue
             if words[i] not in starts:
+                # "Your surgeon's instructions": the term without its possessive ending.
+                base = words[i][:-2] if words[i].endswith("'s") else ""
+                hit = phrases.get(base) if base else None
+                if hit is not None:
+                    found.append(_Mention(t.starts[i], t.ends[i], i, *hit))
                 i += 1
                 continue
             for size in range(min(self.vocab.max_words, n - i), 0, -1):
