@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/phi_eval.py                 # evaluate tests/data/subjects.tsv
     .venv/bin/python bench/phi_eval.py --errors        # also list misclassified subjects
+    .venv/bin/python bench/phi_eval.py --corpus tests/data/holdout_2.tsv --errors  # one set
     .venv/bin/python bench/phi_eval.py --presidio /tmp/presidio-venv/bin/python
     .venv/bin/python bench/phi_eval.py --generate      # rebuild the corpus (needs faker)
 
@@ -1148,6 +1149,23 @@ def run_presidio(
     return [bool(k) for k in json.loads(out.stdout)]
 
 
+def print_holdouts() -> None:
+    """The hold-out sets, each written before the rules it then helped fix (see the doc)."""
+    paths = sorted(CORPUS.parent.glob("holdout_*.tsv"))
+    if not paths:
+        return
+    print("\nhold-out sets (figures after the fixes they prompted; see docs/phi-detection.md)")
+    print(f"  {'set':<14} {'n':>5} {'precision':>10} {'recall':>8} {'fpr':>8}")
+    for path in paths:
+        rows = load_corpus(path)
+        predicted, _ = run_detector(rows)
+        o = score(rows, predicted)["overall"]
+        print(
+            f"  {path.stem:<14} {len(rows):>5} {o['precision']:>10.3f} {o['recall']:>8.3f}"
+            f" {o['fpr']:>8.3f}"
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, default=CORPUS)
@@ -1178,6 +1196,8 @@ def main() -> int:
     print(f"start-up: {startup * 1000:.0f} ms (import + vocabularies + first scan)")
     print(f"vocabulary memory: {traced:.1f} MiB allocated (tracemalloc), {rss:.1f} MiB RSS growth")
     overall = scores["overall"]
+    if args.corpus == CORPUS:
+        print_holdouts()
     if args.presidio:
         flags = run_presidio(args.presidio, rows, args.presidio_threshold)
         if flags is not None:
