@@ -124,7 +124,7 @@ _POSS_TEST = re.compile(
     r"kidney|liver|lens|bunion|meniscus|tendon|ligament|rodilla|cadera|hombro|vesicula)\s+"
     r"(?:removal|repair|replacement|reconstruction|fusion|implants?|extraction|reemplazo)|"
     r"operation|operacion|diagnosis|diagnostico|blood type|"
-    r"tipo de sangre|"
+    r"tipo de sangre|(?:kidney|liver|lung|thyroid|heart|renal|cognitive) function|"
     r"wound|incision|herida)\b"
 )
 _RX_POSS = re.compile(
@@ -616,6 +616,13 @@ class PhiDetector:
             self._identifiers(t, found)
         self._emails(t, found)
         names = self._names(t)
+        # "Welcome Jane Okafor, our new CFO", "Farewell lunch for Greg": a colleague named
+        # in staff news is not a patient, unless the subject also carries a health fact or
+        # an identifier (checked below).
+        staff = bool(names) and t.any(lexicon.STAFF_NEWS)
+        if staff:
+            found_before = len(found)
+            names_only = list(names)
         if self.roster is not None:
             names.extend(self.roster.match(t.words, t.starts, t.ends))
         found.extend(names)
@@ -626,6 +633,8 @@ class PhiDetector:
             self._dates(t, found, person)
         self._provider(t, found)
         self._health(t, found, person)
+        if staff and found_before == 0 and len(found) == len(names):
+            found = [f for f in found if f not in names_only]
         return _dedupe(found)
 
     def conditions(self, text: str) -> frozenset[str]:
@@ -932,6 +941,26 @@ class PhiDetector:
             ):
                 add(i, i, 0.75)
                 continue
+            # "your son Jesse", "su hija Lucía": a relative named after the possessive.
+            if (
+                first
+                and i >= 2
+                and prev in lexicon.FAMILY
+                and words[i - 2] in _POSS_WORDS
+                and gap_before.strip() in ("", ",")
+            ):
+                add(i, extend(i), 0.85)
+                continue
+            # "Thinking of you, Cristina - get well soon": a vocative between a comma and a
+            # dash.
+            if (
+                first
+                and not ambiguous
+                and gap_before.strip() == ","
+                and text[t.ends[i] : t.ends[i] + 3] in (" - ", " : ")
+            ):
+                add(i, i, 0.8)
+                continue
             # "Jane's lab results".
             if (
                 word.endswith("'s")
@@ -1107,10 +1136,13 @@ class PhiDetector:
         generic = t.generic
         mentions = self._mentions(t)
         results = t.any(lexicon.RESULT_WORDS)
-        if results and mentions:
-            # A result word inside a term is not a result: "back pain", "echo".
+        if (results or generic) and mentions:
+            # A result or education word inside a term is neither: "back pain", "echo",
+            # "sleep study", "support group" stays generic only through other words.
             inside = {w for m in mentions for w in t.words[m.index : t.index_at(m.end)]}
-            results = not (t.wordset & lexicon.RESULT_WORDS) <= inside
+            results = results and not (t.wordset & lexicon.RESULT_WORDS) <= inside
+            if generic and (t.wordset & lexicon.GENERIC) <= inside:
+                generic = _HOW_TO.search(t.folded) is not None
         if mentions:
             self._health_terms(t, out, person, mentions, generic, results)
         # The patterns below all need a possessive, a result word or a prescription
@@ -1138,11 +1170,19 @@ class PhiDetector:
     ) -> None:
         strong_result = t.any(lexicon.STRONG_RESULT)
         rx = t.any(lexicon.PRESCRIPTION_WORDS) or bool(_DOSE.search(t.text))
-        care = t.any(lexicon.CARE_EVENT)
+        care_words = t.wordset & lexicon.CARE_EVENT
+        # Against an education cue a result word needs news with it: "Understanding your lab
+        # results" is a glossary, "Your lab results are ready - learn more" is not.
+        ready_result = results and (t.any(lexicon.READY_WORDS) or strong_result)
         record = t.any(lexicon.RECORD_WORDS)
         has_identifier = bool(out)
         family = self._family(t)
         for m in mentions:
+            # A care word that is the term itself is no event: "Infusion center expansion",
+            # "Preparing for surgery: a checklist"; "Group therapy ... addiction" still is.
+            care = bool(care_words) and not (
+                care_words == {t.words[m.index]} and m.end == t.ends[m.index]
+            )
             # "next steps for you" ties the fact to the reader too, if less tightly.
             poss = self._possessed(t, m.index) or (
                 m.category != "preventive" and any(w in _YOU for w in t.words[m.index + 1 :])
@@ -1157,7 +1197,7 @@ class PhiDetector:
                 keep = (rx or poss) and not t.any(_MED_MARKETING) and not (generic and not rx)
             elif not keep:
                 keep = (
-                    (poss and (not generic or care or results) and not cta)
+                    (poss and (not generic or care or ready_result) and not cta)
                     or (strong_result and not generic)
                     or (results and not generic and m.category in ("procedure", "condition"))
                     or (care and not generic and not t.any(_ORG_NEWS))
