@@ -125,6 +125,7 @@ _POSS_TEST = re.compile(
     r"(?:removal|repair|replacement|reconstruction|fusion|implants?|extraction|reemplazo)|"
     r"operation|operacion|diagnosis|diagnostico|blood type|"
     r"tipo de sangre|(?:kidney|liver|lung|thyroid|heart|renal|cognitive) function|"
+    r"control(?:es)?|chequeos?|"
     r"wound|incision|herida)\b"
 )
 _RX_POSS = re.compile(
@@ -140,9 +141,10 @@ _RX_READY = re.compile(
 )
 # "When to see a doctor", "what to expect": advice to anyone.
 _HOW_TO = re.compile(
-    r"\b(?:when|what|where|whether|who) to\b"
+    r"\b(?:when|what|where|whether|who) to\b|\btake (?:control|charge)\b"
     r"|\bcuando (?:ir|acudir|llamar)\b|\bque (?:es|son|hacer)\b"
 )
+_HOW_TO_WORDS = frozenset({"to", "cuando", "que"})
 _ROLE_MAILBOX = frozenset(
     {
         "info",
@@ -569,6 +571,7 @@ class _Text:
         self.wordset = frozenset(self.words)
         self.has_digit = _DIGIT.search(text) is not None
         self.mentions: list[_Mention] | None = None
+        self.inside: frozenset[str] | None = None  # words inside health terms
 
     def index_at(self, pos: int) -> int:
         for i, start in enumerate(self.starts):
@@ -591,7 +594,11 @@ class _Text:
             i = self.words.index("about")
             if i + 1 < len(self.words) and self.words[i + 1] in _POSS_WORDS:
                 return False
-        return bool(words) or _HOW_TO.search(self.folded) is not None
+        if words:
+            return True
+        return (
+            not self.wordset.isdisjoint(_HOW_TO_WORDS) and _HOW_TO.search(self.folded) is not None
+        )
 
     @cached_property
     def title_case(self) -> bool:
@@ -1093,6 +1100,13 @@ class PhiDetector:
             t.mentions = self._find_mentions(t)
         return t.mentions
 
+    def _inside(self, t: _Text) -> frozenset[str]:
+        if t.inside is None:
+            t.inside = frozenset(
+                w for m in self._mentions(t) for w in t.words[m.index : t.index_at(m.end)]
+            )
+        return t.inside
+
     def _find_mentions(self, t: _Text) -> list[_Mention]:
         phrases, starts, words = self.vocab.phrases, self.vocab.phrase_starts, t.words
         n, i = len(words), 0
@@ -1106,10 +1120,15 @@ class PhiDetector:
                 continue
             if words[i] not in starts:
                 # "Your surgeon's instructions": the term without its possessive ending.
-                base = words[i][:-2] if words[i].endswith("'s") else ""
-                hit = phrases.get(base) if base else None
-                if hit is not None:
-                    found.append(_Mention(t.starts[i], t.ends[i], i, *hit))
+                word = words[i]
+                if "'" in word or "-" in word:
+                    base = word[:-2] if word.endswith("'s") else ""
+                    if word.startswith(("post-", "pre-")):
+                        # "post-surgery", "pre-chemo": care around a term is about it too.
+                        base = word.split("-", 1)[1]
+                    hit = phrases.get(base) if base else None
+                    if hit is not None:
+                        found.append(_Mention(t.starts[i], t.ends[i], i, *hit))
                 i += 1
                 continue
             for size in range(min(self.vocab.max_words, n - i), 0, -1):
@@ -1139,10 +1158,12 @@ class PhiDetector:
         if (results or generic) and mentions:
             # A result or education word inside a term is neither: "back pain", "echo",
             # "sleep study", "support group" stays generic only through other words.
-            inside = {w for m in mentions for w in t.words[m.index : t.index_at(m.end)]}
+            inside = self._inside(t)
             results = results and not (t.wordset & lexicon.RESULT_WORDS) <= inside
             if generic and (t.wordset & lexicon.GENERIC) <= inside:
-                generic = _HOW_TO.search(t.folded) is not None
+                generic = (
+                    not t.wordset.isdisjoint(_HOW_TO_WORDS) and _HOW_TO.search(t.folded) is not None
+                )
         if mentions:
             self._health_terms(t, out, person, mentions, generic, results)
         # The patterns below all need a possessive, a result word or a prescription
@@ -1170,22 +1191,29 @@ class PhiDetector:
     ) -> None:
         strong_result = t.any(lexicon.STRONG_RESULT)
         rx = t.any(lexicon.PRESCRIPTION_WORDS) or bool(_DOSE.search(t.text))
+        # A care word that is itself a health term inside a mention is no event:
+        # "Infusion center expansion", "Preparing for surgery", "Physical therapy may
+        # help"; "ER visit" and "therapy session" still are.
         care_words = t.wordset & lexicon.CARE_EVENT
+        if care_words:
+            inside, phrases = self._inside(t), self.vocab.phrases
+            care_words = frozenset(w for w in care_words if w not in inside or w not in phrases)
         # Against an education cue a result word needs news with it: "Understanding your lab
         # results" is a glossary, "Your lab results are ready - learn more" is not.
         ready_result = results and (t.any(lexicon.READY_WORDS) or strong_result)
         record = t.any(lexicon.RECORD_WORDS)
         has_identifier = bool(out)
         family = self._family(t)
+        # "next steps for you" ties a fact to the reader; "is it right for you?" and
+        # "locations near you" do not.
+        pronoun_tie = not t.text.rstrip().endswith("?") and "near" not in t.wordset
         for m in mentions:
-            # A care word that is the term itself is no event: "Infusion center expansion",
-            # "Preparing for surgery: a checklist"; "Group therapy ... addiction" still is.
-            care = bool(care_words) and not (
-                care_words == {t.words[m.index]} and m.end == t.ends[m.index]
-            )
+            care = bool(care_words)
             # "next steps for you" ties the fact to the reader too, if less tightly.
             poss = self._possessed(t, m.index) or (
-                m.category != "preventive" and any(w in _YOU for w in t.words[m.index + 1 :])
+                m.category != "preventive"
+                and pronoun_tie
+                and any(w in _YOU for w in t.words[m.index + 1 :])
             )
             cta = poss and m.index >= 2 and t.words[max(0, m.index - 3)] in _CTA
             keep = person or has_identifier or family
@@ -1208,6 +1236,8 @@ class PhiDetector:
     def _family(self, t: _Text) -> bool:
         """A statement about the reader's relative ("Su hija necesita la vacuna", "Your
         son's asthma plan"): not a question, a call to action or education."""
+        if t.wordset.isdisjoint(lexicon.FAMILY):
+            return False
         if t.generic or t.text.rstrip().endswith("?") or (t.words and t.words[0] in _CTA):
             return False
         words = t.words
