@@ -63,7 +63,11 @@ _DATE_PATTERNS = (
         rf"\b(?:\d{{1,2}}\s+de\s+)?(?:{_MONTHS_ES})(?:\s+(?:de|del)\s+(?:19|20)\d{{2}})?\b", re.I
     ),
     # "the 3rd"
-    re.compile(r"\bthe\s+\d{1,2}(?:st|nd|rd|th)\b", re.I),
+    re.compile(
+        r"\bthe\s+\d{1,2}(?:st|nd|rd|th)\b(?!\s+(?:floor|level|street|st\b|avenue|ave\b|grade|"
+        r"edition|annual|year|anniversary|time|place|wing|district))",
+        re.I,
+    ),
 )
 _SSN = re.compile(r"(?<![\w-])(\d{3})([- .]?)(\d{2})\2(\d{4})(?![\w-])")
 _SSN_LAST4 = re.compile(
@@ -105,7 +109,8 @@ _ZIP_CUE = re.compile(
 )
 _RESULTS_POSS = re.compile(
     r"\b(?:your|you're|youre|tus|sus|tu|su|my|mis|mi)\s+(?:[\w'-]+\s+){0,3}?"
-    r"(?:results?|resultados?|reports?|informes?|findings|levels?|readings?|numbers)\b"
+    r"(?:results?|resultados?|reports?|informes?|findings|levels?|niveles|readings?|numbers|"
+    r"counts)\b"
 )
 _RESULTS_READY = re.compile(
     r"\b(?:lab|labs|test|blood|bloodwork|pathology|imaging|biopsy|scan|screening|a1c|mri|x-ray|"
@@ -143,6 +148,14 @@ _RX_READY = re.compile(
 _HOW_TO = re.compile(
     r"\b(?:when|what|where|whether|who) to\b|\btake (?:control|charge)\b"
     r"|\bcuando (?:ir|acudir|llamar)\b|\bque (?:es|son|hacer)\b"
+)
+# Over-the-counter news, not a prescription: "Naloxone available without a prescription".
+_NO_RX = re.compile(
+    r"\b(?:without a|no|sin)\s+(?:prescription|receta)\b|\bover[- ]the[- ]counter\b|\botc\b"
+)
+_CAME_BACK = re.compile(r"\b(?:came|come|comes|coming|is|are|was|were|results?)\s+back\b")
+_ORG_MOVES = frozenset(
+    {"moving", "moved", "move", "relocating", "floor", "closed", "closing", "opens", "opening"}
 )
 _HOW_TO_WORDS = frozenset({"to", "cuando", "que"})
 _ROLE_MAILBOX = frozenset(
@@ -400,10 +413,12 @@ _ANALYTE_VALUE = re.compile(
     r"\b(?:a1c|hba1c|hemoglobin|glucose|blood sugar|cholesterol|ldl|hdl|triglycerides|potassium|"
     r"sodium|creatinine|egfr|psa|tsh|inr|platelets?|wbc|ferritin|vitamin d|iron|bp|glucosa|"
     r"hemoglobina|colesterol|sugar|azucar|blood pressure|pressure|heart rate|pulse|oxygen|"
-    r"presion arterial|presion|oxigeno)\b\W{0,3}"
+    r"presion arterial|presion|oxigeno|blood counts?|counts|liver enzymes|enzymes|hierro|"
+    r"niveles de hierro|globulos blancos|globulos rojos)\b\W{0,3}"
     r"(?:(?:is|was|were|are|level|levels|reading|running|came|back|at|es|fue|nivel|esta|estaba|"
     r"estan|sigue|still|too|very|muy)\s+){0,3}"
-    r"(?:high|low|elevated|abnormal|critical|alto|alta|bajo|baja|\d+(?:\.\d+)?\s?%?)"
+    r"(?:high|low|elevated|abnormal|critical|alto|alta|bajo|baja|altos|altas|bajos|bajas|"
+    r"\d+(?:\.\d+)?\s?%?)"
 )
 _SENSITIVE_ICD: tuple[tuple[str, str, str], ...] = (
     ("B20", "B20", kinds.HIV),
@@ -800,7 +815,9 @@ class PhiDetector:
         birth = t.any(lexicon.BIRTH_WORDS) or "d.o.b" in t.folded
         care = t.any(lexicon.DATE_CARE_WORDS)
         possessive = t.any(lexicon.POSSESSIVE)
-        if not (birth or person or (care and (possessive or not t.generic))):
+        # "Lab services moving to the 3rd floor on June 2" is the organisation's news.
+        org = t.generic or t.any(_ORG_MOVES)
+        if not (birth or person or (care and (possessive or not org))):
             return
         conf = 0.95 if birth else 0.8
         for index, pattern in enumerate(_DATE_PATTERNS):
@@ -1154,12 +1171,16 @@ class PhiDetector:
     def _health(self, t: _Text, out: list[Finding], person: bool) -> None:
         generic = t.generic
         mentions = self._mentions(t)
-        results = t.any(lexicon.RESULT_WORDS)
+        result_words = t.wordset & lexicon.RESULT_WORDS
+        if "back" in result_words and _CAME_BACK.search(t.folded) is None:
+            # "came back" is news of a result; "Back to school" is not.
+            result_words = result_words - {"back"}
+        results = bool(result_words)
         if (results or generic) and mentions:
             # A result or education word inside a term is neither: "back pain", "echo",
             # "sleep study", "support group" stays generic only through other words.
             inside = self._inside(t)
-            results = results and not (t.wordset & lexicon.RESULT_WORDS) <= inside
+            results = results and not result_words <= inside
             if generic and (t.wordset & lexicon.GENERIC) <= inside:
                 generic = (
                     not t.wordset.isdisjoint(_HOW_TO_WORDS) and _HOW_TO.search(t.folded) is not None
@@ -1191,6 +1212,7 @@ class PhiDetector:
     ) -> None:
         strong_result = t.any(lexicon.STRONG_RESULT)
         rx = t.any(lexicon.PRESCRIPTION_WORDS) or bool(_DOSE.search(t.text))
+        otc = _NO_RX.search(t.folded) is not None
         # A care word that is itself a health term inside a mention is no event:
         # "Infusion center expansion", "Preparing for surgery", "Physical therapy may
         # help"; "ER visit" and "therapy session" still are.
@@ -1216,13 +1238,18 @@ class PhiDetector:
                 and any(w in _YOU for w in t.words[m.index + 1 :])
             )
             cta = poss and m.index >= 2 and t.words[max(0, m.index - 3)] in _CTA
-            keep = person or has_identifier or family
+            keep = person or has_identifier or m.index > family
             if not keep and m.category == "preventive":
                 keep = (poss and (results or care or record) and not cta) or (
                     results and not generic
                 )
             elif not keep and m.category == "medication":
-                keep = (rx or poss) and not t.any(_MED_MARKETING) and not (generic and not rx)
+                keep = (
+                    (rx or poss)
+                    and not t.any(_MED_MARKETING)
+                    and not (generic and not rx)
+                    and not otc
+                )
             elif not keep:
                 keep = (
                     (poss and (not generic or care or ready_result) and not cta)
@@ -1233,24 +1260,24 @@ class PhiDetector:
             if keep:
                 out.append(Finding(m.kind, m.start, m.end, 0.8 if person else 0.7))
 
-    def _family(self, t: _Text) -> bool:
-        """A statement about the reader's relative ("Su hija necesita la vacuna", "Your
-        son's asthma plan"): not a question, a call to action or education."""
+    def _family(self, t: _Text) -> int:
+        """Index of a relative the subject is about ("Su hija necesita la vacuna", "Your
+        son's asthma plan"), or a large number: not in a question, a call to action or
+        education. Terms after that index are about the relative."""
+        none = len(t.words) + 1
         if t.wordset.isdisjoint(lexicon.FAMILY):
-            return False
+            return none
         if t.generic or t.text.rstrip().endswith("?") or (t.words and t.words[0] in _CTA):
-            return False
+            return none
         words = t.words
-        if any(
-            words[i] in _POSS_WORDS and words[i + 1] in lexicon.FAMILY
-            for i in range(len(words) - 1)
-        ):
-            return True
+        for i in range(len(words) - 1):
+            if words[i] in _POSS_WORDS and words[i + 1] in lexicon.FAMILY:
+                return i + 1
         # "Mom's chemo", "Dad's MRI": a relative's own health term right after.
-        return any(
-            w.endswith("'s") and w in lexicon.FAMILY and self._fact_after(t, i)
-            for i, w in enumerate(words)
-        )
+        for i, w in enumerate(words):
+            if w.endswith("'s") and w in lexicon.FAMILY and self._fact_after(t, i):
+                return i
+        return none
 
     def _possessive_facts(self, t: _Text, out: list[Finding], generic: bool) -> None:
         for rm in _POSS_TEST.finditer(t.folded):
