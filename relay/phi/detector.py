@@ -147,6 +147,7 @@ _RX_READY = re.compile(
 # "When to see a doctor", "what to expect": advice to anyone.
 _HOW_TO = re.compile(
     r"\b(?:when|what|where|whether|who) to\b|\btake (?:control|charge)\b"
+    r"|\b(?:at|for) no (?:cost|charge)\b|\bsin costo\b"
     r"|\bcuando (?:ir|acudir|llamar)\b|\bque (?:es|son|hacer)\b"
 )
 # Over-the-counter news, not a prescription: "Naloxone available without a prescription".
@@ -157,7 +158,7 @@ _CAME_BACK = re.compile(r"\b(?:came|come|comes|coming|is|are|was|were|results?)\
 _ORG_MOVES = frozenset(
     {"moving", "moved", "move", "relocating", "floor", "closed", "closing", "opens", "opening"}
 )
-_HOW_TO_WORDS = frozenset({"to", "cuando", "que"})
+_HOW_TO_WORDS = frozenset({"to", "cuando", "que", "take", "no", "sin"})
 _ROLE_MAILBOX = frozenset(
     {
         "info",
@@ -320,7 +321,66 @@ _PROVIDER_INTRO = frozenset(
     }
 )
 # Organisation news: a care word here is about a service, not one person's care.
-_ORG_NEWS = frozenset({"services", "service", "location", "locations", "hours", "our", "we", "us"})
+_ORG_NEWS = frozenset(
+    {"services", "service", "location", "locations", "hours", "our", "we", "us", "kit", "kits"}
+)
+# Medical specialties and operations by their word form: "podiatry", "orthodontist",
+# "cardiología", "vasectomy", "rhinoplasty". Everyday words of the same form are listed.
+_SPECIALTY_SUFFIX = (
+    "ology",
+    "ologist",
+    "ologists",
+    "iatry",
+    "iatrist",
+    "odontist",
+    "ologia",
+    "ologo",
+    "ologa",
+    "iatra",
+    "ectomy",
+    "otomy",
+    "ostomy",
+    "oscopy",
+    "oscopia",
+    "plasty",
+)
+_NOT_SPECIALTY = frozenset(
+    {
+        "technology",
+        "technologies",
+        "tecnologia",
+        "biology",
+        "ideology",
+        "methodology",
+        "apology",
+        "theology",
+        "astrology",
+        "terminology",
+        "chronology",
+        "geology",
+        "ecology",
+        "sociology",
+        "anthology",
+        "mythology",
+        "archaeology",
+        "anthropology",
+        "criminology",
+        "ecologia",
+        "biologia",
+        "geologia",
+        "teologia",
+        "ideologia",
+        "metodologia",
+        "antologia",
+        "mitologia",
+    }
+)
+# The reader as the patient of a care verb: "You were seen in our ER last night".
+_YOU_CARED = re.compile(
+    r"\byou (?:were|are being|have been|was|are) (?:seen|admitted|treated|discharged|diagnosed|"
+    r"tested|examined|evaluated|transferred|referred)\b"
+    r"|\busted fue (?:atendid[oa]|ingresad[oa]|dad[oa] de alta|diagnosticad[oa])\b"
+)
 # The pronoun, not the possessive: "next steps for you" (a possessive is read in place).
 _YOU = frozenset({"you", "you're", "youre", "usted", "ti"})
 # Lower-case particles inside Spanish, Portuguese, Dutch and Arabic surnames.
@@ -1146,6 +1206,10 @@ class PhiDetector:
                     hit = phrases.get(base) if base else None
                     if hit is not None:
                         found.append(_Mention(t.starts[i], t.ends[i], i, *hit))
+                elif word.endswith(_SPECIALTY_SUFFIX) and word not in _NOT_SPECIALTY:
+                    found.append(
+                        _Mention(t.starts[i], t.ends[i], i, "procedure", kinds.PROCEDURE, "")
+                    )
                 i += 1
                 continue
             for size in range(min(self.vocab.max_words, n - i), 0, -1):
@@ -1197,6 +1261,9 @@ class PhiDetector:
             if results:
                 for rm in _RESULTS_READY.finditer(t.folded):
                     out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.7))
+        if "you" in t.wordset or "usted" in t.wordset:
+            for rm in _YOU_CARED.finditer(t.folded):
+                out.append(Finding(kinds.PROCEDURE, rm.start(), rm.end(), 0.7))
         if t.any(_RX_NOUNS):
             for rm in _RX_READY.finditer(t.folded):
                 out.append(Finding(kinds.PRESCRIPTION, rm.start(), rm.end(), 0.7))
@@ -1240,7 +1307,9 @@ class PhiDetector:
             cta = poss and m.index >= 2 and t.words[max(0, m.index - 3)] in _CTA
             keep = person or has_identifier or m.index > family
             if not keep and m.category == "preventive":
-                keep = (poss and (results or care or record) and not cta) or (
+                # "wellness visit" names a service; its "visit" is no event of the reader.
+                own = care and not care_words <= set(t.words[m.index : t.index_at(m.end)])
+                keep = (poss and (results or own or record) and not cta) or (
                     results and not generic
                 )
             elif not keep and m.category == "medication":
