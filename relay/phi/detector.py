@@ -1206,7 +1206,11 @@ class PhiDetector:
                     hit = phrases.get(base) if base else None
                     if hit is not None:
                         found.append(_Mention(t.starts[i], t.ends[i], i, *hit))
-                elif word.endswith(_SPECIALTY_SUFFIX) and word not in _NOT_SPECIALTY:
+                elif (
+                    len(word) > 6
+                    and word.endswith(_SPECIALTY_SUFFIX)
+                    and word not in _NOT_SPECIALTY
+                ):
                     found.append(
                         _Mention(t.starts[i], t.ends[i], i, "procedure", kinds.PROCEDURE, "")
                     )
