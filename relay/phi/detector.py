@@ -130,13 +130,14 @@ _POSS_TEST = re.compile(
     r"(?:removal|repair|replacement|reconstruction|fusion|implants?|extraction|reemplazo)|"
     r"operation|operacion|diagnosis|diagnostico|blood type|"
     r"tipo de sangre|(?:kidney|liver|lung|thyroid|heart|renal|cognitive) function|"
-    r"control(?:es)?|chequeos?|"
+    r"control(?:es)?|chequeos?|symptoms|sintomas|(?:after-)?visit (?:summary|notes?)|"
+    r"care summary|resumen de (?:la |su )?visita|"
     r"wound|incision|herida)\b"
 )
 _RX_POSS = re.compile(
     r"\b(?:your|tus|sus|tu|su|my|mis|mi)\s+(?:[\w'-]+\s+){0,2}?"
     r"(?:prescriptions?|rx|refills?|medications?|medicines?|recetas?|medicamentos?|"
-    r"medicinas?|dosis|dose)\b"
+    r"medicinas?|meds|dosis|dose)\b"
     # a household object, not a prescription: "your medicine cabinet"
     r"(?!\s+(?:cabinet|cabinets|chest|drawer|storage|disposal|take-back|safety))"
 )
@@ -158,6 +159,7 @@ _CAME_BACK = re.compile(r"\b(?:came|come|comes|coming|is|are|was|were|results?)\
 _ORG_MOVES = frozenset(
     {"moving", "moved", "move", "relocating", "floor", "closed", "closing", "opens", "opening"}
 )
+_POSSESSED_GENERIC = frozenset({"symptoms", "sintomas"})
 _HOW_TO_WORDS = frozenset({"to", "cuando", "que", "take", "no", "sin"})
 _ROLE_MAILBOX = frozenset(
     {
@@ -664,6 +666,14 @@ class _Text:
     @cached_property
     def generic(self) -> bool:
         words = self.wordset & lexicon.GENERIC
+        if words and words <= _POSSESSED_GENERIC:
+            # "We reviewed your symptoms": a cue word owned by the reader is no education.
+            owned = {
+                w
+                for i, w in enumerate(self.words)
+                if w in _POSSESSED_GENERIC and i and self.words[i - 1] in _POSS_WORDS
+            }
+            words = words - owned
         if words == {"about"}:
             # "about your labs" addresses one reader; "all about diabetes" does not.
             i = self.words.index("about")
@@ -935,6 +945,20 @@ class PhiDetector:
         for i in range(n):
             word, o = words[i], orig[i]
             if not o[:1].isupper():
+                continue
+            # "MILLER, GERALD - REFERRAL": an all-caps "LAST, FIRST" from a records system,
+            # both parts in the lists and neither an everyday word.
+            if (
+                o.isupper()
+                and len(o) > 2
+                and i + 1 < n
+                and orig[i + 1].isupper()
+                and text[t.ends[i] : t.starts[i + 1]] == ", "
+                and word in v.last_names
+                and words[i + 1] in v.first_names
+                and not (word in v.ambiguous and words[i + 1] in v.ambiguous)
+            ):
+                add(i, i + 1, 0.75)
                 continue
             # "Hi April," / "Dear June!" / "Hi Ngozi,": a greeting names the reader,
             # whatever the word, unless it greets a group ("Hello Friends,").

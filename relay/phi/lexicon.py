@@ -886,6 +886,14 @@ CARE_EVENT: frozenset[str] = frozenset(
         "post-surgery",
         "pre-procedure",
         "pre-admission",
+        "given",
+        "administered",
+        "aplicada",
+        "aplicado",
+        "e-visit",
+        "evisit",
+        "video visit",
+        "virtual visit",
     }
 )
 
@@ -1823,13 +1831,29 @@ MORE_CONDITIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "pregnancy": (
         kinds.REPRODUCTIVE_HEALTH,
-        ("ob", "obstetrics", "ovulation", "menstrual", "menstruation", "fertile window"),
+        (
+            "ob",
+            "obstetrics",
+            "ovulation",
+            "menstrual",
+            "menstruation",
+            "fertile window",
+            "labor and delivery",
+            "trabajo de parto",
+        ),
+    ),
+    "contraception": (
+        kinds.REPRODUCTIVE_HEALTH,
+        ("depo shot", "depo-provera", "depo provera", "nexplanon", "nuvaring"),
     ),
     "mental-health": (
         kinds.MENTAL_HEALTH,
         (
             "group therapy",
             "terapia de grupo",
+            "psych",
+            "psych eval",
+            "psych evaluation",
             "psychiatrist",
             "psychologist",
             "psiquiatra",
@@ -2032,7 +2056,11 @@ STAFF_NEWS: frozenset[str] = frozenset(
     }
 )
 # Case-sensitive tokens: "PrEP" is the HIV medicine, "prep" is colonoscopy prep.
-CASED_TERMS: dict[str, tuple[str, str, str]] = {"PrEP": ("medication", kinds.HIV, "hiv")}
+CASED_TERMS: dict[str, tuple[str, str, str]] = {
+    "PrEP": ("medication", kinds.HIV, "hiv"),
+    # "PT" in capitals is physical therapy; "Pt" is a patient cue.
+    "PT": ("procedure", kinds.PROCEDURE, ""),
+}
 # A possessive before one of these names a specific person: "your son", "su hija".
 FAMILY: frozenset[str] = frozenset(
     {

