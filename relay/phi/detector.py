@@ -377,6 +377,48 @@ _NOT_SPECIALTY = frozenset(
         "mitologia",
     }
 )
+# Conditions by their word form: "bursitis", "sarcoidosis", "neuralgia", "lymphoma".
+_CONDITION_SUFFIX = (
+    "itis",
+    "osis",
+    "emia",
+    "aemia",
+    "oma",
+    "omas",
+    "pathy",
+    "algia",
+    "iasis",
+)
+_NOT_CONDITION = frozenset(
+    {
+        "diagnosis",
+        "prognosis",
+        "hypnosis",
+        "osmosis",
+        "symbiosis",
+        "metamorphosis",
+        "apotheosis",
+        "diploma",
+        "diplomas",
+        "aroma",
+        "aromas",
+        "idioma",
+        "idiomas",
+        "plataforma",
+        "oklahoma",
+        "palomas",
+        "academia",
+        "bohemia",
+        "blasfemia",
+        "empathy",
+        "sympathy",
+        "telepathy",
+        "antipathy",
+        "nostalgia",
+        "chromosoma",
+        "diagnostico",
+    }
+)
 # The reader as the patient of a care verb: "You were seen in our ER last night".
 _YOU_CARED = re.compile(
     r"\byou (?:were|are being|have been|was|are) (?:seen|admitted|treated|discharged|diagnosed|"
@@ -1230,14 +1272,15 @@ class PhiDetector:
                     hit = phrases.get(base) if base else None
                     if hit is not None:
                         found.append(_Mention(t.starts[i], t.ends[i], i, *hit))
-                elif (
-                    len(word) > 6
-                    and word.endswith(_SPECIALTY_SUFFIX)
-                    and word not in _NOT_SPECIALTY
-                ):
-                    found.append(
-                        _Mention(t.starts[i], t.ends[i], i, "procedure", kinds.PROCEDURE, "")
-                    )
+                elif len(word) > 6:
+                    if word.endswith(_SPECIALTY_SUFFIX) and word not in _NOT_SPECIALTY:
+                        found.append(
+                            _Mention(t.starts[i], t.ends[i], i, "procedure", kinds.PROCEDURE, "")
+                        )
+                    elif word.endswith(_CONDITION_SUFFIX) and word not in _NOT_CONDITION:
+                        found.append(
+                            _Mention(t.starts[i], t.ends[i], i, "condition", kinds.CONDITION, word)
+                        )
                 i += 1
                 continue
             for size in range(min(self.vocab.max_words, n - i), 0, -1):
