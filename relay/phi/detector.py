@@ -707,6 +707,11 @@ class _Text:
 
     @cached_property
     def generic(self) -> bool:
+        if self.wordset.isdisjoint(lexicon.GENERIC):
+            return (
+                not self.wordset.isdisjoint(_HOW_TO_WORDS)
+                and _HOW_TO.search(self.folded) is not None
+            )
         words = self.wordset & lexicon.GENERIC
         if words and words <= _POSSESSED_GENERIC:
             # "We reviewed your symptoms": a cue word owned by the reader is no education.
