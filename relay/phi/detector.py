@@ -160,6 +160,9 @@ _ORG_MOVES = frozenset(
     {"moving", "moved", "move", "relocating", "floor", "closed", "closing", "opens", "opening"}
 )
 _POSSESSED_GENERIC = frozenset({"symptoms", "sintomas"})
+_STAY_WELL = re.compile(
+    r"\bstay (?:well|healthy|safe|active|cool|warm|informed|connected|strong|hydrated)\b"
+)
 _HOW_TO_WORDS = frozenset({"to", "cuando", "que", "take", "no", "sin"})
 _ROLE_MAILBOX = frozenset(
     {
@@ -1360,6 +1363,9 @@ class PhiDetector:
         # "Infusion center expansion", "Preparing for surgery", "Physical therapy may
         # help"; "ER visit" and "therapy session" still are.
         care_words = t.wordset & lexicon.CARE_EVENT
+        if "stay" in care_words and _STAY_WELL.search(t.folded):
+            # "stay well", "stay safe": advice, not a hospital stay.
+            care_words = care_words - {"stay"}
         if care_words:
             inside, phrases = self._inside(t), self.vocab.phrases
             care_words = frozenset(w for w in care_words if w not in inside or w not in phrases)
