@@ -1151,7 +1151,10 @@ def run_presidio(
 
 def print_holdouts() -> None:
     """The hold-out sets, each written before the rules it then helped fix (see the doc)."""
-    paths = sorted(CORPUS.parent.glob("holdout_*.tsv"))
+    paths = sorted(
+        CORPUS.parent.glob("holdout_*.tsv"),
+        key=lambda p: (len(p.stem), p.stem),  # holdout_2 … holdout_10
+    )
     if not paths:
         return
     print("\nhold-out sets (figures after the fixes they prompted; see docs/phi-detection.md)")
