@@ -22,7 +22,7 @@ import structlog
 
 from relay import pipeline, replies
 from relay.address import domain_of
-from relay.category import HEADER, printable_name
+from relay.category import HEADER
 from relay.delivery import Connection, Upstream, UpstreamError
 from relay.message import SessionFacts, ShapeError, ShapeLimits, build_context, check_raw, parse
 from relay.model import (
@@ -112,6 +112,10 @@ class Transaction:
         self.link = link
         self.mail_from = mail_from
         self.options = tuple(mail_options)
+        # Only BODY and SMTPUTF8 describe the message itself; SIZE is ours to re-declare.
+        self.upstream_options = [
+            o for o in self.options if o.split("=", 1)[0].upper() in ("BODY", "SMTPUTF8")
+        ]
         self.smtputf8 = smtputf8
         self.helo = helo
         self.recipients: list[str] = []
@@ -119,19 +123,11 @@ class Transaction:
 
     # --- envelope phase: proxied to the upstream so its answers reach the client ---------
 
-    def _upstream_options(self, conn: Connection) -> list[str]:
-        keep = []
-        for opt in self.options:
-            name = opt.split("=", 1)[0].upper()
-            if name in ("BODY", "SMTPUTF8"):
-                keep.append(opt)
-        return keep
-
     async def open(self) -> Reply | None:
         """Connect and send MAIL upstream. None means OK; a Reply is the client's refusal."""
         try:
             conn = await self.link.get(self.rt.upstream)
-            await conn.mail(self.mail_from, self._upstream_options(conn))
+            await conn.mail(self.mail_from, self.upstream_options)
         except UpstreamError as err:
             await self.link.drop()
             self._upstream_event("mail", err)
@@ -181,7 +177,7 @@ class Transaction:
         rt = self.rt
         decision_id = new_id()
         envelope = Envelope(self.mail_from, tuple(self.recipients), self.options, self.smtputf8)
-        category, verdicts, ctx_message = "unknown", [], None
+        category, ctx_message = "unknown", None
         outcome: pipeline.Outcome
         try:
             raw = check_raw(raw, envelope, rt.limits)
@@ -196,30 +192,21 @@ class Transaction:
             )
             ctx_message = ctx
             category = ctx.category_name if ctx.category else "unknown"
-            pre: list[Verdict] = []
-            if ctx.category is None:
-                pre.append(
-                    Verdict(
-                        rule="category",
-                        action=Action.REJECT,
-                        reason="category.unknown",
-                        kinds=(printable_name(ctx.category_name),),
-                    )
-                )
             outcome = await pipeline.run(
                 rt.rules.policies,
                 ctx,
                 timeout=rt.config.server.policy_timeout,
                 mode=rt.config.server.mode,
-                pre=pre,
+                pre=pipeline.builtin_verdicts(ctx),
             )
         except ShapeError as err:
-            verdicts = [Verdict(rule="message", action=Action.REJECT, reason=err.reason)]
-            outcome = pipeline.combine(verdicts, envelope.rcpt_tos, rt.config.server.mode)
+            shape = Verdict(rule="message", action=Action.REJECT, reason=err.reason)
+            outcome = pipeline.combine([shape], envelope.rcpt_tos, rt.config.server.mode)
 
-        fingerprint = rt.dedup.fingerprint(self.mail_from, raw) if rt.dedup else ""
-        already: set[str] = set()
+        # Only a message about to be delivered needs its fingerprint (a hash of every byte).
+        fingerprint, already = "", set[str]()
         if rt.dedup is not None and outcome.enforced < Action.TEMPFAIL and outcome.accepted:
+            fingerprint = rt.dedup.fingerprint(self.mail_from, raw)
             already = await rt.dedup.already(fingerprint, outcome.accepted)
         to_send = tuple(r for r in outcome.accepted if r not in already)
 
@@ -360,7 +347,7 @@ class Transaction:
                 if self.upstream_mail_sent:
                     await self.link.reset()
                 conn = await self.link.get(rt.upstream)
-                await conn.mail(self.mail_from, self._upstream_options(conn))
+                await conn.mail(self.mail_from, self.upstream_options)
                 self.upstream_mail_sent = True
                 for rcpt in group:
                     answer = await conn.rcpt(rcpt)

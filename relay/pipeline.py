@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from relay.category import printable_name
 from relay.model import Action, MessageContext, Modification, Verdict
 from relay.policy.base import Policy
 
@@ -32,6 +33,20 @@ class Outcome:
     accepted: tuple[str, ...]
     dropped: dict[str, str]
     modifications: tuple[Modification, ...]
+
+
+def builtin_verdicts(ctx: MessageContext) -> list[Verdict]:
+    """Checks that run before every pipeline: the message must have a known category."""
+    if ctx.category is not None:
+        return []
+    return [
+        Verdict(
+            rule="category",
+            action=Action.REJECT,
+            reason="category.unknown",
+            kinds=(printable_name(ctx.category_name),),
+        )
+    ]
 
 
 async def _evaluate(policy: Policy, ctx: MessageContext, timeout: float) -> Verdict:

@@ -180,7 +180,7 @@ class Relay:
         )
 
     async def _start_http(self, runtime: Runtime) -> None:
-        from relay.web import build_app, start_http
+        from relay.web import bound_port, build_app, start_http
 
         assert self.services is not None and self.config.http.listen is not None
 
@@ -197,7 +197,7 @@ class Relay:
         listen = self.config.http.listen
         runner = await start_http(app, listen.host, listen.port)
         self.http_runner = runner
-        self.http_port = _runner_port(runner)
+        self.http_port = bound_port(runner)
 
     @property
     def runtime(self) -> Runtime:
@@ -283,14 +283,6 @@ class Relay:
             self.services.audit.close()
             self.services.dedup.close()
             await self.services.store.close()
-
-
-def _runner_port(runner: object) -> int:
-    for site in getattr(runner, "sites", []):
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            return int(server.sockets[0].getsockname()[1])
-    return 0
 
 
 async def run(relay: Relay) -> None:

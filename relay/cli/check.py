@@ -43,24 +43,6 @@ def _addresses(msg: Any, *names: str) -> list[str]:
 
 
 async def _check(args: argparse.Namespace) -> int:
-    for flag in (
-        "listen",
-        "implicit_tls_listen",
-        "tls_cert",
-        "tls_key",
-        "users_file",
-        "upstream",
-        "upstream_tls",
-        "upstream_ca",
-        "client_timeout",
-        "upstream_timeout",
-        "audit_log",
-        "http_listen",
-        "mode",
-        "trusted_network",
-        "plaintext_network",
-    ):
-        setattr(args, flag, None)
     cfg, _ = load_config(args)
     try:
         raw = args.message.read_bytes()
@@ -104,18 +86,12 @@ async def _check(args: argparse.Namespace) -> int:
             decision_id="check",
             categories=ruleset.categories,
         )
-        pre = []
-        if ctx.category is None:
-            pre.append(
-                Verdict(
-                    rule="category",
-                    action=Action.REJECT,
-                    reason="category.unknown",
-                    kinds=(ctx.category_name,),
-                )
-            )
         outcome = await pipeline.run(
-            ruleset.policies, ctx, timeout=s.policy_timeout, mode=s.mode, pre=pre
+            ruleset.policies,
+            ctx,
+            timeout=s.policy_timeout,
+            mode=s.mode,
+            pre=pipeline.builtin_verdicts(ctx),
         )
     finally:
         await store.close()
