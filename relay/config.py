@@ -365,6 +365,38 @@ def load(
     return validate(cfg)
 
 
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """Where a configuration comes from, kept so that a reload reads exactly the same places.
+
+    `path` is the TOML file (None: defaults only), `environ` the PHI_RELAY_* variables as
+    the process started with them, `overrides` the command-line flags.
+    """
+
+    path: Path | None = None
+    environ: Mapping[str, str] = field(default_factory=dict)
+    overrides: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+
+    def load(self) -> Config:
+        return load(self.path, self.environ, self.overrides)
+
+
+def sources(
+    config_flag: Path | None,
+    environ: Mapping[str, str],
+    overrides: Mapping[str, Mapping[str, object]] | None = None,
+) -> Sources:
+    """The one answer to "which file?": `--config FILE`, else $PHI_RELAY_CONFIG, else none."""
+    path = config_flag
+    if path is None and environ.get(CONFIG_ENV):
+        path = Path(environ[CONFIG_ENV])
+    env = {k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
+    return Sources(path, env, dict(overrides or {}))
+
+
 def upstream_password(cfg: UpstreamConfig) -> str | None:
     """The upstream AUTH password, read at connect time so a rotated secret file is picked up."""
     if cfg.password_file is not None:

@@ -61,6 +61,11 @@ class Upstream(Protocol):
     async def ping(self) -> None: ...
 
 
+def is_null_sender(sender: str) -> bool:
+    """`MAIL FROM:<>`: aiosmtpd hands it over as `<>`, other callers may pass ''."""
+    return sender.strip() in ("", "<>")
+
+
 def _one_line(text: str, limit: int = 300) -> str:
     flat = " ".join(text.replace("\r", " ").replace("\n", " ").split())
     return flat[:limit]
@@ -154,9 +159,21 @@ class SmtpConnection:
 
     async def mail(self, sender: str, options: list[str]) -> None:
         try:
-            await self.client.mail(sender, options=options, encoding="utf-8")
+            if is_null_sender(sender):
+                await self._mail_null(options)
+            else:
+                await self.client.mail(sender, options=options, encoding="utf-8")
         except Exception as exc:
             raise map_error(exc) from exc
+
+    async def _mail_null(self, options: list[str]) -> None:
+        # aiosmtplib validates the sender as a mailbox and refuses `<>`; bounces and DSNs
+        # need exactly the null reverse-path (RFC 5321 4.5.5).
+        resp = await self.client.execute_command(
+            b"MAIL", b"FROM:<>", *(o.encode("ascii") for o in options)
+        )
+        if resp.code != 250:
+            raise aiosmtplib.SMTPSenderRefused(resp.code, resp.message, "<>")
 
     async def rcpt(self, recipient: str) -> Reply:
         try:
@@ -276,7 +293,7 @@ class CaptureConnection:
     async def data(self, message: bytes) -> Reply:
         name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.eml"
         envelope = (
-            f"X-Captured-Mail-From: <{self.sender}>\r\n"
+            f"X-Captured-Mail-From: <{'' if is_null_sender(self.sender) else self.sender}>\r\n"
             + "".join(f"X-Captured-Rcpt-To: <{r}>\r\n" for r in self.recipients)
         ).encode("utf-8", "surrogateescape")
         await asyncio.to_thread(_write_atomic, self.folder / name, envelope + message)

@@ -249,6 +249,7 @@ class Transaction:
         if ctx_message is None:  # pragma: no cover - shape errors always reject
             await self.abort()
             return replies.by_reason("rewrite.error")
+        total = len(envelope.rcpt_tos)
         if not to_send:
             await self.abort()
             self._delivery(
@@ -258,12 +259,14 @@ class Transaction:
                 "duplicate-suppressed",
                 0.0,
             )
-            return Reply(250, "2.0.0", "Already delivered to every recipient; not sent again")
+            done = Reply(250, "2.0.0", "Already delivered to every recipient; not sent again")
+            return replies.with_suppressed(done, total, outcome.dropped)
 
         mods: tuple[Modification, ...] = (RemoveHeader(HEADER), *outcome.modifications)
-        return await self._deliver(
+        sent = await self._deliver(
             ctx_message.message, raw, to_send, mods, category, decision_id, fingerprint
         )
+        return replies.with_suppressed(sent, total, outcome.dropped)
 
     def _received(self, decision_id: str) -> bytes:
         tls = self.facts.tls

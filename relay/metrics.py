@@ -182,8 +182,9 @@ class Metrics:
     def auth_failure(self) -> None:
         self._auth_failures.inc()
 
-    def config_reload(self, ok: bool) -> None:
-        self._reloads.labels("ok" if ok else "error").inc()
+    def config_reload(self, ok: bool, *, refused: bool = False) -> None:
+        """`refused`: the new configuration was valid but would weaken the running relay."""
+        self._reloads.labels("ok" if ok else ("refused" if refused else "error")).inc()
         self._reload_ok.set(1 if ok else 0)
 
     def policy_error(self, rule: str) -> None:

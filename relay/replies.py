@@ -6,7 +6,8 @@ never echo message content: only finding kinds (e.g. "medical record number").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 
 from relay.model import Action, Reply, Verdict
 
@@ -134,3 +135,20 @@ def for_verdict(verdict: Verdict, allowed: Sequence[str] = ()) -> Reply:
 def by_reason(reason: str, **fmt: str) -> Reply:
     code, status, text = _TEXT[reason]
     return Reply(code, status, text.format(**{"kinds": "", "rule": "", "allowed": "", **fmt}))
+
+
+def with_suppressed(reply: Reply, total: int, dropped: Mapping[str, str]) -> Reply:
+    """Say how many recipients a policy removed (consent, opt-out), by reason, never by address.
+
+    A client that only sees "250" would believe every recipient got the message.
+    """
+    if not dropped:
+        return reply
+    counts = Counter(dropped.values())
+    detail = ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items()))
+    suppressed = f"{len(dropped)} suppressed by policy ({detail})"
+    if reply.success:
+        note = f"; {total - len(dropped)} of {total} recipients delivered, {suppressed}"
+    else:
+        note = f"; of {total} recipients {suppressed}"
+    return Reply(reply.code, reply.status, reply.text + note)

@@ -99,11 +99,23 @@ def _load_users(cfg: Config) -> Users | None:
         raise StartupError(str(exc)) from exc
 
 
+def reload_refusal(running: Config, new: Config) -> tuple[str, str] | None:
+    """A reload that would quietly weaken a live relay is refused: (code, what and why)."""
+    if not running.upstream.capture and new.upstream.capture:
+        return (
+            "upstream-to-capture",
+            f"it would capture mail locally instead of sending it to the upstream "
+            f"{running.upstream.host}:{running.upstream.port} (upstream.host is empty in "
+            f"{new.source}); restart the relay to change this",
+        )
+    return None
+
+
 @dataclass
 class Relay:
     config: Config
-    config_path: Path | None = None
-    overrides: dict[str, dict[str, object]] = field(default_factory=dict)
+    # Where `config` came from; a reload reads exactly these again.
+    sources: config_mod.Sources = field(default_factory=config_mod.Sources)
     services: Services | None = None
     shared: Shared | None = None
     tls_context: ssl.SSLContext | None = None
@@ -223,7 +235,11 @@ class Relay:
                 fix="set --upstream HOST:PORT (or upstream.host) to relay to your provider",
             )
         for net in cfg.server.plaintext_networks:
-            log.warning("plaintext SMTP allowed from this network (no STARTTLS)", network=str(net))
+            log.warning(
+                "plaintext SMTP allowed from this network (no STARTTLS); it is trusted "
+                "(may relay without AUTH)",
+                network=str(net),
+            )
         if cfg.server.mode == "monitor":
             log.warning("MONITOR MODE: policies are audited but only TLS rules are enforced")
         if not cfg.server.trusted_networks and cfg.server.users_file is None:
@@ -236,7 +252,10 @@ class Relay:
         """SIGHUP: re-read configuration and policies. On any error keep the running ones."""
         assert self.shared is not None and self.services is not None
         try:
-            cfg = config_mod.load(self.config_path, overrides=self.overrides)
+            cfg = self.sources.load()
+            refusal = reload_refusal(self.config, cfg)
+            if refusal is not None:
+                return self._refuse_reload(*refusal)
             runtime = build_runtime(cfg, self.services)
             users = _load_users(cfg)
             if self.tls_context is not None:
@@ -255,6 +274,13 @@ class Relay:
         log.info("configuration reloaded", policies=[p.name for p in runtime.rules.policies])
         return True
 
+    def _refuse_reload(self, code: str, message: str) -> bool:
+        assert self.services is not None
+        log.error(f"reload refused: {message}; keeping the running configuration")
+        self.services.metrics.config_reload(False, refused=True)
+        self.services.audit.event("config-reload", ok=False, error=code)
+        return False
+
     async def stop(self) -> None:
         """Stop accepting, let transactions in flight finish (bounded), then close."""
         if self.shared is None:
@@ -268,8 +294,7 @@ class Relay:
                 await sess.shutdown()
             await asyncio.sleep(0.05)
         for sess in list(self.shared.sessions):
-            if sess.transport is not None:
-                sess.transport.close()
+            await sess.shutdown(force=True)
         for srv in self.servers:
             try:
                 async with asyncio.timeout(2):

@@ -175,6 +175,7 @@ class RelaySMTP(SMTP):
         self.registered = False
         self.holds_slot = False
         self.busy = False
+        self.in_data = False
         self.auth_user: str | None = None
         self.link = Link()
         self.txn: Transaction | None = None
@@ -202,7 +203,8 @@ class RelaySMTP(SMTP):
             self.shared.runtime.metrics.refused_session(self.refusal.split(";")[0][10:])
         cfg = self.shared.runtime.config.server
         self.plaintext_ok = in_networks(self.peer_host, cfg.plaintext_networks)
-        self.trusted = in_networks(self.peer_host, cfg.trusted_networks)
+        # A plaintext network cannot AUTH (AUTH needs TLS), so it is trusted or it is useless.
+        self.trusted = self.plaintext_ok or in_networks(self.peer_host, cfg.trusted_networks)
         # Per connection: plaintext networks may skip STARTTLS, nobody else may.
         self.require_starttls = not self.implicit_tls and not self.plaintext_ok
 
@@ -507,16 +509,29 @@ class RelaySMTP(SMTP):
         # aiosmtpd's idle timer would cover the whole DATA phase with the command timeout.
         if self.txn is not None and self.envelope is not None and self.envelope.rcpt_tos:
             self._reset_timeout(self.shared.runtime.config.server.data_timeout)
-        await super().smtp_DATA(arg)
-        # aiosmtpd answered without calling handle_DATA (too big, line too long): the
-        # upstream still holds the envelope; release it.
-        await self.on_rset()
+        # From "DATA" until its reply is written the session is in flight, even while it
+        # only waits for the client's next line: a shutdown must not cut it.
+        self.in_data = True
+        try:
+            await super().smtp_DATA(arg)
+            # aiosmtpd answered without calling handle_DATA (too big, line too long): the
+            # upstream still holds the envelope; release it.
+            await self.on_rset()
+        finally:
+            self.in_data = False
 
-    async def shutdown(self) -> None:
-        """Close an idle session with 421; a busy one is left to finish its transaction."""
-        if self.transport is None or self.busy:
+    @property
+    def in_flight(self) -> bool:
+        """A transaction is open (MAIL given), being received, or being decided and sent."""
+        return self.txn is not None or self.busy or self.in_data
+
+    async def shutdown(self, *, force: bool = False) -> None:
+        """Close an idle session with 421; one in flight is left to finish, unless `force`
+        (the drain timeout is over)."""
+        if self.transport is None or (self.in_flight and not force):
             return
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and not self.busy:
+            # A session busy deciding or delivering gets no 421: its outcome is not known yet.
             # The peer may vanish between the check and the write; the goodbye is best effort.
             with contextlib.suppress(ConnectionError, RuntimeError, AttributeError):
                 await self.push("421 4.3.2 Service shutting down; try again later")

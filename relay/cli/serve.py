@@ -72,16 +72,13 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     return out
 
 
-def load_config(args: argparse.Namespace) -> tuple[Config, dict[str, dict[str, object]]]:
-    ov = overrides(args)
-    cfg_path = args.config
-    if cfg_path is None and os.environ.get("PHI_RELAY_CONFIG"):
-        cfg_path = Path(os.environ["PHI_RELAY_CONFIG"])
+def load_config(args: argparse.Namespace) -> tuple[Config, config_mod.Sources]:
+    src = config_mod.sources(args.config, os.environ, overrides(args))
     try:
-        cfg = config_mod.load(cfg_path, overrides=ov)
+        cfg = src.load()
     except ConfigError as exc:
         raise CliError(str(exc)) from exc
-    return cfg, ov
+    return cfg, src
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,13 +86,13 @@ def run(args: argparse.Namespace) -> int:
     from relay.server import run as run_relay
 
     configure(json=True if args.log_json else None)
-    cfg, ov = load_config(args)
+    cfg, src = load_config(args)
     default_cert = Path("certs/server.crt")
     if cfg.server.tls_cert == default_cert and not cfg.server.tls_cert.exists():
         paths, _ = init_dev_certs(default_cert.parent, cfg.server.hostname)
         where = paths.cert.parent
         print(f"phi-relay: generated development certificates in {where}/ (not for production)")
-    relay = Relay(cfg, config_path=args.config, overrides=ov)
+    relay = Relay(cfg, sources=src)
     try:
         asyncio.run(run_relay(relay))
     except StartupError as exc:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.support.pki import Pki
 from tests.support.relay import ROOT
@@ -32,6 +35,12 @@ class Service:
     @property
     def audit_path(self) -> Path:
         return self.home / "state" / "audit.log"
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []
+        lines = self.audit_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line]
 
     def log_text(self) -> str:
         """Everything the service wrote to stdout and stderr so far."""
@@ -79,11 +88,26 @@ class Service:
             raise
 
 
-async def start_service(home: Path, pki: Pki, sink: Sink, *extra: str) -> Service:
+async def start_service(
+    home: Path,
+    pki: Pki,
+    sink: Sink,
+    *extra: str,
+    env: Mapping[str, str] | None = None,
+    upstream_flags: bool = True,
+) -> Service:
+    """`env` adds PHI_RELAY_* variables; without `upstream_flags` the upstream comes from
+    the configuration file or the environment (as an operator would set it)."""
     shutil.copytree(ROOT / "policies", home / "policies")
     ready = home / "ready"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PHI_RELAY_")}
-    env["PHI_RELAY_READY_FILE"] = str(ready)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PHI_RELAY_")}
+    environ.update(env or {})
+    environ["PHI_RELAY_READY_FILE"] = str(ready)
+    upstream = (
+        ["--upstream", f"localhost:{sink.port}", "--upstream-ca", str(pki.ca)]
+        if upstream_flags
+        else []
+    )
     args = [
         "serve",
         "--listen",
@@ -94,10 +118,7 @@ async def start_service(home: Path, pki: Pki, sink: Sink, *extra: str) -> Servic
         str(pki.cert),
         "--tls-key",
         str(pki.key),
-        "--upstream",
-        f"localhost:{sink.port}",
-        "--upstream-ca",
-        str(pki.ca),
+        *upstream,
         "--upstream-timeout",
         "2",
         "--state-dir",
@@ -110,7 +131,7 @@ async def start_service(home: Path, pki: Pki, sink: Sink, *extra: str) -> Servic
     ]
     with (home / "stdout").open("wb") as out, (home / "stderr").open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            str(PHI_RELAY), *args, cwd=home, env=env, stdout=out, stderr=err
+            str(PHI_RELAY), *args, cwd=home, env=environ, stdout=out, stderr=err
         )
     deadline = time.monotonic() + 60
     while not ready.exists() or not ready.read_text().endswith("\n"):

@@ -113,6 +113,6 @@ async def start_relay(
             **(upstream_cfg or {}),
         }
     cfg = config_mod.load(None, environ={}, overrides=overrides)
-    relay = Relay(cfg, overrides=overrides)
+    relay = Relay(cfg, sources=config_mod.Sources(None, {}, overrides))
     await relay.start()
     return RunningRelay(relay, pki, state, policy_file)
