@@ -12,24 +12,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay.phi import kinds, lexicon
 from relay.phi.api import Finding
+from relay.phi.normalize import expand, fold, shorthand_words
 
 if TYPE_CHECKING:
     from relay.phi.roster import Roster
 
 DATA = Path(__file__).with_name("data")
 
-# Accent folding that keeps offsets: one character in, one character out.
-_FOLD = str.maketrans(
-    "áàâäãåāéèêëēíìîïīóòôöõōúùûüūñçÁÀÂÄÃÅĀÉÈÊËĒÍÌÎÏĪÓÒÔÖÕŌÚÙÛÜŪÑÇ",
-    "aaaaaaaeeeeeiiiiioooooouuuuuncAAAAAAAEEEEEIIIIIOOOOOOUUUUUNC",
-)
 _DIGIT = re.compile(r"\d")
 _TOKEN = re.compile(r"[^\W_]+(?:['\-][^\W_]+)*")
 
@@ -544,15 +540,6 @@ def _lines(name: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
 
 
-def fold(text: str) -> str:
-    """Lower case without accents, same length as `text` so spans stay valid."""
-    folded = text.translate(_FOLD).lower()
-    if len(folded) != len(text):
-        # A few characters lower-case to two ("İ"); keep offsets by folding one by one.
-        folded = "".join(ch.lower()[0] if ch.lower() else ch for ch in text.translate(_FOLD))
-    return folded
-
-
 def luhn_ok(digits: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -629,6 +616,7 @@ class Vocabulary:
             for term in terms:
                 phrases.setdefault(term, ("condition", kind, term if tag == "lay" else tag))
         self.phrases = phrases
+        self.words = frozenset(w for p in phrases for w in p.split())
         self.max_words = max(len(p.split()) for p in phrases)
         self.phrase_starts = frozenset(p.split()[0] for p in phrases)
         # Folded like subject words, so "Serafín" in a subject meets "serafín" in the list.
@@ -668,8 +656,19 @@ class Vocabulary:
             re.I,
         )
 
+    def known(self, word: str) -> bool:
+        return word in self.words
+
 
 _VOCAB: Vocabulary | None = None
+# A cheap test for text that `expand` may change: a shorthand word, or a letter next to
+# a leetspeak character.
+_EXPAND_HINT = re.compile(
+    r"(?i)(?<![\w/])(?:"
+    + "|".join(re.escape(w) for w in sorted(shorthand_words(), key=len, reverse=True))
+    + r")(?![\w/])"
+    r"|[^\W\d_][0134578@$!|]|[0134578@$!|][^\W\d_]"
+)
 
 
 def vocabulary() -> Vocabulary:
@@ -752,6 +751,20 @@ class PhiDetector:
     # --- public ---------------------------------------------------------------------
 
     def scan(self, text: str) -> list[Finding]:
+        """Findings in normalised text, and in its expanded reading (shorthand, leetspeak).
+
+        A finding only the expanded reading holds spans the whole text (its own span
+        refers to the other reading).
+        """
+        found = self._scan_view(text)
+        if _EXPAND_HINT.search(text) is not None:
+            second = expand(text, self.vocab.known)
+            if second != text:
+                whole = [replace(f, start=0, end=len(text)) for f in self._scan_view(second)]
+                found = _dedupe(found + whole)
+        return found
+
+    def _scan_view(self, text: str) -> list[Finding]:
         t = _Text(text)
         found: list[Finding] = []
         if t.has_digit:

@@ -1,20 +1,36 @@
-# ruff: noqa: RUF001 - the look-alike table below must hold look-alike characters
-"""Turn a raw Subject header (or decoded body text) into the one text detection runs on.
+"""The one canonicaliser: every text a PHI policy reads (subject, body, HTML) passes here.
 
-Encoding must never hide PHI: RFC 2047 encoded-words are decoded in any charset
-(also when a character is split across words, and when a word is malformed),
-then Unicode is folded (NFKC), invisible characters are dropped, look-alike
-letters from other scripts are mapped to Latin and whitespace is collapsed.
-Case is kept: the detector uses capitalisation as a cue for names.
+Encoding must never hide PHI. Raw header values are unfolded and their RFC 2047
+encoded-words decoded with the declared charset, mapped as the WHATWG Encoding
+Standard maps labels (data/encodings.tsv); bytes are decoded with replacement so
+one bad octet cannot hide the rest, and when the charset is doubtful (unknown
+label, "replacement" label, raw 8-bit text, a decoding that needed replacements)
+every plausible decoding is returned for judging (`subject_texts`).
+
+Text is then folded (`normalize`): NFKC (fullwidth and mathematical forms),
+invisible characters and soft hyphens dropped, look-alike letters, digits and
+punctuation mapped (data/confusables.tsv), spaced-out letters and digits joined
+("d i a b e t e s"), whitespace collapsed. Case is kept there: the detector reads
+capitals as a cue for names, and `fold` lower-cases and strips accents keeping
+offsets. `expand` gives a second reading with textspeak and clinical shorthand
+written out (data/shorthand.tsv) and leetspeak undone (data/leet.tsv); `views`
+returns both. `html_text` reduces HTML to the text a reader sees, in linear time.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import codecs
+import itertools
 import re
 import unicodedata
+from collections.abc import Callable, Iterable
+from functools import cache
+from pathlib import Path
+
+from selectolax.lexbor import LexborHTMLParser
+
+DATA = Path(__file__).with_name("data")
 
 # An encoded-word (RFC 2047 section 2), lenient: RFC 2231 language suffixes, and
 # spaces inside the text that broken mailers leave in Q-encoded words.
@@ -23,16 +39,29 @@ _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _BARE_NEWLINE = re.compile(r"[\r\n]+")
 _SPACES = re.compile(r"\s+")
 _SURROGATE = re.compile("[\udc80-\udcff]")
+# Three or more single letters or digits each followed by exactly one space: a word
+# written spaced out ("d i a b e t e s", "4 4 5 1 2 3 4"). Two spaces end the word.
+_SPACED = re.compile(r"(?<![^\s(\[:#])(?:[^\W_] (?! )){2,}[^\W_](?![^\W_])")
+_REPLACEMENT = "\ufffd"
+_LOST_IN_WORD = re.compile(r"(?<=[^\W\d_])\ufffd+(?=[^\W\d_])")
+_FOR_YOU = re.compile(r"\b4 (?=you\b|your\b)", re.I)
 
-# Zero-width, joiners, direction marks, soft hyphen, BOM, variation selectors and tag
-# characters: invisible, so they can split "HIV" into letters no pattern matches.
-_INVISIBLE = dict.fromkeys(
+
+def _data_lines(name: str) -> list[list[str]]:
+    text = (DATA / name).read_text(encoding="utf-8")
+    return [ln.split("\t") for ln in text.splitlines() if ln and not ln.startswith("#")]
+
+
+# Zero-width, joiners, direction marks, soft hyphen, BOM, variation selectors, tag
+# characters and fillers: invisible, so they can split "HIV" into letters no rule reads.
+_INVISIBLE: dict[int, None] = dict.fromkeys(
     [
         *range(0x200B, 0x2010),
         *range(0x202A, 0x202F),
         *range(0x2060, 0x2070),
         *range(0xFE00, 0xFE10),
         *range(0xE0000, 0xE0080),
+        *range(0xE0100, 0xE01F0),
         0x00AD,
         0x034F,
         0x061C,
@@ -44,132 +73,111 @@ _INVISIBLE = dict.fromkeys(
         0x3164,
         0xFEFF,
         0xFFA0,
+        0x1D173,
+        0x1D174,
+        0x1D175,
+        0x1D176,
+        0x1D177,
+        0x1D178,
+        0x1D179,
+        0x1D17A,
     ]
 )
 
-# Letters from Cyrillic, Greek and other scripts that render like Latin ones (a subset
-# of Unicode's confusables.txt covering letters that survive NFKC), plus dashes, quotes
-# and digit look-alikes.
-_CONFUSABLES = str.maketrans(
-    {
-        # Cyrillic lower case
-        "а": "a",
-        "в": "b",
-        "е": "e",
-        "ё": "e",
-        "к": "k",
-        "м": "m",
-        "н": "h",
-        "о": "o",
-        "р": "p",
-        "с": "c",
-        "т": "t",
-        "у": "y",
-        "х": "x",
-        "ѕ": "s",
-        "і": "i",
-        "ї": "i",
-        "ј": "j",
-        "ԁ": "d",
-        "ԛ": "q",
-        "ԝ": "w",
-        "һ": "h",
-        "ү": "y",
-        "ɡ": "g",
-        "ӏ": "l",
-        # Cyrillic upper case
-        "А": "A",
-        "В": "B",
-        "Е": "E",
-        "Ё": "E",
-        "К": "K",
-        "М": "M",
-        "Н": "H",
-        "О": "O",
-        "Р": "P",
-        "С": "C",
-        "Т": "T",
-        "У": "Y",
-        "Х": "X",
-        "Ѕ": "S",
-        "І": "I",
-        "Ї": "I",
-        "Ј": "J",
-        "Ԁ": "D",
-        "Ԛ": "Q",
-        "Ԝ": "W",
-        "Һ": "H",
-        "Ү": "Y",
-        "Ӏ": "I",
-        # Greek
-        "α": "a",
-        "β": "b",
-        "ε": "e",
-        "ι": "i",
-        "κ": "k",
-        "ν": "v",
-        "ο": "o",
-        "ρ": "p",
-        "τ": "t",
-        "υ": "u",
-        "χ": "x",
-        "γ": "y",
-        "ω": "w",
-        "Α": "A",
-        "Β": "B",
-        "Ε": "E",
-        "Ζ": "Z",
-        "Η": "H",
-        "Ι": "I",
-        "Κ": "K",
-        "Μ": "M",
-        "Ν": "N",
-        "Ο": "O",
-        "Ρ": "P",
-        "Τ": "T",
-        "Υ": "Y",
-        "Χ": "X",
-        # Latin variants NFKC leaves alone
-        "ı": "i",
-        "ȷ": "j",
-        "ł": "l",
-        "ø": "o",
-        "Ø": "O",
-        "đ": "d",
-        "Đ": "D",
-        "ß": "ss",
-        # Dashes, minus signs and quotes
-        "‐": "-",
-        "‑": "-",
-        "‒": "-",
-        "–": "-",
-        "—": "-",
-        "―": "-",
-        "−": "-",
-        "﹘": "-",
-        "‘": "'",
-        "’": "'",
-        "ʼ": "'",
-        "′": "'",
-        "“": '"',
-        "”": '"',
-        "„": '"',
-    }
+
+@cache
+def _confusables() -> dict[int, str]:
+    return {int(code[2:], 16): rep for code, rep, *_ in _data_lines("confusables.tsv")}
+
+
+@cache
+def _encodings() -> dict[str, tuple[str, str]]:
+    """label -> (WHATWG name, Python codec)."""
+    table: dict[str, tuple[str, str]] = {}
+    for name, codec, labels in _data_lines("encodings.tsv"):
+        for label in labels.split():
+            table[label] = (name, codec)
+    return table
+
+
+@cache
+def _shorthand() -> dict[str, str]:
+    return {short: full for short, full in _data_lines("shorthand.tsv")}
+
+
+def shorthand_words() -> frozenset[str]:
+    """The shorthand `expand` writes out (lower case)."""
+    return frozenset(_shorthand())
+
+
+@cache
+def _leet() -> dict[str, str]:
+    return {char: letter for char, letter in _data_lines("leet.tsv")}
+
+
+def charset_codec(label: str) -> str | None:
+    """The Python codec for a charset label as the WHATWG Encoding Standard maps it.
+
+    RFC 2231 language suffixes ("utf-8*es") are dropped; labels are trimmed and
+    case-folded. Returns None for an unknown label (which is *not* taken as UTF-8),
+    "replacement" for the labels browsers refuse to decode, "x-user-defined" for
+    that one. Callers judge every plausible decoding in the doubtful cases.
+    """
+    key = label.split("*", 1)[0].strip().strip("\"'").lower()
+    found = _encodings().get(key)
+    return found[1] if found else None
+
+
+def _x_user_defined(data: bytes) -> str:
+    return "".join(chr(b) if b < 0x80 else chr(0xF780 + b - 0x80) for b in data)
+
+
+# The fallbacks judged when a charset is doubtful: what a reader's client most often
+# shows for unlabelled or mislabelled bytes.
+_FALLBACKS = ("utf-8", "cp1252")
+
+
+def decodings(data: bytes, label: str | None) -> list[str]:
+    """Every plausible decoding of `data`, the declared charset's first. Never raises.
+
+    Decoding uses replacement characters, so a stray byte costs one character, not
+    the rest of the text. The declared codec alone is trusted when it decodes
+    cleanly; otherwise (unknown or refused label, or replacements needed) the
+    UTF-8 and windows-1252 readings are added.
+    """
+    codec = charset_codec(label) if label else None
+    out: list[str] = []
+    doubtful = codec is None or codec == "replacement"
+    if codec == "x-user-defined":
+        out.append(_x_user_defined(data))
+    elif codec and codec != "replacement":
+        text = data.decode(codec, "replace")
+        out.append(text)
+        doubtful = _REPLACEMENT in text
+    if doubtful or not out:
+        readings = [data.decode(fallback, "replace") for fallback in _FALLBACKS]
+        # The likelier reading first (fewer replacement characters and mojibake pairs);
+        # the order only decides what is displayed, every reading is judged.
+        readings.sort(key=_implausibility)
+        out.extend(r for r in readings if r not in out)
+    return out
+
+
+_MOJIBAKE = re.compile(
+    "[\u00c2\u00c3\u00e2][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u2013-\u203a\u20ac\u2122]"
 )
 
 
-def _charset(name: str) -> str:
-    # RFC 2231 allows "utf-8*en"; unknown or missing charsets fall back to UTF-8.
-    name = name.split("*", 1)[0].strip().lower()
-    try:
-        return codecs.lookup(name).name
-    except LookupError:
-        return "utf-8"
+def _implausibility(text: str) -> int:
+    return text.count(_REPLACEMENT) + len(_MOJIBAKE.findall(text))
 
 
 def _word_bytes(encoding: str, text: str) -> bytes | None:
     if encoding in "bB":
         data = re.sub(r"[^A-Za-z0-9+/]", "", text)
+        # A lone trailing base64 character carries no whole byte; drop it.
+        if len(data) % 4 == 1:
+            data = data[:-1]
         data += "=" * (-len(data) % 4)
         try:
             return base64.b64decode(data)
@@ -180,93 +188,251 @@ def _word_bytes(encoding: str, text: str) -> bytes | None:
     return re.sub(rb"=([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), raw)
 
 
-def _decode_bytes(data: bytes, charset: str) -> str:
-    try:
-        return data.decode(charset)
-    except (UnicodeDecodeError, LookupError):
-        pass
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
+def decode_rfc2047_all(value: str) -> list[str]:
+    """Decode encoded-words; every plausible reading, the declared charsets' first.
 
-
-def decode_rfc2047(value: str) -> str:
-    """Decode encoded-words; adjacent words of one charset are joined before decoding.
-
-    Joining bytes first matters: mailers split a UTF-8 character across two
-    encoded-words, and decoding each half alone would turn it into garbage.
+    Adjacent words of one charset are joined as bytes before decoding: mailers
+    split a UTF-8 character across two encoded-words, and decoding each half alone
+    would turn it into garbage. Whitespace between encoded-words is dropped (RFC
+    2047 section 6.2). A malformed word is kept as text, never dropped.
     """
-    out: list[str] = []
+    # Segments: plain text, or (bytes, label) runs; each run has one or more readings.
+    segments: list[list[str]] = []
     pending = bytearray()
-    pending_charset = ""
+    pending_label = ""
     pos = 0
 
     def flush() -> None:
-        nonlocal pending_charset
+        nonlocal pending_label
         if pending:
-            out.append(_decode_bytes(bytes(pending), pending_charset))
+            segments.append(decodings(bytes(pending), pending_label))
             pending.clear()
-        pending_charset = ""
+        pending_label = ""
 
     for match in _ENCODED_WORD.finditer(value):
         between = value[pos : match.start()]
-        charset = _charset(match.group(1))
+        label = match.group(1).split("*", 1)[0].lower()
         data = _word_bytes(match.group(2), match.group(3))
         if data is None:
-            # Malformed word: keep its text visible to detection rather than drop it.
             flush()
-            out.append(between + match.group(3))
+            segments.append([between + match.group(3)])
             pos = match.end()
             continue
-        # Whitespace between two encoded-words is not part of the text (RFC 2047 6.2).
         if between.strip() or not pending:
             flush()
-            out.append(between)
-        elif charset != pending_charset:
+            segments.append([between])
+        elif label != pending_label:
             flush()
         pending += data
-        pending_charset = charset
+        pending_label = label
         pos = match.end()
     flush()
-    out.append(value[pos:])
-    return "".join(out)
+    segments.append([value[pos:]])
+    primary = "".join(s[0] for s in segments)
+    out = [primary]
+    # Alternatives: each doubtful run read each other way (runs are few; no product).
+    for i, seg in enumerate(segments):
+        for alt in seg[1:]:
+            text = "".join(alt if j == i else s[0] for j, s in enumerate(segments))
+            if text not in out:
+                out.append(text)
+    return out
 
 
-def _unsurrogate(value: str) -> str:
-    # Headers parsed from bytes keep undecodable octets as lone surrogates.
+def decode_rfc2047(value: str) -> str:
+    """The primary reading of a header value's encoded-words."""
+    return decode_rfc2047_all(value)[0]
+
+
+def _raw_readings(value: str) -> list[str]:
+    # Headers parsed from bytes keep undecodable octets as lone surrogates: raw 8-bit
+    # text of unknown charset, so every plausible reading is judged.
     if value.isascii() or not _SURROGATE.search(value):
-        return value
+        return [value]
     data = value.encode("utf-8", "surrogateescape")
-    return _decode_bytes(data, "utf-8")
+    return decodings(data, None)
+
+
+def _join_spaced(match: re.Match[str]) -> str:
+    run = match.group(0)
+    letters = run.replace(" ", "")
+    # "Hepatitis A y B", "vitamina D o E": single capitals joined by a one-letter word
+    # are not a spaced-out word; a spaced word is one case (or capitalised).
+    if any(c.islower() for c in letters[1:]) and any(c.isupper() for c in letters[1:]):
+        return run
+    if len(letters) == 3 and any(c.islower() for c in letters):
+        return run
+    return letters
 
 
 def normalize(text: str) -> str:
-    """Fold already-decoded text: NFKC, invisible characters, look-alikes, whitespace."""
-    if text.isascii():
-        # Nothing below changes ASCII (NFKC, the tables and marks are all non-ASCII).
-        return _SPACES.sub(" ", text).strip()
-    text = unicodedata.normalize("NFKC", text)
-    text = text.translate(_INVISIBLE).translate(_CONFUSABLES)
-    # Combining marks stacked on Latin letters survive NFKC as separate characters
-    # ("d̸iabetes"); drop marks that do not compose into a precomposed letter.
-    if any(unicodedata.combining(ch) for ch in text if not ch.isascii()):
-        text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    """Fold decoded text: NFKC, invisibles, look-alikes, spaced-out words, whitespace."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+        text = text.translate(_INVISIBLE).translate(_confusables())
+        # Combining marks stacked on letters survive NFKC as separate characters
+        # ("d̸iabetes"); drop marks that did not compose into a precomposed letter.
+        if any(unicodedata.combining(ch) for ch in text if not ch.isascii()):
+            text = "".join(ch for ch in text if not unicodedata.combining(ch))
+        if _REPLACEMENT in text:
+            # A stray byte inside a word ("H\ufffdIV") must not split it; elsewhere it
+            # stands for a lost separator.
+            text = _LOST_IN_WORD.sub("", text).replace(_REPLACEMENT, " ")
+    if "  " in text or "\t" in text or "\n" in text:
+        text = text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+    if _SPACED.search(text) is not None:
+        text = _SPACED.sub(_join_spaced, text)
     return _SPACES.sub(" ", text).strip()
 
 
-def subject_text(raw_value: str) -> str:
-    """The decoded, normalised text of a raw Subject value. Never raises."""
+def subject_texts(raw_value: str) -> list[str]:
+    """Every plausible decoded, normalised text of a raw Subject value (primary first)."""
     try:
-        # Unfold (CRLF before WSP goes); a stray line break elsewhere separates words.
-        value = _BARE_NEWLINE.sub(" ", _FOLD.sub("", _unsurrogate(str(raw_value))))
-        decoded = decode_rfc2047(value)
-        # A decoded word may itself hold an encoded-word (double encoding).
-        if "=?" in decoded:
-            decoded = decode_rfc2047(decoded)
-        return normalize(decoded)
+        out: list[str] = []
+        for reading in _raw_readings(str(raw_value)):
+            # Unfold (CRLF before WSP goes); a stray line break elsewhere separates words.
+            value = _BARE_NEWLINE.sub(" ", _FOLD.sub("", reading))
+            for decoded in decode_rfc2047_all(value):
+                # A decoded word may itself hold an encoded-word (double encoding).
+                texts = decode_rfc2047_all(decoded) if "=?" in decoded else [decoded]
+                for text in texts:
+                    folded = normalize(text)
+                    if folded not in out:
+                        out.append(folded)
+        return out or [""]
     except Exception:
         try:
-            return normalize(str(raw_value))
+            return [normalize(str(raw_value))]
         except Exception:
-            return " ".join(str(raw_value).split())
+            return [" ".join(str(raw_value).split())]
+
+
+def subject_text(raw_value: str) -> str:
+    """The decoded, normalised text of a raw Subject value (primary reading). Never raises."""
+    return subject_texts(raw_value)[0]
+
+
+# --- a second reading: shorthand written out, leetspeak undone ------------------------
+
+_ACCENTS = str.maketrans(
+    "áàâäãåāéèêëēíìîïīóòôöõōúùûüūñçÁÀÂÄÃÅĀÉÈÊËĒÍÌÎÏĪÓÒÔÖÕŌÚÙÛÜŪÑÇ",
+    "aaaaaaaeeeeeiiiiioooooouuuuuncAAAAAAAEEEEEIIIIIOOOOOOUUUUUNC",
+)
+
+
+def fold(text: str) -> str:
+    """Lower case without accents, same length as `text` so spans stay valid."""
+    folded = text.translate(_ACCENTS).lower()
+    if len(folded) != len(text):
+        # A few characters lower-case to two ("İ"); keep offsets by folding one by one.
+        folded = "".join(ch.lower()[0] if ch.lower() else ch for ch in text.translate(_ACCENTS))
+    return folded
+
+
+_WORD = re.compile(r"[^\s,;:()\[\]\"]+")
+_LEET_CHARS = frozenset("0134578@$!|")
+# Numbers, ordinals, times, doses and identifier shapes are never leetspeak.
+_NOT_LEET = re.compile(
+    r"[\d.,:/#-]+|\d+(?:st|nd|rd|th|am|pm|a|p|h|hr|hrs|min|mg|mcg|ml|kg|lb|lbs|x|k|m|yo|s)"
+    r"|[a-z]{1,3}[\d.-]+|[a-z]\d+[a-z]?|[\d.-]+[a-z]{1,2}|[a-z]+-\d+|\d+-[a-z]+",
+    re.I,
+)
+
+
+def _deleet_word(word: str, known: Callable[[str], bool] | None) -> str:
+    core = word.strip(".!?'")
+    if len(core) < 3 or _NOT_LEET.fullmatch(core) or not any(c.isalpha() for c in core):
+        return word
+    letters = sum(c.isalpha() for c in core)
+    leet = [i for i, c in enumerate(core) if c in _LEET_CHARS]
+    if not leet or letters < 2 or letters < len(leet):
+        return word
+    table = _leet()
+    chars = list(core)
+    base = "".join(table.get(c, c) for c in chars)
+    # "1" is i or l: try both where a word list can tell ("ch14myd1a" is chlamydia).
+    ones = [i for i in leet if chars[i] == "1"]
+    if known is not None and ones and len(ones) <= 4:
+        for combo in itertools.product("il", repeat=len(ones)):
+            trial = list(base)
+            for i, letter in zip(ones, combo, strict=True):
+                trial[i] = letter
+            candidate = "".join(trial)
+            if known(candidate.lower()):
+                base = candidate
+                break
+    return word.replace(core, base)
+
+
+def expand(text: str, known: Callable[[str], bool] | None = None) -> str:
+    """A second reading of normalised text: shorthand written out, leetspeak undone.
+
+    `known` (optional) tells whether a lower-case word is in the detector's
+    vocabulary; it settles letters leetspeak leaves ambiguous.
+    """
+    table = _shorthand()
+    out: list[str] = []
+    pos = 0
+    for m in _WORD.finditer(text):
+        word = m.group(0)
+        low = word.lower()
+        stripped = low.rstrip(".!?'")
+        if stripped in table:
+            repl = table[stripped] + low[len(stripped) :]
+        elif (cut := stripped.rstrip("#:")) in table and cut != stripped:
+            repl = table[cut] + low[len(cut) :]
+        elif any(c in _LEET_CHARS for c in word):
+            repl = _deleet_word(word, known)
+        else:
+            continue
+        if repl != word:
+            out.append(text[pos : m.start()])
+            out.append(repl)
+            pos = m.end()
+    if out:
+        out.append(text[pos:])
+        text = "".join(out)
+    return _FOR_YOU.sub("for ", text) if "4 " in text else text
+
+
+def views(text: str, known: Callable[[str], bool] | None = None) -> list[str]:
+    """The normalised text and, when it differs, its expanded reading (see `expand`)."""
+    second = expand(text, known)
+    return [text] if second == text else [text, second]
+
+
+# --- HTML -------------------------------------------------------------------------
+
+# Elements that start a new line on screen; every other element is inline, so
+# "H<b>IV</b>" reads "HIV" and no space is added.
+_BLOCK = (
+    "address,article,aside,blockquote,br,caption,dd,details,dialog,div,dl,dt,fieldset,"
+    "figcaption,figure,footer,form,h1,h2,h3,h4,h5,h6,header,hr,li,main,nav,ol,p,pre,"
+    "section,summary,table,tbody,td,tfoot,th,thead,title,tr,ul,option,img"
+)
+_HIDDEN = "script,style,template,noscript,head > meta,object,iframe"
+
+
+def html_text(markup: str) -> str:
+    """The visible text of an HTML part: entities decoded, comments and scripts dropped.
+
+    Parsed by lexbor (selectolax), a WHATWG HTML parser in C that runs in linear
+    time; the stdlib html.parser is quadratic on some inputs in Python 3.11.
+    """
+    if "<" not in markup and "&" not in markup:
+        return markup
+    tree = LexborHTMLParser(markup)
+    root = tree.root
+    if root is None:
+        return ""
+    for node in tree.css(_HIDDEN):
+        node.decompose()
+    for node in tree.css(_BLOCK):
+        node.insert_before(" ")
+        node.insert_after(" ")
+    return root.text(deep=True, separator="")
+
+
+def body_text(texts: Iterable[str]) -> str:
+    """Several decoded texts (subject, parts) as one normalised text."""
+    return normalize(" \n ".join(texts))

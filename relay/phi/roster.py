@@ -20,8 +20,7 @@ from pathlib import Path
 from relay import keys
 from relay.phi import kinds
 from relay.phi.api import Finding
-from relay.phi.detector import fold
-from relay.phi.normalize import normalize
+from relay.phi.normalize import fold, normalize
 
 DB_NAME = "roster.db"
 _NAME_PART = re.compile(r"[^\W\d_]+(?:['\-][^\W\d_]+)*")

@@ -7,20 +7,16 @@ never travel by email, whatever the subject says.
 
 from __future__ import annotations
 
-import html
-import re
 from dataclasses import dataclass
 from email.message import EmailMessage, Message
 
 from relay.model import Action, MessageContext, Verdict
 from relay.phi.api import Detector
 from relay.phi.kinds import ALL as ALL_KINDS
-from relay.phi.normalize import normalize
+from relay.phi.normalize import decodings, html_text, normalize
 from relay.policy import register
 from relay.policy.base import ConfigError, PolicyDeps, Section
 
-_SCRIPT = re.compile(r"<(script|style)\b.*?</\1\s*>", re.I | re.S)
-_TAG = re.compile(r"<[^>]*>")
 # Scan body text in slices so one huge part cannot stall the relay: the detector's
 # patterns are linear, but tokenising megabytes at once is needless memory.
 _CHUNK = 8192
@@ -28,12 +24,8 @@ _OVERLAP = 64
 _MAX_CHARS = 2_000_000
 
 
-def html_text(markup: str) -> str:
-    """Visible text of an HTML part: scripts and tags removed, entities decoded."""
-    return html.unescape(_TAG.sub(" ", _SCRIPT.sub(" ", markup)))
-
-
 def body_texts(message: Message) -> list[str]:
+    """The text of every inline text/plain and text/html part, in every plausible charset."""
     texts: list[str] = []
     for part in message.walk():
         if part.is_multipart() or part.get_content_maintype() != "text":
@@ -46,12 +38,9 @@ def body_texts(message: Message) -> list[str]:
         payload = part.get_payload(decode=True)
         if not isinstance(payload, bytes):
             continue
-        charset = part.get_content_charset() or "utf-8"
-        try:
-            text = payload.decode(charset, "replace")
-        except LookupError:
-            text = payload.decode("utf-8", "replace")
-        texts.append(html_text(text) if subtype == "html" else text)
+        # Declared charset as mail readers map it; a doubtful one is read every way.
+        for text in decodings(payload, part.get_content_charset() or "utf-8"):
+            texts.append(html_text(text) if subtype == "html" else text)
     return texts
 
 

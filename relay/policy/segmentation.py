@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
-from html.parser import HTMLParser
 
 from relay.consent.api import ConsentStore, now
 from relay.model import Action, MessageContext, Verdict
 from relay.phi.api import Detector
+from relay.phi.normalize import body_text, decodings, html_text
 from relay.policy import register
 from relay.policy.base import ConfigError, PolicyDeps, Section
 from relay.policy.consent import current_authorizations, require_store, scope_setting
@@ -22,36 +21,13 @@ DEFAULT_CATEGORIES = ("marketing", "education")
 KINDS = ("condition",)
 
 
-class _TextOf(HTMLParser):
-    """The visible text of an HTML part (script and style dropped), for condition look-up."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skip = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("script", "style"):
-            self._skip += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style") and self._skip:
-            self._skip -= 1
-
-    def handle_data(self, data: str) -> None:
-        if not self._skip:
-            self.parts.append(data)
-
-
-def _part_text(part: EmailMessage) -> str:
-    try:
-        content = part.get_content()
-    except (LookupError, UnicodeError, ValueError, AssertionError):
-        # Unknown charset or broken encoding: read it as UTF-8 with replacements so a
-        # mislabelled part cannot hide a condition name.
-        payload = part.get_payload(decode=True)
-        content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
-    return content if isinstance(content, str) else ""
+def _part_texts(part: EmailMessage) -> list[str]:
+    # The declared charset as mail readers map it, every plausible reading when it is
+    # doubtful: a mislabelled part must not hide a condition name.
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return []
+    return decodings(payload, part.get_content_charset() or "utf-8")
 
 
 def message_text(ctx: MessageContext) -> str:
@@ -62,14 +38,12 @@ def message_text(ctx: MessageContext) -> str:
             continue
         ctype = part.get_content_type()
         if ctype == "text/plain":
-            texts.append(_part_text(part))
+            texts.extend(_part_texts(part))
         elif ctype == "text/html":
-            parser = _TextOf()
-            parser.feed(_part_text(part))
-            parser.close()
-            texts.append(" ".join(parser.parts))
-    # NFKC and one space: full-width letters or line breaks must not split a condition name.
-    return " ".join(unicodedata.normalize("NFKC", "\n".join(texts)).split())
+            texts.extend(html_text(text) for text in _part_texts(part))
+    # The one canonicaliser: full-width letters, invisibles or line breaks must not split
+    # a condition name.
+    return body_text(texts)
 
 
 # Not frozen: the Policy protocol declares `name` as a plain (writable) attribute.

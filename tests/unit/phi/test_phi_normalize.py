@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from relay.phi.normalize import normalize, subject_text
+from relay.phi.normalize import (
+    charset_codec,
+    expand,
+    html_text,
+    normalize,
+    subject_text,
+    subject_texts,
+    views,
+)
 
 
 @pytest.mark.parametrize(
@@ -73,3 +81,151 @@ def test_case_is_kept() -> None:
 
 def test_normalize_body_text() -> None:
     assert normalize("  SSN\u00a0123-45-6789 \n\n ok ") == "SSN 123-45-6789 ok"
+
+
+# --- charsets as the WHATWG Encoding Standard maps labels -----------------------------
+
+
+def _b(text: str, codec: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode(codec)).decode()
+
+
+@pytest.mark.parametrize(
+    ("label", "codec"),
+    [
+        ("csunicode", "utf-16-le"),
+        ("ucs-2", "utf-16-le"),
+        ("unicodefffe", "utf-16-be"),
+        ("latin1", "cp1252"),
+        ("us-ascii", "cp1252"),
+        ("ks_c_5601-1987", "cp949"),
+        ("gb2312", "gb18030"),
+        ("UTF8", "utf-8"),
+        (" Shift_JIS ", "cp932"),
+        ("utf-8*es", "utf-8"),
+        ("iso-2022-kr", "replacement"),
+        ("x-unknown-charset", None),
+        ("utf-7", None),
+    ],
+)
+def test_charset_labels_map_as_whatwg(label: str, codec: str | None) -> None:
+    assert charset_codec(label) == codec
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (f"=?csunicode?B?{_b('Your HIV test', 'utf-16-le')}?=", "Your HIV test"),
+        (f"=?unicodeFFFE?B?{_b('MRN 00482913', 'utf-16-be')}?=", "MRN 00482913"),
+        (f"=?ks_c_5601-1987?B?{_b('검사 결과', 'cp949')}?=", "검사 결과"),
+        # windows-1252 curly quotes and en dash under an iso-8859-1 label (WHATWG: 1252)
+        ("=?iso-8859-1?Q?=93HIV=94_=96_results?=", '"HIV" - results'),
+    ],
+)
+def test_declared_charsets_decode(raw: str, expected: str) -> None:
+    assert subject_text(raw) == expected
+
+
+def test_unknown_and_refused_labels_are_judged_every_plausible_way() -> None:
+    # An unknown label is not UTF-8: both the UTF-8 and windows-1252 readings are judged.
+    texts = subject_texts("=?x-bogus?Q?Su_diagn=C3=B3stico_de_c=E1ncer?=")
+    assert "Su diagnóstico de cáncer" not in texts  # mixed bytes: no single clean reading
+    assert any("diagn" in t and "ncer" in t for t in texts)
+    assert len(texts) == 2
+    assert subject_texts("=?iso-2022-kr?Q?Your_HIV_test?=") == ["Your HIV test"]
+
+
+def test_a_stray_byte_never_hides_the_rest() -> None:
+    texts = subject_texts("=?utf-8?Q?Your_H=FFIV_test_caf=C3=A9?=")
+    assert texts[0] == "Your HIV test café"
+    assert subject_texts("=?utf-8?B?" + _b("SSN 123-45-6789", "utf-8")[:-2] + "?=")[0].startswith(
+        "SSN 123-45-67"
+    )
+
+
+def test_raw_8bit_header_is_read_both_ways() -> None:
+    assert subject_texts("diab\udcc3\udca8tes")[0] == "diabètes"
+    assert subject_texts("caf\udce9")[0] == "café"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Your h e p a t i t i s  C  viral load", "Your hepatitis C viral load"),
+        ("Claim no.  4 4 1 9 0 0 8 2 7 7 5  - appeal", "Claim no. 44190082775 - appeal"),
+        ("Call 4 4 5 1 2 3 4", "Call 4451234"),
+        ("D I A B E T E S", "DIABETES"),
+        ("H I V", "HIV"),
+        ("Hepatitis A y B", "Hepatitis A y B"),
+        ("Vitamina D o E", "Vitamina D o E"),
+        ("Proxy form: patient born 10\u221506\u22151951", "Proxy form: patient born 10/06/1951"),
+        ("DOB 10\u204406\u20441951", "DOB 10/06/1951"),
+        ("Visit at 10\u223630", "Visit at 10:30"),
+        ("\uff2d\uff25\uff2d\uff22\uff25\uff32 \uff29\uff24 \uff2b\uff17\uff17", "MEMBER ID K77"),
+        ("Y\u043eur \u0440\u0430th\u043el\u043egy r\u0435\u0440\u043ert", "Your pathology report"),
+        ("Su ecografi\u0301a", "Su ecografía"),
+        ("\u0633\u0627\u0639\u0629 \u0661\u0660", "\u0633\u0627\u0639\u0629 10"),
+        ("MRN\u00a060448172", "MRN 60448172"),
+        ("\ufeffTamoxifen refill", "Tamoxifen refill"),
+    ],
+)
+def test_folding(text: str, expected: str) -> None:
+    assert normalize(text) == expected
+
+
+def _known(word: str) -> bool:
+    return word in {"chlamydia", "result"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ch14myd1a r3su1t 4 u", "chlamydia result for you"),
+        ("ur appt tmrw w/ Dr. Oyelaran", "your appointment tomorrow with Dr. Oyelaran"),
+        ("F/U on labs", "follow-up on lab results"),
+        ("D/C summary, abx list", "discharge summary, antibiotics list"),
+        ("Rx# 4418237", "prescription# 4418237"),
+        # identifiers, doses, times and codes are not leetspeak
+        ("A1C 9.2 at 10am, COVID-19, HX26-03318, E11.9, 2nd dose", None),
+        ("Parking garage reopens", None),
+    ],
+)
+def test_expand(text: str, expected: str | None) -> None:
+    assert expand(text, _known) == (text if expected is None else expected)
+    assert views(text, _known) == ([text] if expected is None else [text, expected])
+
+
+@pytest.mark.parametrize(
+    ("markup", "expected"),
+    [
+        ("<p>H<b>IV</b> test</p>", "HIV test"),
+        ("<div>Your</div><div>labs</div>", "Your labs"),
+        ("a<br>b", "a b"),
+        ("caf&eacute; &amp; &#72;&#x49;V", "café & HIV"),
+        ("<!-- SSN 123-45-6789 -->ok<script>var ssn='123-45-6789'</script>", "ok"),
+        ("<style>p{}</style><p>x</p>", "x"),
+        ("no markup at all", "no markup at all"),
+    ],
+)
+def test_html_text(markup: str, expected: str) -> None:
+    assert " ".join(html_text(markup).split()) == expected
+
+
+def test_html_text_is_linear() -> None:
+    import time
+
+    for markup in ("<a" * 200_000, "<p>" * 200_000, "&" * 400_000, "<!--" * 100_000):
+        started = time.perf_counter()
+        html_text(markup)
+        assert time.perf_counter() - started < 1.0
+
+
+def test_normalize_is_linear_on_a_64k_folded_subject() -> None:
+    import time
+
+    raw = "\r\n ".join(["d i a b e t e s Jane Okafor =?UTF-8?Q?H=C3=A9?="] * 1400)[:65536]
+    started = time.perf_counter()
+    subject_texts(raw)
+    assert time.perf_counter() - started < 0.05

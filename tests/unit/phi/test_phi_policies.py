@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,23 @@ def test_body_settings_errors_name_the_key(data: dict[str, Any], key: str) -> No
     with pytest.raises(ConfigError) as err:
         build("body-phi", data)
     assert err.value.key == key
+
+
+async def test_body_phi_reads_html_as_a_reader_sees_it() -> None:
+    # Inline elements add no space, entities and comments do not split the number.
+    html = "<p>S<b>S</b>N 123-<i>45</i>-67<!-- x -->89</p><script>x='000'</script>"
+    verdict = await build("body-phi", {}).evaluate(ctx("Hi", body="See HTML", html=html))
+    assert verdict.kinds == ("ssn",)
+
+
+async def test_body_phi_reads_a_mislabelled_charset_every_plausible_way() -> None:
+    msg = EmailMessage()
+    msg["Subject"] = "Hi"
+    # UTF-16 under the WHATWG label "csunicode"; an unknown label is not read as UTF-8 only.
+    msg.set_content("SSN 123-45-6789".encode("utf-16-le"), "text", "plain", cte="base64")
+    msg.replace_header("Content-Type", 'text/plain; charset="csunicode"')
+    verdict = await build("body-phi", {}).evaluate(replace(ctx("Hi"), message=msg))
+    assert verdict.kinds == ("ssn",)
+    msg.replace_header("Content-Type", 'text/plain; charset="x-nonsense"')
+    msg.set_payload("U1NOIDEyMy00NS02Nzg5\n")
+    assert (await build("body-phi", {}).evaluate(replace(ctx("Hi"), message=msg))).kinds == ("ssn",)
