@@ -48,7 +48,8 @@ class ServerConfig:
     max_recipients: int = 100
     max_line_length: int = 998
     max_header_bytes: int = 64 * 1024
-    max_mime_depth: int = 20
+    max_mime_depth: int = 100
+    max_received: int = 50
     bare_line_endings: str = "refuse"
     client_timeout: float = 300.0
     data_timeout: float = 600.0
@@ -217,6 +218,7 @@ _KINDS: dict[str, dict[str, str]] = {
         "max_line_length": "int",
         "max_header_bytes": "int",
         "max_mime_depth": "int",
+        "max_received": "int",
         "bare_line_endings": "str",
         "client_timeout": "float",
         "data_timeout": "float",
@@ -331,9 +333,13 @@ def validate(cfg: Config) -> Config:
         ("max_sessions_per_client", 1),
         ("max_header_bytes", 1024),
         ("max_mime_depth", 1),
+        ("max_received", 1),
     ):
         if getattr(s, key) < minimum:
             raise ConfigError(where, f"server.{key}", f"expected a whole number >= {minimum}")
+    if s.max_mime_depth > 250:
+        # The parsers recurse once or twice per level; Python's stack allows about 500.
+        raise ConfigError(where, "server.max_mime_depth", "expected at most 250")
     if s.max_line_length > 998:
         # RFC 5322 2.1.1: longer lines are not valid mail, and upstreams refuse them.
         raise ConfigError(where, "server.max_line_length", "expected at most 998 (RFC 5322)")

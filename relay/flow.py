@@ -64,7 +64,9 @@ class Runtime:
     @property
     def limits(self) -> ShapeLimits:
         s = self.config.server
-        return ShapeLimits(s.max_header_bytes, s.max_mime_depth, s.bare_line_endings)
+        return ShapeLimits(
+            s.max_header_bytes, s.max_mime_depth, s.bare_line_endings, s.max_received
+        )
 
 
 def new_id() -> str:
@@ -180,11 +182,11 @@ class Transaction:
         category, ctx_message = "unknown", None
         outcome: pipeline.Outcome
         try:
-            raw = check_raw(raw, envelope, rt.limits)
-            msg = parse(raw, rt.limits)
+            parsed = parse(check_raw(raw, envelope, rt.limits), rt.limits)
+            raw = parsed.raw
             ctx = build_context(
                 raw=raw,
-                msg=msg,
+                msg=parsed.message,
                 envelope=envelope,
                 facts=self.facts,
                 decision_id=decision_id,
@@ -200,7 +202,9 @@ class Transaction:
                 pre=pipeline.builtin_verdicts(ctx),
             )
         except ShapeError as err:
-            shape = Verdict(rule="message", action=Action.REJECT, reason=err.reason)
+            shape = Verdict(
+                rule="message", action=Action.REJECT, reason=err.reason, kinds=err.kinds
+            )
             outcome = pipeline.combine([shape], envelope.rcpt_tos, rt.config.server.mode)
 
         # Only a message about to be delivered needs its fingerprint (a hash of every byte).

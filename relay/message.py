@@ -1,13 +1,13 @@
 """Parse a received message once into the context every policy reads, and check its shape.
 
-Shape checks (line endings, header size and encoding, duplicate Subject/From, MIME
-depth and boundaries) protect the parser and the upstream; they are enforced in
-every mode because a malformed message cannot be judged safely.
+Shape checks (line endings, header size and encoding, a header block readers could
+read two ways, duplicate Subject/From and other single fields, hop count, MIME depth
+and boundaries) protect the parser and the upstream; they are enforced in every mode
+because a malformed message cannot be judged safely.
 """
 
 from __future__ import annotations
 
-import email.policy
 import re
 from dataclasses import dataclass
 from email.errors import (
@@ -18,12 +18,26 @@ from email.errors import (
 )
 from email.message import EmailMessage
 from email.parser import BytesParser
+from typing import Any
 
+from relay import headers
 from relay.category import HEADER, CategoryTable
+from relay.headers import LINEAR_POLICY
 from relay.model import Envelope, MessageContext, Peer, TlsInfo
 from relay.phi.normalize import subject_text
 
-_PARSER = BytesParser(policy=email.policy.default)
+_PARSER = BytesParser(policy=LINEAR_POLICY)
+# Fields a message carries at most once (RFC 5322 3.6, RFC 2045): readers that take the
+# first and readers that take the last would show different messages.
+_SINGLE = {
+    "subject": "message.subject.multiple",
+    "from": "message.from.multiple",
+    HEADER.lower(): "category.multiple",
+    "content-type": "message.header-duplicate",
+    "content-transfer-encoding": "message.header-duplicate",
+    "content-disposition": "message.header-duplicate",
+    "mime-version": "message.header-duplicate",
+}
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _BARE_CR = re.compile(rb"\r(?!\n)")
 _BROKEN_MIME = (
@@ -38,6 +52,7 @@ class ShapeLimits:
     max_header_bytes: int
     max_mime_depth: int
     bare_line_endings: str  # "refuse" | "normalise"
+    max_received: int = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +68,11 @@ class SessionFacts:
 class ShapeError(Exception):
     """The message cannot be accepted as sent; `reason` is a code for the replies table."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, limit: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        # The limit that was exceeded, for the reply; never anything from the message.
+        self.kinds: tuple[str, ...] = () if limit is None else (str(limit),)
 
 
 def has_bare_line_endings(raw: bytes) -> bool:
@@ -88,9 +105,24 @@ def check_raw(raw: bytes, envelope: Envelope, limits: ShapeLimits) -> bytes:
     return raw
 
 
+def read_headers(raw: bytes, limits: ShapeLimits) -> headers.HeaderBlock:
+    """The top-level header block as receivers read it, judged field by field."""
+    try:
+        block = headers.read(raw)
+    except headers.HeaderError as err:
+        raise ShapeError(err.reason) from None
+    for name, reason in _SINGLE.items():
+        if block.count(name) > 1:
+            raise ShapeError(reason)
+    if block.count("received") > limits.max_received:
+        # A mail loop, or a message built to look like one (Postfix hopcount_limit).
+        raise ShapeError("message.hop-limit", limits.max_received)
+    return block
+
+
 def _depth(part: EmailMessage, limit: int, level: int = 1) -> None:
     if level > limit:
-        raise ShapeError("message.mime-too-deep")
+        raise ShapeError("message.mime-too-deep", limit)
     defects: list[MessageDefect] = list(part.defects)
     if any(isinstance(d, _BROKEN_MIME) for d in defects):
         raise ShapeError("message.mime-broken")
@@ -102,13 +134,28 @@ def _depth(part: EmailMessage, limit: int, level: int = 1) -> None:
                 _depth(sub, limit, level + 1)
 
 
-def parse(raw: bytes, limits: ShapeLimits) -> EmailMessage:
-    msg = _PARSER.parsebytes(raw)
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    raw: bytes  # the message as it goes on: field names canonicalised
+    message: EmailMessage
+    block: headers.HeaderBlock
+
+
+def parse(raw: bytes, limits: ShapeLimits) -> Parsed:
+    """Read the header block, then the MIME tree. Raises ShapeError."""
+    block = read_headers(raw, limits)
+    raw = block.canonical
+    try:
+        msg: Any = _PARSER.parsebytes(raw)
+    except RecursionError:
+        # The stdlib parser recurses per nesting level; it gives up long before memory does.
+        raise ShapeError("message.mime-too-deep", limits.max_mime_depth) from None
     assert isinstance(msg, EmailMessage)
-    if len(msg.get_all("From") or []) > 1:
-        raise ShapeError("message.from.multiple")
+    if len(msg.keys()) != len(block.fields):
+        # Defence in depth: the policies read the stdlib's view; it must be the receivers'.
+        raise ShapeError("message.header-ambiguous")
     _depth(msg, limits.max_mime_depth)
-    return msg
+    return Parsed(raw, msg, block)
 
 
 def raw_headers(msg: EmailMessage, name: str) -> list[str]:

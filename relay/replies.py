@@ -42,13 +42,39 @@ _TEXT: dict[str, tuple[int, str, str]] = {
         "Message contains a bare CR or LF; lines must end with CRLF",
     ),
     "message.header-too-large": (552, "5.3.4", "Message header section is too large"),
+    "message.header-ambiguous": (
+        550,
+        "5.6.0",
+        "Message header section cannot be read unambiguously (a line that is not a header "
+        "field, or a fold with nothing to continue, among the header fields); fix the header",
+    ),
+    "message.header-duplicate": (
+        550,
+        "5.6.0",
+        "Message repeats a header field that may appear only once (Content-Type, "
+        "Content-Transfer-Encoding, Content-Disposition or MIME-Version); send it once",
+    ),
+    "message.hop-limit": (
+        554,
+        "5.4.6",
+        "Too many Received headers (mail loop?); the hop limit is {kinds}",
+    ),
+    "category.multiple": (
+        550,
+        "5.6.0",
+        "Message has more than one X-PHI-Category header; send at most one",
+    ),
     "message.header-8bit": (
         550,
         "5.6.7",
         "Non-ASCII header without SMTPUTF8; encode it (RFC 2047) or send with SMTPUTF8",
     ),
     "message.nul": (550, "5.6.0", "Message contains a NUL byte"),
-    "message.mime-too-deep": (550, "5.6.0", "MIME structure is nested too deeply"),
+    "message.mime-too-deep": (
+        550,
+        "5.6.0",
+        "MIME structure is nested too deeply; the limit is {kinds} levels",
+    ),
     "message.mime-broken": (
         550,
         "5.6.0",

@@ -34,6 +34,7 @@ from email.header import Header
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 
+from relay.headers import LINEAR_POLICY
 from relay.model import (
     AppendFooter,
     LinkMaker,
@@ -48,6 +49,8 @@ from relay.model import (
 CRLF = b"\r\n"
 MAX_LINE = 998  # RFC 5322 2.1.1: a line may not exceed 998 octets without its CRLF
 FOLD_AT = 78
+# Deeper than server.max_mime_depth may be set (config enforces it), within Python's stack.
+MAX_DEPTH = 250
 # Content whose bytes are covered by a signature or are ciphertext. Kept in step with
 # relay.policy.optout_footer.PROTECTED_TYPES (this module must not import a policy).
 PROTECTED_TYPES = frozenset(
@@ -61,7 +64,7 @@ PROTECTED_TYPES = frozenset(
 PLACEHOLDER_URL = "{unsubscribe_url}"
 PLACEHOLDER_MAILTO = "{unsubscribe_mailto}"
 
-_HEADER_PARSER = BytesHeaderParser(policy=email.policy.default)
+_HEADER_PARSER = BytesHeaderParser(policy=LINEAR_POLICY)
 _FIELD_NAME = re.compile(rb"^[!-9;-~]+$")
 _HEADER_LINE = re.compile(rb"^(?:[!-9;-~]+:|[\t ])")
 _BODY_CLOSE = re.compile(r"</body\s*>", re.IGNORECASE)
@@ -251,7 +254,7 @@ class _Part:
 
 
 def _parse_part(raw: bytes, start: int, end: int, default_type: str, depth: int) -> _Part:
-    if depth > 50:
+    if depth > MAX_DEPTH:
         raise RewriteError("mime.too-deep")
     headers, body_start = _split_headers(raw, start, end)
     info = _HEADER_PARSER.parsebytes(headers.to_bytes() + CRLF)

@@ -50,7 +50,7 @@ async def _check(args: argparse.Namespace) -> int:
         raise CliError(f"{args.message}: cannot be read ({exc.strerror})") from exc
     raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     s = cfg.server
-    limits = ShapeLimits(s.max_header_bytes, s.max_mime_depth, "normalise")
+    limits = ShapeLimits(s.max_header_bytes, s.max_mime_depth, "normalise", s.max_received)
     store = await open_store(cfg.store_url)
     try:
         deps = PolicyDeps(
@@ -64,12 +64,15 @@ async def _check(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             raise CliError(str(exc)) from exc
         try:
-            msg = parse(check_raw(raw, Envelope("", (), (), True), limits), limits)
+            parsed = parse(check_raw(raw, Envelope("", (), (), True), limits), limits)
         except ShapeError as err:
-            verdict = Verdict(rule="message", action=Action.REJECT, reason=err.reason)
+            verdict = Verdict(
+                rule="message", action=Action.REJECT, reason=err.reason, kinds=err.kinds
+            )
             print(f"message\treject\t{err.reason}")
             print(f"decision: reject\t{replies.for_verdict(verdict)}")
             return EXIT_REFUSED
+        msg, raw = parsed.message, parsed.raw
         sender = args.mail_from or next(iter(_addresses(msg, "From")), "")
         rcpts = tuple(args.rcpt or _addresses(msg, "To", "Cc"))
         if not rcpts:

@@ -230,7 +230,11 @@ BROKEN_BOUNDARY = (
             False,
             "550 5.6.0 Message contains a NUL byte",
         ),
-        (multipart(25), False, "550 5.6.0 MIME structure is nested too deeply"),
+        (
+            multipart(105),
+            False,
+            "550 5.6.0 MIME structure is nested too deeply; the limit is 100 levels",
+        ),
         (
             BROKEN_BOUNDARY,
             False,

@@ -238,7 +238,7 @@ def test_shape_normalise_and_mime_depth() -> None:
             + f"--b{i}--\r\n".encode()
         )
     nested = b"Subject: a\r\n" + inner
-    assert parse(nested, ShapeLimits(65536, 5, "refuse")).is_multipart()
+    assert parse(nested, ShapeLimits(65536, 5, "refuse")).message.is_multipart()
     with pytest.raises(ShapeError) as info:
         parse(nested, limits)
     assert info.value.reason == "message.mime-too-deep"
