@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
+import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,6 +115,19 @@ def _write(path: Path, data: bytes, private: bool) -> None:
         fh.write(data)
 
 
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+
+
+def dev_names(hostname: str) -> list[str]:
+    """Names for a development certificate: the relay's and this machine's host names as DNS
+    SANs (Postfix and most clients match the name they dialled, not an IP SAN), then loopback."""
+    candidates = [hostname, socket.gethostname(), socket.getfqdn(), "localhost"]
+    dns = [n.lower() for n in candidates if n and _DNS_NAME.match(n)]
+    return list(dict.fromkeys([*dns, "127.0.0.1", "::1"]))
+
+
 @dataclass(frozen=True, slots=True)
 class DevCerts:
     ca: Path
@@ -126,7 +141,7 @@ def init_dev_certs(folder: Path, hostname: str, force: bool = False) -> tuple[De
     if not force and paths.cert.exists() and paths.key.exists():
         return paths, False
     ca = make_ca()
-    names = list(dict.fromkeys([hostname, "localhost", "127.0.0.1", "::1"]))
+    names = dev_names(hostname)
     leaf = make_leaf(ca, names)
     _write(paths.ca, ca.cert_pem(), private=False)
     _write(paths.cert, leaf.cert_pem() + ca.cert_pem(), private=False)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.policy.base import ConfigError
+from relay.resources import DEFAULT_POLICY_FILE
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ENV_PREFIX = "PHI_RELAY_"
@@ -101,7 +102,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     state_dir: Path = Path("state")
-    policy_file: Path = Path("policies/default.toml")
+    policy_file: Path = DEFAULT_POLICY_FILE  # shipped in the package; `phi-relay init` copies it
     consent_store: str = ""
 
     @property
@@ -304,11 +305,19 @@ def load_env(cfg: Config, environ: Mapping[str, str]) -> Config:
     return cfg
 
 
-def apply_overrides(cfg: Config, overrides: Mapping[str, Mapping[str, object]]) -> Config:
-    """Command-line flags: {section: {key: value}}, already named as in the file."""
+def apply_overrides(
+    cfg: Config,
+    overrides: Mapping[str, Mapping[str, object]],
+    flags: Mapping[str, str] | None = None,
+) -> Config:
+    """Command-line flags: {section: {key: value}}, already named as in the file.
+
+    `flags` maps "section.key" to the flag the user typed, so an error names that flag.
+    """
     for section, values in overrides.items():
         for key, value in values.items():
-            flag = "--" + key.replace("_", "-")
+            full = f"{section}.{key}" if section else key
+            flag = (flags or {}).get(full) or "--" + key.replace("_", "-")
             cfg = _apply(cfg, f"flag {flag}", section, {key: value})
     return cfg
 
@@ -358,13 +367,14 @@ def load(
     path: Path | None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, object]] | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> Config:
     cfg = Config()
     if path is not None:
         cfg = load_file(cfg, path)
     cfg = load_env(cfg, os.environ if environ is None else environ)
     if overrides:
-        cfg = apply_overrides(cfg, overrides)
+        cfg = apply_overrides(cfg, overrides, flags)
     if not cfg.server.trusted_networks and cfg.server.users_file is None:
         # A first try needs someone allowed to send: loopback, and still only over TLS.
         cfg = replace(cfg, server=replace(cfg.server, trusted_networks=LOOPBACK))
@@ -421,3 +431,8 @@ def setting_names() -> list[str]:
     for section, cls in _SECTION_TYPES.items():
         names += [f"{section}.{f.name}" for f in fields(cls)]
     return names + list(_KINDS[""])
+
+
+def settings_kinds() -> dict[str, dict[str, str]]:
+    """Every key and its value kind, top-level keys ("" section) first, then each section."""
+    return {"": dict(_KINDS[""]), **{s: dict(k) for s, k in _KINDS.items() if s}}

@@ -11,6 +11,8 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
+from relay import __version__
+
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -24,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phi-relay", description="SMTP relay that enforces HIPAA email policy in transit."
     )
+    parser.add_argument("--version", action="version", version=f"phi-relay {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{__name__}.{mod.name}")

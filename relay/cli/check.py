@@ -43,7 +43,7 @@ def _addresses(msg: Any, *names: str) -> list[str]:
 
 
 async def _check(args: argparse.Namespace) -> int:
-    cfg, _ = load_config(args)
+    cfg = load_config(args).config
     try:
         raw = args.message.read_bytes()
     except OSError as exc:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from pathlib import Path
 from typing import Any
 
 from relay import config as config_mod
 from relay.certs import init_dev_certs
-from relay.cli import EXIT_OK, CliError
-from relay.config import Config
+from relay.cli import EXIT_OK, CliError, loader
+from relay.config_doc import variables
 from relay.logs import configure
 from relay.policy.base import ConfigError
 
@@ -44,14 +43,23 @@ def register(sub: Any) -> None:
         "serve",
         help="run the relay",
         description="Run the relay. Settings: defaults < --config FILE < PHI_RELAY_* env < flags.",
+        epilog=variables_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, help="TOML configuration file")
+    loader.add_config_argument(p)
     for flag, (_, _, help_text) in FLAGS.items():
         p.add_argument(flag, dest=flag[2:].replace("-", "_"), help=help_text)
     for flag, (_, _, help_text) in LIST_FLAGS.items():
         p.add_argument(flag, dest=flag[2:].replace("-", "_"), action="append", help=help_text)
     p.add_argument("--log-json", action="store_true", help="service log as JSON lines")
     p.set_defaults(func=run)
+
+
+def variables_help() -> str:
+    """The environment variables, one a line, for `serve --help` (docs/configuration.md)."""
+    lines = ["environment variables (docs/configuration.md has defaults and meanings):"]
+    lines += [f"  {name}" for name in variables()]
+    return "\n".join(lines)
 
 
 def overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
@@ -72,13 +80,15 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     return out
 
 
-def load_config(args: argparse.Namespace) -> tuple[Config, config_mod.Sources]:
-    src = config_mod.sources(args.config, os.environ, overrides(args))
-    try:
-        cfg = src.load()
-    except ConfigError as exc:
-        raise CliError(str(exc)) from exc
-    return cfg, src
+def flag_names() -> dict[str, str]:
+    """ "section.key" -> the flag that sets it, so errors name what the user typed."""
+    names = {(f"{s}.{k}" if s else k): flag for flag, (s, k, _) in {**FLAGS, **LIST_FLAGS}.items()}
+    names["upstream.port"] = "--upstream"
+    return names
+
+
+def load_config(args: argparse.Namespace) -> loader.Loaded:
+    return loader.load(args, overrides(args), flag_names(), need_policy=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,13 +96,14 @@ def run(args: argparse.Namespace) -> int:
     from relay.server import run as run_relay
 
     configure(json=True if args.log_json else None)
-    cfg, src = load_config(args)
+    loaded = load_config(args)
+    cfg = loaded.config
     default_cert = Path("certs/server.crt")
     if cfg.server.tls_cert == default_cert and not cfg.server.tls_cert.exists():
         paths, _ = init_dev_certs(default_cert.parent, cfg.server.hostname)
         where = paths.cert.parent
         print(f"phi-relay: generated development certificates in {where}/ (not for production)")
-    relay = Relay(cfg, sources=src)
+    relay = Relay(cfg, sources=loaded.sources)
     try:
         asyncio.run(run_relay(relay))
     except StartupError as exc:

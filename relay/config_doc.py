@@ -1,0 +1,156 @@
+"""What every configuration setting means, joined with the key, variable and default that
+relay.config derives, for docs/configuration.md, `phi-relay init` and `serve --help`.
+
+Keys, types and defaults come from the dataclasses in relay.config; only the meaning is
+written here. A setting added there without a line here shows up as undocumented, and the
+test that compares docs/configuration.md with this module fails until it is described.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from relay import config as config_mod
+from relay import keys
+from relay.resources import DEFAULT_POLICY_FILE
+
+UNDOCUMENTED = "(not yet described)"
+
+MEANINGS: dict[str, str] = {
+    "state_dir": "Directory for keys, the SQLite consent store, dedup records and captured mail.",
+    "policy_file": "The policy pipeline (docs/policies.md). Its footer templates are read from "
+    "the same directory.",
+    "consent_store": "Consent and opt-out store URL: empty means "
+    "`sqlite:///<state_dir>/consent.db`; `postgresql://...` when several replicas run.",
+    "server.listen": "Address for SMTP with STARTTLS.",
+    "server.implicit_tls_listen": "Optional address for implicit TLS (port-465 style); empty: off.",
+    "server.hostname": "Name in the greeting and EHLO reply, and the first DNS name of "
+    "generated development certificates.",
+    "server.tls_cert": "Server certificate chain (PEM). The default path gets development "
+    "certificates on first start.",
+    "server.tls_key": "Server private key (PEM).",
+    "server.users_file": "AUTH users file (`phi-relay user add`); empty: no AUTH offered.",
+    "server.trusted_networks": "Networks that may relay without AUTH (TLS still required). "
+    "Empty and no users file: loopback only.",
+    "server.plaintext_networks": "Networks that may also skip STARTTLS (warned at start).",
+    "server.max_message_size": "Largest message in bytes; above it `552 5.3.4`.",
+    "server.max_recipients": "Recipients per message; above it `452 4.5.3`.",
+    "server.max_line_length": "Longest line in bytes (at most 998, RFC 5322); above it "
+    "`500 5.5.2`.",
+    "server.max_header_bytes": "Largest header section in bytes; above it `552 5.3.4`.",
+    "server.max_mime_depth": "Deepest MIME nesting; deeper is refused with `550 5.6.0`.",
+    "server.max_received": "Most Received headers a message may carry (a mail loop); above "
+    "it `554 5.4.6`.",
+    "server.bare_line_endings": "`refuse` a bare CR or LF in DATA with `550 5.6.0`, or "
+    "`normalise` it to CRLF.",
+    "server.client_timeout": "Seconds a client may stay idle between commands.",
+    "server.data_timeout": "Seconds for a whole DATA transfer.",
+    "server.max_sessions": "Concurrent SMTP sessions; above it `421 4.7.0`.",
+    "server.max_sessions_per_client": "Concurrent sessions from one client address.",
+    "server.auth_failure_delay": "Seconds before answering a failed AUTH.",
+    "server.auth_max_failures": "Failed AUTH attempts from one address before a lockout.",
+    "server.auth_lockout": "Seconds an address stays locked out (`454 4.7.0`).",
+    "server.shutdown_timeout": "Seconds SIGTERM waits for transactions in flight.",
+    "server.policy_timeout": "Seconds all policies together may take for one message "
+    "(then `451`, fail closed).",
+    "server.mode": "`enforce`, or `monitor`: audit every verdict, enforce only TLS.",
+    "upstream.host": "Upstream provider host; empty: capture to `<state_dir>/captured` "
+    "(development only).",
+    "upstream.port": "Upstream port.",
+    "upstream.tls": "`starttls` or `implicit`; plaintext is never used.",
+    "upstream.ca_file": "CA bundle to verify the upstream with; empty: system CAs.",
+    "upstream.timeout": "Seconds for each upstream step (connect, each command, DATA).",
+    "upstream.username": "Upstream AUTH user; needs `upstream.password_file` or "
+    "`PHI_RELAY_UPSTREAM_PASSWORD`.",
+    "upstream.password_file": "File holding the upstream AUTH password, read at each "
+    "connection so a rotated secret is picked up.",
+    "upstream.hostname": "Name the relay gives in EHLO to the upstream; empty: `server.hostname`.",
+    "audit.file": "Audit log file (hash-chained JSON lines); empty: none.",
+    "audit.stdout": "Also write audit records to standard output for a log pipeline.",
+    "audit.fsync": "fsync after every audit record.",
+    "audit.max_bytes": "Rotate the audit file above this size, keeping the chain; 0: never.",
+    "http.listen": "Address for unsubscribe, `/healthz`, `/readyz` and `/metrics`; empty: off.",
+    "http.base_url": "Public base URL of unsubscribe links; empty: `http://<http.listen>`.",
+}
+
+# Variables that are not settings but that the relay reads.
+OTHER_VARIABLES: dict[str, str] = {
+    "PHI_RELAY_CONFIG": "TOML configuration file, when no `--config` is given.",
+    "PHI_RELAY_UPSTREAM_PASSWORD": "Upstream AUTH password (instead of `upstream.password_file`).",
+    "PHI_RELAY_READY_FILE": "`serve` writes the bound SMTP, implicit-TLS and HTTP ports here "
+    "once listening (for supervisors and tests).",
+    keys.env_name("audit"): "Audit HMAC key, base64 of 32 bytes (instead of "
+    "`<state_dir>/keys/audit.key`); replicas share it.",
+    keys.env_name("unsubscribe"): "Unsubscribe token keys, base64, newest first, "
+    "comma-separated (rotation); replicas share them.",
+    keys.env_name("dedup"): "Key for the records of recipients that already got a message.",
+    keys.env_name("roster"): "Key for the roster's hashes of patient names and MRNs.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    key: str  # as in the TOML file: "server.listen", or "state_dir" at the top
+    variable: str
+    kind: str
+    default: object  # a TOML value
+    meaning: str
+
+    @property
+    def section(self) -> str:
+        return self.key.partition(".")[0] if "." in self.key else ""
+
+    @property
+    def name(self) -> str:
+        return self.key.rpartition(".")[2]
+
+
+def variable(section: str, key: str) -> str:
+    return config_mod.ENV_PREFIX + (f"{section}_{key}" if section else key).upper()
+
+
+def toml_value(value: object) -> object:
+    """A default as it would be written in the TOML file."""
+    if value is None:
+        return ""
+    if isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Path):
+        return "(shipped default policy)" if value == DEFAULT_POLICY_FILE else str(value)
+    if isinstance(value, config_mod.HostPort):
+        return str(value)
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return str(value)
+    if isinstance(value, tuple):
+        return [toml_value(v) for v in value]
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def settings() -> Iterator[Setting]:
+    """Every setting in file order: top-level keys, then each section."""
+    defaults = config_mod.Config()
+    kinds = config_mod.settings_kinds()
+    for section, names in kinds.items():
+        holder = getattr(defaults, section) if section else defaults
+        declared = {f.name for f in fields(holder)}
+        for name, kind in names.items():
+            if name not in declared:
+                continue
+            key = f"{section}.{name}" if section else name
+            yield Setting(
+                key,
+                variable(section, name),
+                kind,
+                toml_value(getattr(holder, name)),
+                MEANINGS.get(key, UNDOCUMENTED),
+            )
+
+
+def variables() -> dict[str, str]:
+    """Every PHI_RELAY_* variable the relay reads, with its meaning."""
+    out = {s.variable: s.meaning for s in settings()}
+    out.update(OTHER_VARIABLES)
+    return out
