@@ -1,14 +1,18 @@
 """The HIPAA communication model: which categories exist and how a message gets one.
 
-Resolution order (DESIGN.md): the X-PHI-Category header, else the policy's mapping of
-the envelope sender, else of the authenticated user, else the policy's default.
+The operator's mapping is authoritative: the envelope sender (address, then
+`@domain`), else the authenticated user, else the policy's default gives the mapped
+category. The X-PHI-Category header may only choose another one when the policy lets
+that sender or user choose it (`may_choose_by_sender`, `may_choose_by_user`), or when
+the mapped category carries no obligation at all (no footer, no authorization, no
+opt-out), so that the header can only add obligations, never shed them. A client's
+value is never echoed: an unknown or refused header is reported by reason code only.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from relay.model import Category
 
@@ -30,7 +34,6 @@ _MODEL: dict[str, tuple[bool, bool]] = {
 }
 # The footer is a legal requirement for these; the policy file cannot switch it off.
 FOOTER_REQUIRED = frozenset({"fundraising", "marketing", "re-engagement"})
-_SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 
 
 def builtin() -> dict[str, Category]:
@@ -41,18 +44,27 @@ def builtin() -> dict[str, Category]:
 
 
 @dataclass(frozen=True, slots=True)
+class Resolution:
+    """The category a message gets. `name` is always a known category (the mapped one
+    when the header is refused); `refusal` is "" or a reason code for the replies."""
+
+    name: str
+    source: str  # header | sender | sender-domain | user | default
+    refusal: str = ""
+    mapped: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CategoryTable:
     categories: Mapping[str, Category]
     default: str
     by_sender: Mapping[str, str]
     by_user: Mapping[str, str]
+    may_choose_by_sender: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    may_choose_by_user: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
-    def resolve(
-        self, header_values: list[str], mail_from: str, auth_user: str | None
-    ) -> tuple[str, str]:
-        """(category name, where it came from). The name may be unknown; the caller refuses it."""
-        if header_values:
-            return header_values[-1].strip().lower(), "header"
+    def mapped(self, mail_from: str, auth_user: str | None) -> tuple[str, str]:
+        """(category, source) from the operator's mapping alone."""
         sender = mail_from.strip().lower()
         if sender in self.by_sender:
             return self.by_sender[sender], "sender"
@@ -62,6 +74,36 @@ class CategoryTable:
         if auth_user is not None and auth_user in self.by_user:
             return self.by_user[auth_user], "user"
         return self.default, "default"
+
+    def choices(self, mail_from: str, auth_user: str | None) -> frozenset[str]:
+        """Categories the header may choose for this sender, granted by the policy file."""
+        sender = mail_from.strip().lower()
+        domain = sender.rpartition("@")[2]
+        out = self.may_choose_by_sender.get(sender, frozenset())
+        if domain:
+            out |= self.may_choose_by_sender.get(f"@{domain}", frozenset())
+        if auth_user is not None:
+            out |= self.may_choose_by_user.get(auth_user, frozenset())
+        return out
+
+    def resolve(
+        self, header_values: list[str], mail_from: str, auth_user: str | None
+    ) -> Resolution:
+        mapped, source = self.mapped(mail_from, auth_user)
+        if not header_values:
+            return Resolution(mapped, source, mapped=mapped)
+        if len(header_values) > 1:
+            return Resolution(mapped, source, "category.multiple", mapped)
+        wanted = header_values[0].strip().lower()
+        if wanted not in self.categories:
+            return Resolution(mapped, source, "category.unknown", mapped)
+        if (
+            wanted == mapped
+            or wanted in self.choices(mail_from, auth_user)
+            or _obligation_free(self.categories[mapped])
+        ):
+            return Resolution(wanted, "header", mapped=mapped)
+        return Resolution(mapped, source, "category.not-allowed", mapped)
 
     def get(self, name: str) -> Category | None:
         return self.categories.get(name)
@@ -79,6 +121,5 @@ def with_footer_switches(
     return out
 
 
-def printable_name(name: str) -> str:
-    """A category name safe to echo in a reply, or a placeholder for anything odd."""
-    return name if _SAFE_NAME.match(name) else "(unrecognised value)"
+def _obligation_free(category: Category) -> bool:
+    return not (category.footer or category.needs_authorization or category.honours_optout)

@@ -174,7 +174,7 @@ def build_context(
     categories: CategoryTable,
 ) -> MessageContext:
     subjects = raw_headers(msg, "Subject")
-    name, source = categories.resolve(raw_headers(msg, HEADER), envelope.mail_from, facts.auth_user)
+    resolved = categories.resolve(raw_headers(msg, HEADER), envelope.mail_from, facts.auth_user)
     return MessageContext(
         session_id=facts.session_id,
         decision_id=decision_id,
@@ -187,8 +187,9 @@ def build_context(
         message=msg,
         subject=subject_text(subjects[0]) if subjects else "",
         subject_count=len(subjects),
-        category=categories.get(name),
-        category_name=name,
-        category_source=source,
+        category=categories.get(resolved.name),
+        category_name=resolved.name,
+        category_source=resolved.source,
         plaintext_network=facts.plaintext_network,
+        category_refusal=resolved.refusal,
     )

@@ -80,6 +80,8 @@ class MessageContext:
     category_name: str
     category_source: str
     plaintext_network: bool = False
+    # A reason code when the X-PHI-Category header was refused ("" when it was not).
+    category_refusal: str = ""
 
 
 # --- modifications: data describing a change; `rewrite` carries them out ----------

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import structlog
 
-from relay.category import printable_name
 from relay.model import Action, MessageContext, Modification, Verdict
 from relay.policy.base import Policy
 
@@ -36,17 +35,23 @@ class Outcome:
 
 
 def builtin_verdicts(ctx: MessageContext) -> list[Verdict]:
-    """Checks that run before every pipeline: the message must have a known category."""
-    if ctx.category is not None:
-        return []
-    return [
-        Verdict(
-            rule="category",
-            action=Action.REJECT,
-            reason="category.unknown",
-            kinds=(printable_name(ctx.category_name),),
-        )
-    ]
+    """Checks that run before every pipeline: the message gets a category it may use.
+
+    The header's value never goes into a verdict (it reaches the reply and the audit
+    log); a refusal names the mapped category, which comes from the operator.
+    """
+    if ctx.category_refusal:
+        return [
+            Verdict(
+                rule="category",
+                action=Action.REJECT,
+                reason=ctx.category_refusal,
+                kinds=(ctx.category_name,),
+            )
+        ]
+    if ctx.category is None:
+        return [Verdict(rule="category", action=Action.REJECT, reason="category.unknown")]
+    return []
 
 
 async def _evaluate(policy: Policy, ctx: MessageContext, timeout: float) -> Verdict:

@@ -83,7 +83,13 @@ _TEXT: dict[str, tuple[int, str, str]] = {
     "category.unknown": (
         550,
         "5.7.1",
-        "Unknown message category {kinds}; use one of: {allowed}",
+        "X-PHI-Category names no known message category; use one of: {allowed}",
+    ),
+    "category.not-allowed": (
+        550,
+        "5.7.1",
+        "X-PHI-Category may not change this sender's category ({kinds}); remove the header, "
+        "or ask the operator to allow that category for this sender (categories.may_choose_*)",
     ),
     "consent.no-authorized-recipients": (
         550,

@@ -36,7 +36,9 @@ def _read(path: Path) -> dict[str, Any]:
 
 def _categories(root: Section) -> CategoryTable:
     cats = root.table("categories")
-    cats.reject_unknown(("default", "by_sender", "by_user", "footer"))
+    cats.reject_unknown(
+        ("default", "by_sender", "by_user", "may_choose_by_sender", "may_choose_by_user", "footer")
+    )
     known = builtin()
     names = ", ".join(sorted(known))
 
@@ -53,6 +55,18 @@ def _categories(root: Section) -> CategoryTable:
     by_user = {
         k: check(f"categories.by_user.{k}", v) for k, v in cats.table("by_user").data.items()
     }
+
+    def choices(table: str, fold: bool) -> dict[str, frozenset[str]]:
+        out: dict[str, frozenset[str]] = {}
+        for key, value in cats.table(table).data.items():
+            where = f"categories.{table}.{key}"
+            if not isinstance(value, list) or not value:
+                raise ConfigError(root.file, where, f"expected a list of categories ({names})")
+            out[key.strip().lower() if fold else key] = frozenset(check(where, v) for v in value)
+        return out
+
+    may_sender = choices("may_choose_by_sender", True)
+    may_user = choices("may_choose_by_user", False)
     switches: dict[str, bool] = {}
     footer = cats.table("footer")
     for name in footer.keys():  # noqa: SIM118 - Section is not a dict
@@ -64,7 +78,9 @@ def _categories(root: Section) -> CategoryTable:
                 f"categories.footer.{name}",
                 "true (an opt-out footer is required for this category)",
             )
-    return CategoryTable(with_footer_switches(known, switches), default, by_sender, by_user)
+    return CategoryTable(
+        with_footer_switches(known, switches), default, by_sender, by_user, may_sender, may_user
+    )
 
 
 def load(path: Path, deps: PolicyDeps) -> RuleSet:

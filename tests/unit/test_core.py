@@ -184,12 +184,41 @@ def test_category_resolution_order() -> None:
         {"news@c.example": "education", "@mkt.example": "marketing"},
         {"app": "fundraising"},
     )
-    assert table.resolve(["Marketing "], "news@c.example", "app") == ("marketing", "header")
-    assert table.resolve([], "News@C.example", "app") == ("education", "sender")
-    assert table.resolve([], "x@mkt.example", "app") == ("marketing", "sender-domain")
-    assert table.resolve([], "x@other.example", "app") == ("fundraising", "user")
-    assert table.resolve([], "x@other.example", None) == ("treatment", "default")
+
+    def resolve(values: list[str], sender: str, user: str | None) -> tuple[str, str, str]:
+        got = table.resolve(values, sender, user)
+        return got.name, got.source, got.refusal
+
+    # The mapping is authoritative: the header cannot shed the mapped category's duties.
+    assert resolve(["Marketing "], "news@c.example", "app") == (
+        "education",
+        "sender",
+        "category.not-allowed",
+    )
+    assert resolve(["education"], "news@c.example", None) == ("education", "header", "")
+    # From a category with no obligations, the header may only add some.
+    assert resolve(["Marketing "], "x@other.example", None) == ("marketing", "header", "")
+    assert resolve(["newsletter"], "x@other.example", None) == (
+        "treatment",
+        "default",
+        "category.unknown",
+    )
+    assert resolve([], "News@C.example", "app") == ("education", "sender", "")
+    assert resolve([], "x@mkt.example", "app") == ("marketing", "sender-domain", "")
+    assert resolve([], "x@other.example", "app") == ("fundraising", "user", "")
+    assert resolve([], "x@other.example", None) == ("treatment", "default", "")
     assert table.get("newsletter") is None
+    granted = CategoryTable(
+        builtin(),
+        "treatment",
+        {"@mkt.example": "marketing"},
+        {},
+        {"@mkt.example": frozenset({"education"})},
+        {"app": frozenset({"treatment"})},
+    )
+    assert granted.resolve(["education"], "a@mkt.example", None).refusal == ""
+    assert granted.resolve(["treatment"], "a@mkt.example", None).refusal == "category.not-allowed"
+    assert granted.resolve(["treatment"], "a@mkt.example", "app").name == "treatment"
 
 
 def test_policy_file_refuses_switching_off_a_required_footer(tmp_path: Path) -> None:
