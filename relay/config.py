@@ -53,9 +53,12 @@ class ServerConfig:
     max_received: int = 50
     bare_line_endings: str = "refuse"
     client_timeout: float = 300.0
+    pre_auth_timeout: float = 60.0
     data_timeout: float = 600.0
+    min_data_rate: int = 500
     max_sessions: int = 200
     max_sessions_per_client: int = 20
+    reserved_sessions_percent: int = 10
     auth_failure_delay: float = 1.0
     auth_max_failures: int = 5
     auth_lockout: float = 900.0
@@ -222,9 +225,12 @@ _KINDS: dict[str, dict[str, str]] = {
         "max_received": "int",
         "bare_line_endings": "str",
         "client_timeout": "float",
+        "pre_auth_timeout": "float",
         "data_timeout": "float",
+        "min_data_rate": "int",
         "max_sessions": "int",
         "max_sessions_per_client": "int",
+        "reserved_sessions_percent": "int",
         "auth_failure_delay": "float",
         "auth_max_failures": "int",
         "auth_lockout": "float",
@@ -349,6 +355,9 @@ def validate(cfg: Config) -> Config:
     if s.max_mime_depth > 250:
         # The parsers recurse once or twice per level; Python's stack allows about 500.
         raise ConfigError(where, "server.max_mime_depth", "expected at most 250")
+    if s.reserved_sessions_percent > 90:
+        # Someone who has not authenticated yet must still be able to connect to do so.
+        raise ConfigError(where, "server.reserved_sessions_percent", "expected at most 90")
     if s.max_line_length > 998:
         # RFC 5322 2.1.1: longer lines are not valid mail, and upstreams refuse them.
         raise ConfigError(where, "server.max_line_length", "expected at most 998 (RFC 5322)")

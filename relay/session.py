@@ -29,6 +29,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay.config import IPNetwork
 from relay.flow import Link, Runtime, Transaction, new_id
+from relay.limits import DataPace, SessionLimiter
 from relay.message import SessionFacts
 from relay.model import Peer, Reply, TlsInfo
 from relay.users import Users
@@ -65,32 +66,6 @@ class _CrlfLineReader(asyncio.StreamReader):
     async def readuntil(self, separator: _ReaduntilBuffer = b"\r\n") -> bytes:
         # aiosmtpd reads commands with the default separator (LF); DATA and AUTH pass theirs.
         return await super().readuntil(separator)
-
-
-class SessionLimiter:
-    """Concurrent sessions, in total and per client address."""
-
-    def __init__(self, total: int, per_client: int) -> None:
-        self.total, self.per_client = total, per_client
-        self.active = 0
-        self.by_client: dict[str, int] = {}
-
-    def acquire(self, host: str) -> str | None:
-        if self.active >= self.total:
-            return "421 4.7.0 Too many connections; try again later"
-        if self.by_client.get(host, 0) >= self.per_client:
-            return "421 4.7.0 Too many connections from your address; try again later"
-        self.active += 1
-        self.by_client[host] = self.by_client.get(host, 0) + 1
-        return None
-
-    def release(self, host: str) -> None:
-        self.active -= 1
-        left = self.by_client.get(host, 1) - 1
-        if left:
-            self.by_client[host] = left
-        else:
-            self.by_client.pop(host, None)
 
 
 class AuthThrottle:
@@ -138,7 +113,8 @@ class Shared:
         self.users = users
         self.tls_context = tls_context
         s = runtime.config.server
-        self.limiter = SessionLimiter(s.max_sessions, s.max_sessions_per_client)
+        reserved = s.max_sessions * s.reserved_sessions_percent // 100
+        self.limiter = SessionLimiter(s.max_sessions, s.max_sessions_per_client, reserved)
         self.throttle = AuthThrottle(s.auth_max_failures, s.auth_lockout)
         self.sessions: set[RelaySMTP] = set()
         self.closing = False
@@ -174,6 +150,9 @@ class RelaySMTP(SMTP):
         self.refusal: str | None = None
         self.registered = False
         self.holds_slot = False
+        self.unauth_slot = False
+        self.trusted = False
+        self.pace: DataPace | None = None
         self.busy = False
         self.in_data = False
         self.auth_user: str | None = None
@@ -190,28 +169,30 @@ class RelaySMTP(SMTP):
         peer = transport.get_extra_info("peername")
         self.peer_host = str(peer[0]) if peer else ""
         self.peer_port = int(peer[1]) if peer else 0
-        if self.shared.closing:
-            self.refusal = "421 4.3.2 Service shutting down; try again later"
-        else:
-            self.refusal = self.shared.limiter.acquire(self.peer_host)
-        if self.refusal is None:
-            self.registered = True
-            self.holds_slot = True
-            self.shared.sessions.add(self)
-            self.shared.runtime.metrics.session(True)
-        else:
-            self.shared.runtime.metrics.refused_session(self.refusal.split(";")[0][10:])
         cfg = self.shared.runtime.config.server
         self.plaintext_ok = in_networks(self.peer_host, cfg.plaintext_networks)
         # A plaintext network cannot AUTH (AUTH needs TLS), so it is trusted or it is useless.
         self.trusted = self.plaintext_ok or in_networks(self.peer_host, cfg.trusted_networks)
         # Per connection: plaintext networks may skip STARTTLS, nobody else may.
         self.require_starttls = not self.implicit_tls and not self.plaintext_ok
+        if self.shared.closing:
+            self.refusal = "421 4.3.2 Service shutting down; try again later"
+        else:
+            self.refusal = self.shared.limiter.acquire(self.peer_host, trusted=self.trusted)
+        if self.refusal is None:
+            self.registered = True
+            self.holds_slot = True
+            self.unauth_slot = not self.trusted
+            self.shared.sessions.add(self)
+            self.shared.runtime.metrics.session(True)
+        else:
+            self.shared.runtime.metrics.refused_session(self.refusal.split(";")[0][10:])
+        self._reset_timeout()  # aiosmtpd started it before we knew whether the peer is trusted
 
     def _release_slot(self) -> None:
         if self.holds_slot:
             self.holds_slot = False
-            self.shared.limiter.release(self.peer_host)
+            self.shared.limiter.release(self.peer_host, unauthenticated=self.unauth_slot)
 
     async def smtp_QUIT(self, arg: str) -> None:
         # A client that read our 221 may reconnect before connection_lost runs: free its
@@ -233,6 +214,21 @@ class RelaySMTP(SMTP):
             await self.txn.abort()
             self.txn = None
         await self.link.drop()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        if duration is None:
+            # Before AUTH a client outside the trusted networks gets the shorter idle timeout.
+            cfg = self.shared.runtime.config.server
+            known = self.trusted or getattr(self, "auth_user", None) is not None
+            duration = cfg.client_timeout if known else cfg.pre_auth_timeout
+        super()._reset_timeout(duration)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        pace = self.pace
+        if pace is not None:
+            now = self.loop.time()
+            self._reset_timeout(max(pace.received(len(data), now), 0.001))
 
     def _timeout_cb(self) -> None:
         # aiosmtpd just closes; RFC 5321 3.8 asks for a 421 so the client knows to retry later.
@@ -350,6 +346,10 @@ class RelaySMTP(SMTP):
         if await users.verify(name, password):
             self.shared.throttle.succeed(self.peer_host)
             self.auth_user = name
+            if self.unauth_slot:
+                self.unauth_slot = False
+                self.shared.limiter.promote()
+            self._reset_timeout()  # from the pre-AUTH idle timeout to the ordinary one
             self.session.authenticated = True
             await self.push("235 2.7.0 Authentication successful")
             return
@@ -478,6 +478,7 @@ class RelaySMTP(SMTP):
         return "250 2.1.5 Recipient OK"
 
     async def on_data(self, envelope: Envelope) -> str:
+        self.pace = None  # the whole message is in
         txn, self.txn = self.txn, None
         if txn is None:
             return "503 5.5.1 Need a MAIL command first"
@@ -506,9 +507,17 @@ class RelaySMTP(SMTP):
             await txn.abort()
 
     async def smtp_DATA(self, arg: str) -> None:
-        # aiosmtpd's idle timer would cover the whole DATA phase with the command timeout.
+        # Inside DATA the idle timeout still applies, with a minimum rate and a deadline for
+        # the whole transfer (DataPace); aiosmtpd alone would wait one idle period in all.
         if self.txn is not None and self.envelope is not None and self.envelope.rcpt_tos:
-            self._reset_timeout(self.shared.runtime.config.server.data_timeout)
+            cfg = self.shared.runtime.config.server
+            self.pace = DataPace.start(
+                self.loop.time(),
+                idle=cfg.client_timeout,
+                min_rate=cfg.min_data_rate,
+                total=cfg.data_timeout,
+            )
+            self._reset_timeout(self.pace.deadline - self.loop.time())
         # From "DATA" until its reply is written the session is in flight, even while it
         # only waits for the client's next line: a shutdown must not cut it.
         self.in_data = True
@@ -519,6 +528,9 @@ class RelaySMTP(SMTP):
             await self.on_rset()
         finally:
             self.in_data = False
+            if self.pace is not None:
+                self.pace = None
+                self._reset_timeout()
 
     @property
     def in_flight(self) -> bool:

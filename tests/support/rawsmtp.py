@@ -23,16 +23,22 @@ class RawSmtp:
         self.banner = ""
 
     @classmethod
-    async def connect(cls, port: int, host: str = "127.0.0.1") -> RawSmtp:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), TIMEOUT)
+    async def connect(cls, port: int, host: str = "127.0.0.1", *, local: str = "") -> RawSmtp:
+        """`local`: the source address (any 127.x.y.z works on Linux), to test per-network rules."""
+        source = (local, 0) if local else None
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, local_addr=source), TIMEOUT
+        )
         conn = cls(reader, writer)
         conn.banner = await conn.reply()
         return conn
 
     @classmethod
-    async def ready(cls, port: int, tls: ssl.SSLContext, *, helo: str = "client.test") -> RawSmtp:
+    async def ready(
+        cls, port: int, tls: ssl.SSLContext, *, helo: str = "client.test", local: str = ""
+    ) -> RawSmtp:
         """Connected, EHLO, STARTTLS, EHLO again: ready for MAIL."""
-        conn = await cls.connect(port)
+        conn = await cls.connect(port, local=local)
         assert conn.banner.startswith("220 "), conn.banner
         await conn.ehlo(helo)
         await conn.starttls(tls)
