@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -21,7 +22,9 @@ from relay.address import AddressError, canonical
 class Dedup:
     def __init__(self, path: Path, key: bytes, ttl: float = 7 * 86400) -> None:
         self.path, self.key, self.ttl = path, key, ttl
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Owner-only before SQLite creates it (the -wal and -shm files copy its mode).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")

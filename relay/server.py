@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import structlog
 
 from relay import config as config_mod
-from relay import keys, rules
+from relay import keys, rules, startup
 from relay.audit import AuditError, AuditLog
 from relay.certs import server_context
 from relay.config import Config
@@ -27,14 +28,19 @@ from relay.phi import default_detector
 from relay.phi.roster import Roster
 from relay.policy.base import ConfigError, PolicyDeps
 from relay.session import Shared, factory
+from relay.startup import StartupError as StartupError  # re-exported for the CLI
+from relay.startup import StateLock
 from relay.tokens import TokenCodec
 from relay.users import Users, UsersFileError
 
 log = structlog.get_logger("relay.server")
 
 
-class StartupError(Exception):
-    """The relay cannot start as configured; the message says what to change."""
+def _key(cfg: Config, name: str) -> bytes:
+    try:
+        return keys.load(cfg.state_dir, name)
+    except keys.KeyError_ as exc:
+        raise StartupError(f"key: {exc}") from exc
 
 
 def make_upstream(cfg: Config) -> Upstream:
@@ -67,7 +73,15 @@ class Services:
 
 def build_runtime(cfg: Config, services: Services) -> Runtime:
     """Everything that a reload replaces: config, policies, upstream, links."""
-    roster = Roster.load(cfg.state_dir)
+    try:
+        roster = Roster.load(cfg.state_dir)
+    except keys.KeyError_ as exc:
+        raise StartupError(f"roster key: {exc}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise StartupError(
+            f"{cfg.state_dir / 'roster.db'}: not a readable SQLite database ({exc}); "
+            "move it aside and run `phi-relay roster import` again"
+        ) from exc
     deps = PolicyDeps(
         policy_dir=cfg.policy_file.parent,
         state_dir=cfg.state_dir,
@@ -88,6 +102,29 @@ def build_runtime(cfg: Config, services: Services) -> Runtime:
         links=links,
         dedup=services.dedup,
     )
+
+
+def _dedup(cfg: Config) -> Dedup:
+    path = cfg.state_dir / "dedup.db"
+    try:
+        return Dedup(path, _key(cfg, "dedup"))
+    except sqlite3.DatabaseError as exc:
+        raise StartupError(
+            f"{path}: not a readable SQLite database ({exc}); move it aside and start again "
+            "(a new one is made; a message a client retries within the next days may then "
+            "reach a recipient twice)"
+        ) from exc
+    except OSError as exc:
+        raise StartupError(f"{path}: {exc.strerror or exc}") from exc
+
+
+def _codec(cfg: Config) -> TokenCodec:
+    try:
+        return TokenCodec(keys.load_list(cfg.state_dir, "unsubscribe"))
+    except keys.KeyError_ as exc:
+        raise StartupError(f"key: {exc}") from exc
+    except ValueError as exc:
+        raise StartupError(f"key {keys.key_path(cfg.state_dir, 'unsubscribe')}: {exc}") from exc
 
 
 def _load_users(cfg: Config) -> Users | None:
@@ -124,10 +161,28 @@ class Relay:
     smtp_port: int = 0
     implicit_port: int = 0
     http_port: int = 0
+    lock: StateLock | None = None
 
     async def start(self) -> None:
+        startup.private_dir(self.config.state_dir)
+        self.lock = startup.lock_state(self.config.state_dir, self.config.audit.file)
+        try:
+            await self._start()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _unlock(self) -> None:
+        lock, self.lock = self.lock, None
+        if lock is not None:
+            lock.close()
+
+    async def _start(self) -> None:
         cfg = self.config
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything else opens a store: those would make the directory look used.
+        created = startup.ensure_keys(cfg.state_dir, cfg.audit.file, keys.SERVE_KEYS)
+        if created:
+            log.info("created keys for a new state directory", files=[str(p) for p in created])
         try:
             self.tls_context = server_context(cfg.server.tls_cert, cfg.server.tls_key)
         except (OSError, ssl.SSLError) as exc:
@@ -139,7 +194,7 @@ class Relay:
             store = await open_store(cfg.store_url)
         except (ValueError, StoreError) as exc:
             raise StartupError(f"consent_store: {exc}") from exc
-        audit_key = keys.load_or_create(cfg.state_dir, "audit")
+        audit_key = _key(cfg, "audit")
         try:
             audit = AuditLog(
                 cfg.audit.file,
@@ -153,9 +208,9 @@ class Relay:
         self.services = Services(
             store=store,
             metrics=Metrics(),
-            codec=TokenCodec(keys.load_list(cfg.state_dir, "unsubscribe")),
+            codec=_codec(cfg),
             audit=audit,
-            dedup=Dedup(cfg.state_dir / "dedup.db", keys.load_or_create(cfg.state_dir, "dedup")),
+            dedup=_dedup(cfg),
             audit_key=audit_key,
         )
         runtime = build_runtime(cfg, self.services)
@@ -308,6 +363,7 @@ class Relay:
             self.services.audit.close()
             self.services.dedup.close()
             await self.services.store.close()
+        self._unlock()
 
 
 async def run(relay: Relay) -> None:
@@ -317,7 +373,13 @@ async def run(relay: Relay) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, relay.reload)
-    await relay.start()
+    try:
+        await relay.start()
+    except (StartupError, ConfigError, OSError):
+        raise
+    except Exception as exc:
+        # Whatever else start-up trips over is still one line for the operator.
+        raise StartupError(f"cannot start: {type(exc).__name__}: {exc}") from exc
     ready_file = os.environ.get("PHI_RELAY_READY_FILE")
     if ready_file:
         # Lets a supervisor or a test learn the bound ports (useful with port 0).

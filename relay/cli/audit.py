@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -46,15 +45,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _load_key(state_dir: Path | None) -> bytes:
     """The audit key, never a new one: a fresh key would make every record look forged."""
     directory = state_dir or DEFAULT_STATE_DIR
-    if not os.environ.get(keys.env_name(KEY_NAME)):
-        path = directory / "keys" / f"{KEY_NAME}.key"
-        if not path.is_file():
-            raise CliError(
-                f"no audit key at {path}: give --state-dir DIR, set "
-                f"{keys.env_name(KEY_NAME)}, or use --links-only"
-            )
+    if not keys.present(directory, KEY_NAME):
+        raise CliError(
+            f"no audit key at {keys.key_path(directory, KEY_NAME)}: give --state-dir DIR, set "
+            f"{keys.env_name(KEY_NAME)}, or use --links-only"
+        )
     try:
-        return keys.load_or_create(directory, KEY_NAME)
+        return keys.load(directory, KEY_NAME)
     except (keys.KeyError_, OSError) as exc:
         raise CliError(f"cannot load the audit key: {exc}") from exc
 

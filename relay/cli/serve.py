@@ -100,9 +100,17 @@ def run(args: argparse.Namespace) -> int:
     cfg = loaded.config
     default_cert = Path("certs/server.crt")
     if cfg.server.tls_cert == default_cert and not cfg.server.tls_cert.exists():
-        paths, _ = init_dev_certs(default_cert.parent, cfg.server.hostname)
+        try:
+            paths, _ = init_dev_certs(default_cert.parent, cfg.server.hostname)
+        except OSError as exc:
+            raise CliError(
+                f"cannot create development certificates in {default_cert.parent}: "
+                f"{exc.strerror or exc}; make that folder writable or pass --tls-cert/--tls-key"
+            ) from exc
         where = paths.cert.parent
         print(f"phi-relay: generated development certificates in {where}/ (not for production)")
+    # Everything made from here on (keys, stores, captured mail, audit log) is owner-only.
+    os.umask(0o077)
     relay = Relay(cfg, sources=loaded.sources)
     try:
         asyncio.run(run_relay(relay))

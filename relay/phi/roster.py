@@ -56,7 +56,8 @@ class Roster:
             rows = con.execute("SELECT kind, digest FROM hashes").fetchall()
         finally:
             con.close()
-        key = keys.load_or_create(state_dir, "roster")
+        # An imported roster without its key is broken state, never a reason for a new key.
+        key = keys.load(state_dir, "roster")
         names = frozenset(bytes(d) for k, d in rows if k == "name")
         mrns = frozenset(bytes(d) for k, d in rows if k == "mrn")
         return cls(key, names, mrns)

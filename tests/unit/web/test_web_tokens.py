@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from faker import Faker
 
-from relay.keys import env_name
+from relay.keys import KeyError_, env_name, init
 from relay.tokens import (
     DEFAULT_MAX_AGE,
     Claims,
@@ -135,6 +135,10 @@ def test_rotation_new_key_prepended_old_tokens_still_open() -> None:
 
 def test_keys_from_state_dir_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(env_name("unsubscribe"), raising=False)
+    # Loading never makes a key (every mailed link would break); only init does.
+    with pytest.raises(KeyError_, match="unsubscribe.key: missing"):
+        TokenCodec.from_state_dir(tmp_path)
+    init(tmp_path, ["unsubscribe"])
     first = TokenCodec.from_state_dir(tmp_path)
     token = first.issue("jane@example.com", "marketing", now=NOW)
     key_file = tmp_path / "keys" / "unsubscribe.key"

@@ -1,0 +1,42 @@
+"""`phi-relay keys init`: the one explicit way to make the relay's secret keys."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from relay import keys
+from relay.cli import EXIT_OK, CliError
+
+DEFAULT_STATE_DIR = Path("state")
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("keys", help="manage the relay's secret keys")
+    ksub = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    init: argparse.ArgumentParser = ksub.add_parser(
+        "init",
+        help="create the keys that are missing (never replaces one)",
+        description=(
+            "Create each missing key file (audit, dedup, unsubscribe) as 0600 in "
+            "STATE_DIR/keys. Existing keys are left alone. A new key cannot check old "
+            "audit records or open unsubscribe links already mailed: restore a lost key "
+            "from backup when you can."
+        ),
+    )
+    init.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="state directory")
+    init.set_defaults(func=run_init)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    try:
+        created = keys.init(args.state_dir, keys.SERVE_KEYS)
+    except OSError as exc:
+        raise CliError(f"{args.state_dir / 'keys'}: cannot create keys ({exc.strerror})") from exc
+    for path in created:
+        print(f"created {path}")
+    kept = [n for n in keys.SERVE_KEYS if keys.key_path(args.state_dir, n) not in created]
+    if kept:
+        print(f"kept existing: {', '.join(kept)}")
+    return EXIT_OK
