@@ -136,7 +136,7 @@ def test_rotation_new_key_prepended_old_tokens_still_open() -> None:
 def test_keys_from_state_dir_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(env_name("unsubscribe"), raising=False)
     # Loading never makes a key (every mailed link would break); only init does.
-    with pytest.raises(KeyError_, match="unsubscribe.key: missing"):
+    with pytest.raises(KeyError_, match=r"unsubscribe\.key: missing"):
         TokenCodec.from_state_dir(tmp_path)
     init(tmp_path, ["unsubscribe"])
     first = TokenCodec.from_state_dir(tmp_path)
