@@ -35,6 +35,7 @@ from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 
 from relay.headers import LINEAR_POLICY
+from relay.htmlspot import insertion_point
 from relay.model import (
     AppendFooter,
     LinkMaker,
@@ -67,7 +68,9 @@ PLACEHOLDER_MAILTO = "{unsubscribe_mailto}"
 _HEADER_PARSER = BytesHeaderParser(policy=LINEAR_POLICY)
 _FIELD_NAME = re.compile(rb"^[!-9;-~]+$")
 _HEADER_LINE = re.compile(rb"^(?:[!-9;-~]+:|[\t ])")
-_BODY_CLOSE = re.compile(r"</body\s*>", re.IGNORECASE)
+_TEXT_BODIES = frozenset({"text/plain", "text/html", "text/enriched"})
+_PARAM_OPEN = re.compile(r"<param>", re.IGNORECASE)
+_PARAM_CLOSE = re.compile(r"</param>", re.IGNORECASE)
 _BROKEN_MIME = (
     StartBoundaryNotFoundDefect,
     CloseBoundaryNotFoundDefect,
@@ -304,18 +307,32 @@ def _split_multipart(raw: bytes, part: _Part, depth: int) -> None:
 
 def _walk(part: _Part) -> list[_Part]:
     """Every entity, not descending into attached messages (their text is not ours)."""
-    out = [part]
+    return [p for p, _ in _walk_with_parent(part, "")]
+
+
+def _walk_with_parent(part: _Part, parent: str) -> list[tuple[_Part, str]]:
+    out = [(part, parent)]
     for child in part.children:
-        out.extend(_walk(child))
+        out.extend(_walk_with_parent(child, part.ctype))
     return out
 
 
+def _displayed(part: _Part, parent: str) -> bool:
+    """A text leaf a mail client shows as (part of) the message body.
+
+    An explicit `attachment` never is. A file name does not make an attachment where
+    the part is the message itself or one alternative of its body: clients show those
+    as the body. Elsewhere (multipart/mixed) a named part is a file the recipient
+    opens, and stays byte-identical.
+    """
+    disposition = part.info.get_content_disposition()
+    if disposition == "attachment" or part.children or part.ctype not in _TEXT_BODIES:
+        return False
+    return part.info.get_filename() is None or parent in ("", "multipart/alternative")
+
+
 def _footer_targets(root: _Part) -> list[_Part]:
-    return [
-        p
-        for p in _walk(root)
-        if p.ctype in ("text/plain", "text/html") and not p.is_attachment and not p.children
-    ]
+    return [p for p, parent in _walk_with_parent(root, "") if _displayed(p, parent)]
 
 
 # --- decoding and re-encoding one text part -------------------------------------------
@@ -377,13 +394,14 @@ def _with_footer(text: str, footer: _Footer, ctype: str, flowed: bool) -> str:
     eol = "\r\n" if ("\r\n" in text or "\n" not in text) else "\n"
     if ctype == "text/html":
         block = eol.join(footer.html.splitlines())
-        found = list(_BODY_CLOSE.finditer(text))
-        if found:
-            at = found[-1].start()
-            return text[:at] + block + eol + text[at:]
-        if text and not text.endswith(("\n", "\r")):
+        at, prefix = insertion_point(text)
+        if at < len(text):
+            return text[:at] + prefix + block + eol + text[at:]
+        if text and not text.endswith(("\n", "\r")) and not prefix:
             text += eol
-        return text + block + eol
+        return text + prefix + block + eol
+    if ctype == "text/enriched":
+        return _enriched_footer(text, footer, eol)
     lines = footer.text.splitlines()
     if flowed:
         lines = _flowed_lines(lines)
@@ -396,6 +414,17 @@ def _with_footer(text: str, footer: _Footer, ctype: str, flowed: bool) -> str:
     if text:
         text += eol  # an empty line keeps the footer apart from the message
     return text + eol.join(lines) + eol
+
+
+def _enriched_footer(text: str, footer: _Footer, eol: str) -> str:
+    """RFC 1896: '<' is written '<<', and n line breaks take n+1 CRLFs."""
+    prefix = ""
+    if len(_PARAM_OPEN.findall(text)) > len(_PARAM_CLOSE.findall(text)):
+        prefix = "</param>"  # a <param> argument is never displayed; close it first
+    lines = [line.replace("<", "<<") for line in footer.text.splitlines()]
+    if text and not text.endswith("\n"):
+        text += eol
+    return text + prefix + eol + (eol + eol).join(lines) + eol
 
 
 def _rewrite_text_part(raw: bytes, part: _Part, footer: _Footer) -> bytes:
