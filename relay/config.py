@@ -95,6 +95,8 @@ class AuditConfig:
 class HttpConfig:
     listen: HostPort | None = HostPort("127.0.0.1", 8025)
     base_url: str = ""
+    max_connections: int = 100
+    header_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +251,12 @@ _KINDS: dict[str, dict[str, str]] = {
         "hostname": "str",
     },
     "audit": {"file": "opt_path", "stdout": "bool", "fsync": "bool", "max_bytes": "int"},
-    "http": {"listen": "opt_hostport", "base_url": "str"},
+    "http": {
+        "listen": "opt_hostport",
+        "base_url": "str",
+        "max_connections": "int",
+        "header_timeout": "float",
+    },
     "": {"state_dir": "path", "policy_file": "path", "consent_store": "str"},
 }
 _SECTION_TYPES: dict[str, type[Any]] = {
@@ -355,6 +362,8 @@ def validate(cfg: Config) -> Config:
     if s.max_mime_depth > 250:
         # The parsers recurse once or twice per level; Python's stack allows about 500.
         raise ConfigError(where, "server.max_mime_depth", "expected at most 250")
+    if cfg.http.max_connections < 1:
+        raise ConfigError(where, "http.max_connections", "expected a whole number >= 1")
     if s.reserved_sessions_percent > 90:
         # Someone who has not authenticated yet must still be able to connect to do so.
         raise ConfigError(where, "server.reserved_sessions_percent", "expected at most 90")

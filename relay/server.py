@@ -262,7 +262,14 @@ class Relay:
             organisation=runtime.rules.organisation.name,
         )
         listen = self.config.http.listen
-        runner = await start_http(app, listen.host, listen.port)
+        h = self.config.http
+        runner = await start_http(
+            app,
+            listen.host,
+            listen.port,
+            max_connections=h.max_connections,
+            header_timeout=h.header_timeout,
+        )
         self.http_runner = runner
         self.http_port = bound_port(runner)
 

@@ -13,6 +13,7 @@ import asyncio
 import html
 import json
 import logging
+import ssl
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -24,6 +25,7 @@ from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay.consent.api import ConsentStore
+from relay.httpguard import GuardedSite
 from relay.metrics import Metrics
 from relay.tokens import Claims, ExpiredToken, InvalidToken, TokenCodec
 
@@ -54,6 +56,7 @@ _CODEC: web.AppKey[TokenCodec] = web.AppKey("codec")
 _METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 _READINESS: web.AppKey[Mapping[str, ReadinessCheck]] = web.AppKey("readiness")
 _ORGANISATION: web.AppKey[str] = web.AppKey("organisation")
+_BODY_TIMEOUT: web.AppKey[float] = web.AppKey("body_timeout")
 
 log = structlog.get_logger("relay.web")
 
@@ -207,7 +210,12 @@ async def unsubscribe(request: web.Request) -> web.Response:
     # The POST itself is the request: RFC 8058 clients send List-Unsubscribe=One-Click
     # and so does the button, but a client that sends something else still meant it.
     # Reading the body enforces the size limit (413 above MAX_BODY).
-    await request.read()
+    try:
+        async with asyncio.timeout(request.app.get(_BODY_TIMEOUT, STORE_TIMEOUT)):
+            await request.read()
+    except TimeoutError:
+        # Headers came, the body never did: a slow client must not hold the connection.
+        raise web.HTTPRequestTimeout() from None
     store = request.app[_STORE]
     try:
         async with asyncio.timeout(STORE_TIMEOUT):
@@ -320,11 +328,39 @@ def build_app(
     return app
 
 
-async def start_http(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Serve `app` on host:port (0: a free port, see bound_port); stop with runner.cleanup()."""
-    runner = web.AppRunner(app, access_log_class=AccessLog, logger=server_log, shutdown_timeout=5.0)
+async def start_http(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    max_connections: int = 100,
+    header_timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> web.AppRunner:
+    """Serve `app` on host:port (0: a free port, see bound_port); stop with runner.cleanup().
+
+    At most `max_connections` at once; each gets `header_timeout` seconds for its TLS
+    handshake, for each request's headers, and as keep-alive idle time between requests.
+    """
+    app[_BODY_TIMEOUT] = header_timeout
+    runner = web.AppRunner(
+        app,
+        access_log_class=AccessLog,
+        logger=server_log,
+        shutdown_timeout=5.0,
+        # aiohttp starts this timer when a connection opens and after every response, and
+        # closes a connection still waiting for a whole request when it fires.
+        keepalive_timeout=header_timeout,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = GuardedSite(
+        runner,
+        host,
+        port,
+        max_connections=max_connections,
+        handshake_timeout=header_timeout,
+        ssl_context=ssl_context,
+    )
     try:
         await site.start()
     except BaseException:

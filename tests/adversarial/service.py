@@ -88,6 +88,20 @@ class Service:
             raise
 
 
+def _limited(nofile: int | None) -> list[str]:
+    """A command prefix that runs the relay with at most `nofile` open descriptors."""
+    if nofile is None:
+        return []
+    return [sys.executable, "-c", _SET_NOFILE, str(nofile)]
+
+
+# Sets RLIMIT_NOFILE, then becomes the relay (no preexec_fn: not safe with threads).
+_SET_NOFILE = (
+    "import os, resource, sys; n = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
 async def start_service(
     home: Path,
     pki: Pki,
@@ -95,9 +109,11 @@ async def start_service(
     *extra: str,
     env: Mapping[str, str] | None = None,
     upstream_flags: bool = True,
+    nofile: int | None = None,
 ) -> Service:
     """`env` adds PHI_RELAY_* variables; without `upstream_flags` the upstream comes from
-    the configuration file or the environment (as an operator would set it)."""
+    the configuration file or the environment (as an operator would set it); `nofile`
+    lowers the process's descriptor limit, to show what exhausting it does."""
     shutil.copytree(ROOT / "policies", home / "policies")
     ready = home / "ready"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PHI_RELAY_")}
@@ -131,7 +147,13 @@ async def start_service(
     ]
     with (home / "stdout").open("wb") as out, (home / "stderr").open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            str(PHI_RELAY), *args, cwd=home, env=environ, stdout=out, stderr=err
+            *_limited(nofile),
+            str(PHI_RELAY),
+            *args,
+            cwd=home,
+            env=environ,
+            stdout=out,
+            stderr=err,
         )
     deadline = time.monotonic() + 60
     while not ready.exists() or not ready.read_text().endswith("\n"):
