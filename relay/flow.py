@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from relay.config import Config
     from relay.dedup import Dedup
     from relay.metrics import Metrics
+    from relay.phi.api import Detector
     from relay.rules import RuleSet
 
 log = structlog.get_logger("relay.flow")
@@ -60,6 +61,17 @@ class Runtime:
     upstream: Upstream
     links: LinkMaker | None
     dedup: Dedup | None
+    # The policies' detector (with the roster), also used to keep PHI in upstream reply
+    # text out of the audit log; None means the shared detector without a roster.
+    detector: Detector | None = None
+
+    @property
+    def reply_detector(self) -> Detector:
+        if self.detector is not None:
+            return self.detector
+        from relay.phi import default_detector
+
+        return default_detector()
 
     @property
     def limits(self) -> ShapeLimits:
@@ -396,7 +408,8 @@ class Transaction:
             decision_id=decision_id,
             upstream=self.rt.upstream.name,
             recipients=group,
-            reply=reply,
+            # Upstream words are kept only when the PHI detector finds nothing in them.
+            reply=replies.for_audit(reply, self.rt.reply_detector),
             refused=refused or {},
             duration_ms=(time.monotonic() - started) * 1000 if started else 0.0,
             tls=tls or TlsInfo(),

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from relay.model import Action, Reply, Verdict
+
+if TYPE_CHECKING:
+    from relay.phi.api import Detector
 
 _TEXT: dict[str, tuple[int, str, str]] = {
     "tls.required": (530, "5.7.0", "Must issue a STARTTLS command first"),
@@ -184,3 +188,46 @@ def with_suppressed(reply: Reply, total: int, dropped: Mapping[str, str]) -> Rep
     else:
         note = f"; of {total} recipients {suppressed}"
     return Reply(reply.code, reply.status, reply.text + note)
+
+
+UPSTREAM_PREFIX = "Upstream: "
+# RFC 3463 subject codes: the second number of an enhanced status code.
+_SUBJECTS = {
+    "0": "other",
+    "1": "addressing",
+    "2": "mailbox",
+    "3": "mail-system",
+    "4": "network",
+    "5": "protocol",
+    "6": "content",
+    "7": "security-policy",
+}
+
+
+def reply_class(reply: Reply) -> str:
+    """A PHI-free class for a reply, e.g. `permanent-security-policy`, from its codes alone."""
+    kind = "success" if reply.success else "transient" if reply.transient else "permanent"
+    parts = reply.status.split(".")
+    subject = _SUBJECTS.get(parts[1], "other") if len(parts) == 3 else "other"
+    return f"{kind}-{subject}"
+
+
+def for_audit(reply: Reply, detector: Detector) -> Reply:
+    """The reply as the audit log may keep it.
+
+    The relay's own replies hold no PHI by construction. An upstream's text is free
+    text a provider wrote, often quoting the message (a DLP refusal naming a patient):
+    it keeps its codes and class, and its words only when the PHI detector finds
+    nothing in them.
+    """
+    if not reply.text.startswith(UPSTREAM_PREFIX):
+        return reply
+    from relay.phi.normalize import normalize
+
+    words = reply.text[len(UPSTREAM_PREFIX) :]
+    label = f"Upstream ({reply_class(reply)})"
+    try:
+        clean = not detector.scan(normalize(words))
+    except Exception:
+        clean = False  # fail closed: a detector error keeps the words out
+    return Reply(reply.code, reply.status, f"{label}: {words}" if clean else label)

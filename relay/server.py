@@ -101,6 +101,7 @@ def build_runtime(cfg: Config, services: Services) -> Runtime:
         upstream=make_upstream(cfg),
         links=links,
         dedup=services.dedup,
+        detector=deps.detector,
     )
 
 
