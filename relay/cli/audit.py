@@ -8,10 +8,9 @@ from pathlib import Path
 
 from relay import keys
 from relay.audit.verify import verify
-from relay.cli import EXIT_OK, EXIT_REFUSED, CliError
+from relay.cli import EXIT_OK, EXIT_REFUSED, CliError, loader
 
 KEY_NAME = "audit"
-DEFAULT_STATE_DIR = Path("state")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,14 +25,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "and exits 0, or one line per problem and exits 1."
         ),
     )
-    check.add_argument("files", nargs="+", type=Path, metavar="FILE")
     check.add_argument(
-        "--state-dir",
+        "files",
+        nargs="*",
         type=Path,
-        default=None,
-        help="where serve keeps keys/audit.key (default: ./state; "
-        f"{keys.env_name(KEY_NAME)} overrides)",
+        metavar="FILE",
+        help="default: audit.file from the configuration and its rotations (FILE.N ... FILE.1)",
     )
+    loader.add_state_dir_argument(check)
+    loader.add_config_argument(check)
     check.add_argument(
         "--links-only",
         action="store_true",
@@ -42,9 +42,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.set_defaults(func=run_verify)
 
 
-def _load_key(state_dir: Path | None) -> bytes:
+def _load_key(directory: Path) -> bytes:
     """The audit key, never a new one: a fresh key would make every record look forged."""
-    directory = state_dir or DEFAULT_STATE_DIR
     if not keys.present(directory, KEY_NAME):
         raise CliError(
             f"no audit key at {keys.key_path(directory, KEY_NAME)}: give --state-dir DIR, set "
@@ -56,10 +55,24 @@ def _load_key(state_dir: Path | None) -> bytes:
         raise CliError(f"cannot load the audit key: {exc}") from exc
 
 
+def configured_files(audit_file: Path | None) -> list[Path]:
+    """The configured audit file and its rotations, oldest first."""
+    if audit_file is None:
+        raise CliError("no audit file configured (audit.file is empty): name the FILEs")
+    rotated = []
+    index = 1
+    while Path(f"{audit_file}.{index}").exists():
+        rotated.append(Path(f"{audit_file}.{index}"))
+        index += 1
+    return [*reversed(rotated), audit_file]
+
+
 def run_verify(args: argparse.Namespace) -> int:
-    key = None if args.links_only else _load_key(args.state_dir)
+    cfg = loader.load_admin(args, {"state_dir": ("--state-dir", args.state_dir)})
+    files = args.files or configured_files(cfg.audit.file)
+    key = None if args.links_only else _load_key(cfg.state_dir)
     try:
-        report = verify(args.files, key)
+        report = verify(files, key)
     except OSError as exc:
         where = exc.filename if exc.filename is not None else "audit log"
         raise CliError(f"cannot read {where}: {exc.strerror or exc}") from exc

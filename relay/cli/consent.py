@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -12,30 +11,36 @@ from pathlib import Path
 from typing import TypeVar
 
 from relay.address import AddressError
-from relay.cli import EXIT_OK, EXIT_REFUSED, CliError
+from relay.cli import EXIT_OK, EXIT_REFUSED, CliError, loader
 from relay.consent import open_store
 from relay.consent.api import Authorization, ConsentError, ConsentStore, StoreError, now
 from relay.consent.csvio import CsvError, parse_date_arg, read_authorizations
 
 T = TypeVar("T")
 
-STORE_ENV = "PHI_RELAY_CONSENT_STORE"
-DEFAULT_STORE = "sqlite:///state/consent.db"
-
 
 def add_store_argument(parser: argparse.ArgumentParser) -> None:
+    """--store, --state-dir and --config: the store `serve` uses unless told otherwise."""
     parser.add_argument(
         "--store",
         metavar="URL",
         default=None,
-        help=f"consent store URL (default: ${STORE_ENV}, else {DEFAULT_STORE},"
-        " relative to the current directory)",
+        help="consent store URL (default: consent_store from --config or "
+        "$PHI_RELAY_CONSENT_STORE, else sqlite:///<state_dir>/consent.db)",
     )
+    loader.add_state_dir_argument(parser)
+    loader.add_config_argument(parser)
 
 
 def store_url(args: argparse.Namespace) -> str:
-    url: str | None = args.store or os.environ.get(STORE_ENV)
-    return url or DEFAULT_STORE
+    cfg = loader.load_admin(
+        args,
+        {
+            "consent_store": ("--store", args.store),
+            "state_dir": ("--state-dir", args.state_dir),
+        },
+    )
+    return cfg.store_url
 
 
 def with_store(args: argparse.Namespace, work: Callable[[ConsentStore], Awaitable[T]]) -> T:

@@ -118,3 +118,29 @@ def load(
 def _source(path: Path | None) -> str:
     """What relay.config names as the source of cross-field checks."""
     return str(path) if path is not None else "defaults"
+
+
+def add_state_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        default=None,
+        help="state directory (default: state_dir from --config, $PHI_RELAY_STATE_DIR, ./state)",
+    )
+
+
+def load_admin(args: argparse.Namespace, given: Mapping[str, tuple[str, object]]) -> Config:
+    """The configuration `serve` would load, for an admin command.
+
+    `given` maps "section.key" to (the command's flag, its value or None), so a command's
+    own flags (--store, --state-dir, --users-file) override exactly as serve's flags do.
+    """
+    overrides: Overrides = {}
+    flags: dict[str, str] = {}
+    for key, (flag, value) in given.items():
+        flags[key] = flag
+        if value is not None:
+            section, _, name = key.rpartition(".")
+            overrides.setdefault(section, {})[name] = str(value)
+    return load(args, overrides, flags).config

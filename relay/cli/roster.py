@@ -6,11 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from relay.cli import EXIT_OK, CliError
+from relay.cli import EXIT_OK, CliError, loader
 from relay.keys import KeyError_
 from relay.phi.roster import DB_NAME, RosterError, import_csv
-
-DEFAULT_STATE_DIR = Path("state")
 
 
 def register(sub: Any) -> None:
@@ -28,20 +26,22 @@ def register(sub: Any) -> None:
         ),
     )
     imp.add_argument("csv", type=Path, help="roster CSV file")
-    imp.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="state directory")
+    loader.add_state_dir_argument(imp)
+    loader.add_config_argument(imp)
     imp.set_defaults(func=run_import)
 
 
 def run_import(args: argparse.Namespace) -> int:
     if not args.csv.is_file():
         raise CliError(f"{args.csv}: no such file")
+    state_dir = loader.load_admin(args, {"state_dir": ("--state-dir", args.state_dir)}).state_dir
     try:
-        rows = import_csv(args.csv, args.state_dir)
+        rows = import_csv(args.csv, state_dir)
     except RosterError as exc:
         raise CliError(f"{args.csv}: {exc}; nothing imported") from exc
     except KeyError_ as exc:
         raise CliError(str(exc)) from exc
     except OSError as exc:
-        raise CliError(f"{args.state_dir}: cannot write the roster ({exc.strerror})") from exc
-    print(f"imported {rows} roster rows into {args.state_dir / DB_NAME} (keyed hashes only)")
+        raise CliError(f"{state_dir}: cannot write the roster ({exc.strerror})") from exc
+    print(f"imported {rows} roster rows into {state_dir / DB_NAME} (keyed hashes only)")
     return EXIT_OK

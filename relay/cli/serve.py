@@ -89,7 +89,11 @@ def flag_names() -> dict[str, str]:
 
 
 def load_config(args: argparse.Namespace) -> loader.Loaded:
-    return loader.load(args, overrides(args), flag_names(), need_policy=True)
+    try:
+        given = overrides(args)
+    except ConfigError as exc:  # --upstream HOST:PORT is parsed here, before the loader
+        raise CliError(str(exc)) from exc
+    return loader.load(args, given, flag_names(), need_policy=True)
 
 
 def run(args: argparse.Namespace) -> int:

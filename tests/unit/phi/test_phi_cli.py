@@ -18,7 +18,7 @@ def test_scan_subjects_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "=?UTF-8?B?WW91ciBISVYgdGVzdCByZXN1bHRz?=\n",
         encoding="utf-8",
     )
-    assert main(["scan-subjects", str(src)]) == 0
+    assert main(["scan-subjects", str(src)]) == 1  # any PHI subject: exit 1
     assert capsys.readouterr().out == ("clean\t\nphi\tdate,mrn\nphi\thiv,procedure,result\n")
 
 
@@ -26,7 +26,7 @@ def test_scan_subjects_stdin(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("5 tips to manage diabetes\r\nRe: Jane Okafor\n"))
-    assert main(["scan-subjects", "-"]) == 0
+    assert main(["scan-subjects", "-"]) == 1
     assert capsys.readouterr().out == "clean\t\nphi\tname\n"
 
 
@@ -46,7 +46,7 @@ def test_roster_import_then_scan(
     assert main(["roster", "import", str(csv), "--state-dir", str(state)]) == 0
     assert "imported 1 roster rows" in capsys.readouterr().out
     monkeypatch.setattr("sys.stdin", io.StringIO("Re: zorba quillfeather\nChart A-99812\nHello\n"))
-    assert main(["scan-subjects", "--state-dir", str(state)]) == 0
+    assert main(["scan-subjects", "--state-dir", str(state)]) == 1
     assert capsys.readouterr().out == "phi\tname\nphi\tmrn\nclean\t\n"
 
 
