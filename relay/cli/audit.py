@@ -59,6 +59,11 @@ def configured_files(audit_file: Path | None) -> list[Path]:
     """The configured audit file and its rotations, oldest first."""
     if audit_file is None:
         raise CliError("no audit file configured (audit.file is empty): name the FILEs")
+    if not audit_file.exists():
+        raise CliError(
+            f"no audit log at {audit_file} (audit.file): name the FILEs, or give --config "
+            "or $PHI_RELAY_AUDIT_FILE as serve has them"
+        )
     rotated = []
     index = 1
     while Path(f"{audit_file}.{index}").exists():

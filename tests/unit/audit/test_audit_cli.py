@@ -94,8 +94,12 @@ def test_missing_key_exits_2_and_creates_none(
     assert not empty.exists()
 
 
-def test_no_files_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(["audit", "verify"])
-    assert exit_info.value.code == 2
-    assert "the following arguments are required: FILE" in capsys.readouterr().err
+def test_no_files_and_no_configured_log_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Without FILEs the configured audit.file is verified (as serve writes it); none here.
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["audit", "verify"]) == 2
+    assert "no audit log at state/audit.log (audit.file): name the FILEs" in (
+        capsys.readouterr().err
+    )
