@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from relay import keys
-from relay.cli import EXIT_OK, CliError
-
-DEFAULT_STATE_DIR = Path("state")
+from relay.cli import EXIT_OK, CliError, loader
 
 
 def register(sub: Any) -> None:
@@ -25,18 +22,20 @@ def register(sub: Any) -> None:
             "from backup when you can."
         ),
     )
-    init.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="state directory")
+    loader.add_state_dir_argument(init)
+    loader.add_config_argument(init)
     init.set_defaults(func=run_init)
 
 
 def run_init(args: argparse.Namespace) -> int:
+    state_dir = loader.load_admin(args, {"state_dir": ("--state-dir", args.state_dir)}).state_dir
     try:
-        created = keys.init(args.state_dir, keys.SERVE_KEYS)
+        created = keys.init(state_dir, keys.SERVE_KEYS)
     except OSError as exc:
-        raise CliError(f"{args.state_dir / 'keys'}: cannot create keys ({exc.strerror})") from exc
+        raise CliError(f"{state_dir / 'keys'}: cannot create keys ({exc.strerror})") from exc
     for path in created:
         print(f"created {path}")
-    kept = [n for n in keys.SERVE_KEYS if keys.key_path(args.state_dir, n) not in created]
+    kept = [n for n in keys.SERVE_KEYS if keys.key_path(state_dir, n) not in created]
     if kept:
         print(f"kept existing: {', '.join(kept)}")
     return EXIT_OK

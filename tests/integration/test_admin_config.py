@@ -135,6 +135,13 @@ def test_audit_verify_uses_the_configured_log_and_key(site: Site) -> None:
     site.nothing_in_cwd()
 
 
+def test_keys_init_writes_the_keys_serve_reads(site: Site) -> None:
+    out = site.run(["keys", "init"])
+    assert out.returncode == 0, out.stderr
+    assert (site.volume / "keys" / "audit.key").is_file()
+    site.nothing_in_cwd()
+
+
 def test_user_add_writes_the_users_file_serve_reads(site: Site) -> None:
     out = site.run(["user", "add", "clinic-app", "--password-stdin"], "a long passphrase here\n")
     assert out.returncode == 0, out.stderr
