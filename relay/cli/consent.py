@@ -19,14 +19,17 @@ from relay.consent.csvio import CsvError, parse_date_arg, read_authorizations
 T = TypeVar("T")
 
 
+STORE_ENV = "PHI_RELAY_CONSENT_STORE"  # the consent_store setting, read by the shared loader
+
+
 def add_store_argument(parser: argparse.ArgumentParser) -> None:
     """--store, --state-dir and --config: the store `serve` uses unless told otherwise."""
     parser.add_argument(
         "--store",
         metavar="URL",
         default=None,
-        help="consent store URL (default: consent_store from --config or "
-        "$PHI_RELAY_CONSENT_STORE, else sqlite:///<state_dir>/consent.db)",
+        help=f"consent store URL (default: consent_store from --config or ${STORE_ENV}, "
+        "else sqlite:///<state_dir>/consent.db)",
     )
     loader.add_state_dir_argument(parser)
     loader.add_config_argument(parser)
