@@ -61,6 +61,8 @@ class ServerConfig:
     reserved_sessions_percent: int = 10
     auth_failure_delay: float = 1.0
     auth_max_failures: int = 5
+    auth_max_failures_per_account: int = 20
+    auth_max_failures_per_address: int = 50
     auth_lockout: float = 900.0
     shutdown_timeout: float = 30.0
     policy_timeout: float = 10.0
@@ -235,6 +237,8 @@ _KINDS: dict[str, dict[str, str]] = {
         "reserved_sessions_percent": "int",
         "auth_failure_delay": "float",
         "auth_max_failures": "int",
+        "auth_max_failures_per_account": "int",
+        "auth_max_failures_per_address": "int",
         "auth_lockout": "float",
         "shutdown_timeout": "float",
         "policy_timeout": "float",
@@ -355,6 +359,8 @@ def validate(cfg: Config) -> Config:
         ("max_sessions_per_client", 1),
         ("max_header_bytes", 1024),
         ("max_mime_depth", 1),
+        ("auth_max_failures", 1),
+        ("auth_max_failures_per_account", 1),
         ("max_received", 1),
     ):
         if getattr(s, key) < minimum:
@@ -364,6 +370,13 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(where, "server.max_mime_depth", "expected at most 250")
     if cfg.http.max_connections < 1:
         raise ConfigError(where, "http.max_connections", "expected a whole number >= 1")
+    if s.auth_max_failures_per_address < s.auth_max_failures:
+        # The address ceiling sits above the per-account limit, or one app locks out its host.
+        raise ConfigError(
+            where,
+            "server.auth_max_failures_per_address",
+            f"expected a whole number >= server.auth_max_failures ({s.auth_max_failures})",
+        )
     if s.reserved_sessions_percent > 90:
         # Someone who has not authenticated yet must still be able to connect to do so.
         raise ConfigError(where, "server.reserved_sessions_percent", "expected at most 90")

@@ -5,6 +5,7 @@ Kept apart from the protocol so each rule can be read, and tested, on its own.
 
 from __future__ import annotations
 
+from collections import Counter, deque
 from dataclasses import dataclass
 
 SESSIONS_FULL = "421 4.7.0 Too many connections; try again later"
@@ -84,3 +85,105 @@ class DataPace:
         credit = self.deadline + size / self.min_rate if self.min_rate else now + self.idle
         self.deadline = min(now + self.idle, credit, self.hard)
         return self.deadline - now
+
+
+PAIR_LOCKED = "454 4.7.0 Too many failed logins from your address; try again later"
+ADDRESS_LOCKED = PAIR_LOCKED
+ACCOUNT_LOCKED = "454 4.7.0 Too many failed logins for this account; try again later"
+_MAX_NAME = 128  # longer names cannot exist (users file rule); keys stay small
+
+
+@dataclass(eq=False)
+class _Attempt:
+    at: float
+    host: str
+    account: str
+    live: bool = True
+
+
+class AuthThrottle:
+    """Failed AUTH attempts in a sliding window of `window` seconds, counted three ways.
+
+    Per (address, account) (`per_pair`): one guesser, one account. Per account
+    (`per_account`): guesses spread over many addresses. Per address (`per_address`,
+    higher): one address trying many accounts, without one broken app locking out every
+    other account on its host. An attempt is counted when it starts (`begin`), before
+    the password is checked, so parallel attempts cannot all pass the check; a success
+    takes back only its own pair's attempts. A pair that logged in recently is not held
+    to the per-account limit, so a guesser elsewhere cannot lock out the real client.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_pair: int,
+        per_account: int,
+        per_address: int,
+        window: float,
+        max_tracked: int = 100_000,
+    ) -> None:
+        self.per_pair, self.per_account, self.per_address = per_pair, per_account, per_address
+        self.window, self.max_tracked = window, max_tracked
+        self._order: deque[_Attempt] = deque()
+        self._pairs: dict[tuple[str, str], list[_Attempt]] = {}
+        self._hosts: Counter[str] = Counter()
+        self._accounts: Counter[str] = Counter()
+        self._proven: dict[tuple[str, str], float] = {}
+
+    def _prune(self, now: float) -> None:
+        while self._order and (
+            now - self._order[0].at >= self.window or len(self._order) > self.max_tracked
+        ):
+            self._forget(self._order.popleft())
+        # Oldest first (succeed re-inserts), so the stale and the surplus are at the front.
+        while self._proven:
+            pair, at = next(iter(self._proven.items()))
+            if now - at < self.window and len(self._proven) <= self.max_tracked:
+                break
+            del self._proven[pair]
+
+    def _forget(self, attempt: _Attempt) -> None:
+        if not attempt.live:
+            return
+        attempt.live = False
+        pair = (attempt.host, attempt.account)
+        left = [a for a in self._pairs.get(pair, []) if a.live]
+        if left:
+            self._pairs[pair] = left
+        else:
+            self._pairs.pop(pair, None)
+        for counter, key in ((self._hosts, attempt.host), (self._accounts, attempt.account)):
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
+
+    def address_locked(self, host: str, now: float) -> str | None:
+        """Checked before the exchange: an address over its ceiling is refused at once."""
+        self._prune(now)
+        return ADDRESS_LOCKED if self._hosts[host] >= self.per_address else None
+
+    def begin(self, host: str, account: str, now: float) -> _Attempt | str:
+        """Count an attempt before the password is checked, or say why it is refused."""
+        account = account[:_MAX_NAME]
+        self._prune(now)
+        pair = (host, account)
+        if self._hosts[host] >= self.per_address:
+            return ADDRESS_LOCKED
+        if len(self._pairs.get(pair, ())) >= self.per_pair:
+            return PAIR_LOCKED
+        if self._accounts[account] >= self.per_account and pair not in self._proven:
+            return ACCOUNT_LOCKED
+        attempt = _Attempt(now, host, account)
+        self._order.append(attempt)
+        self._pairs.setdefault(pair, []).append(attempt)
+        self._hosts[host] += 1
+        self._accounts[account] += 1
+        return attempt
+
+    def succeed(self, attempt: _Attempt, now: float) -> None:
+        """The password was right: this pair's earlier failures were its own typos."""
+        pair = (attempt.host, attempt.account)
+        for earlier in list(self._pairs.get(pair, [])):
+            self._forget(earlier)
+        self._proven.pop(pair, None)
+        self._proven[pair] = now

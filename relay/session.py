@@ -29,7 +29,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay.config import IPNetwork
 from relay.flow import Link, Runtime, Transaction, new_id
-from relay.limits import DataPace, SessionLimiter
+from relay.limits import AuthThrottle, DataPace, SessionLimiter
 from relay.message import SessionFacts
 from relay.model import Peer, Reply, TlsInfo
 from relay.users import Users
@@ -68,28 +68,6 @@ class _CrlfLineReader(asyncio.StreamReader):
         return await super().readuntil(separator)
 
 
-class AuthThrottle:
-    """Failed AUTH attempts per client address: delayed, then locked out for a while."""
-
-    def __init__(self, max_failures: int, lockout: float) -> None:
-        self.max_failures, self.lockout = max_failures, lockout
-        self.failures: dict[str, list[float]] = {}
-
-    def locked(self, host: str) -> bool:
-        now = time.monotonic()
-        recent = [t for t in self.failures.get(host, []) if now - t < self.lockout]
-        self.failures[host] = recent
-        if not recent:
-            self.failures.pop(host, None)
-        return len(recent) >= self.max_failures
-
-    def fail(self, host: str) -> None:
-        self.failures.setdefault(host, []).append(time.monotonic())
-
-    def succeed(self, host: str) -> None:
-        self.failures.pop(host, None)
-
-
 def in_networks(host: str, networks: Iterable[IPNetwork]) -> bool:
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
@@ -115,7 +93,12 @@ class Shared:
         s = runtime.config.server
         reserved = s.max_sessions * s.reserved_sessions_percent // 100
         self.limiter = SessionLimiter(s.max_sessions, s.max_sessions_per_client, reserved)
-        self.throttle = AuthThrottle(s.auth_max_failures, s.auth_lockout)
+        self.throttle = AuthThrottle(
+            per_pair=s.auth_max_failures,
+            per_account=s.auth_max_failures_per_account,
+            per_address=s.auth_max_failures_per_address,
+            window=s.auth_lockout,
+        )
         self.sessions: set[RelaySMTP] = set()
         self.closing = False
 
@@ -329,8 +312,10 @@ class RelaySMTP(SMTP):
         if not args or len(args) > 2:
             await self.push("501 5.5.4 Syntax: AUTH PLAIN|LOGIN [initial-response]")
             return
-        if self.shared.throttle.locked(self.peer_host):
-            await self.push("454 4.7.0 Too many failed logins from your address; try again later")
+        throttle = self.shared.throttle
+        locked = throttle.address_locked(self.peer_host, time.monotonic())
+        if locked is not None:
+            await self.push(locked)
             return
         mechanism = args[0].upper()
         if mechanism == "PLAIN":
@@ -343,8 +328,13 @@ class RelaySMTP(SMTP):
         if creds is None:
             return
         name, password = creds
+        # Counted before the (slow) check, so parallel attempts cannot all get through.
+        attempt = throttle.begin(self.peer_host, name, time.monotonic())
+        if isinstance(attempt, str):
+            await self.push(attempt)
+            return
         if await users.verify(name, password):
-            self.shared.throttle.succeed(self.peer_host)
+            throttle.succeed(attempt, time.monotonic())
             self.auth_user = name
             if self.unauth_slot:
                 self.unauth_slot = False
@@ -353,7 +343,6 @@ class RelaySMTP(SMTP):
             self.session.authenticated = True
             await self.push("235 2.7.0 Authentication successful")
             return
-        self.shared.throttle.fail(self.peer_host)
         self.shared.runtime.metrics.auth_failure()
         try:
             self.shared.runtime.audit.event(
@@ -373,7 +362,9 @@ class RelaySMTP(SMTP):
             blob = initial.encode()
         else:
             await super().push(f"334 {base64.b64encode(challenge.encode()).decode()}")
-            line = await self._reader.readline()
+            line = await self._auth_line()
+            if line is None:
+                return None
             blob = line.strip()
             if blob == b"*":
                 await self.push("501 5.7.0 Authentication aborted")
@@ -383,6 +374,24 @@ class RelaySMTP(SMTP):
         except (binascii.Error, ValueError):
             await self.push("501 5.5.2 Cannot decode base64")
             return None
+
+    async def _auth_line(self) -> bytes | None:
+        """One client line of the AUTH exchange; an overlong one is read to its end and
+        refused, so the next line is read as the next command (in step)."""
+        try:
+            return await self._reader.readuntil(b"\r\n")
+        except asyncio.LimitOverrunError as exc:
+            await self._reader.readexactly(exc.consumed)
+            while True:
+                try:
+                    await self._reader.readuntil(b"\r\n")
+                    break
+                except asyncio.LimitOverrunError as more:
+                    await self._reader.readexactly(more.consumed)
+        except asyncio.IncompleteReadError:
+            return None  # the client went away mid-exchange
+        await self.push("500 5.5.6 Authentication exchange line is too long")
+        return None
 
     async def _plain(self, args: list[str]) -> tuple[str, str] | None:
         text = await self._read_b64(args[1] if len(args) > 1 else None, "")
