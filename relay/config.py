@@ -94,6 +94,13 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DedupConfig:
+    busy_timeout: float = 2.0
+    ttl: float = 7 * 86400.0
+    claim_lease: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig:
     listen: HostPort | None = HostPort("127.0.0.1", 8025)
     base_url: str = ""
@@ -108,6 +115,7 @@ class Config:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     state_dir: Path = Path("state")
     policy_file: Path = DEFAULT_POLICY_FILE  # shipped in the package; `phi-relay init` copies it
     consent_store: str = ""
@@ -261,6 +269,7 @@ _KINDS: dict[str, dict[str, str]] = {
         "max_connections": "int",
         "header_timeout": "float",
     },
+    "dedup": {"busy_timeout": "float", "ttl": "float", "claim_lease": "float"},
     "": {"state_dir": "path", "policy_file": "path", "consent_store": "str"},
 }
 _SECTION_TYPES: dict[str, type[Any]] = {
@@ -268,6 +277,7 @@ _SECTION_TYPES: dict[str, type[Any]] = {
     "upstream": UpstreamConfig,
     "audit": AuditConfig,
     "http": HttpConfig,
+    "dedup": DedupConfig,
 }
 
 

@@ -72,6 +72,12 @@ MEANINGS: dict[str, str] = {
     "audit.stdout": "Also write audit records to standard output for a log pipeline.",
     "audit.fsync": "fsync after every audit record.",
     "audit.max_bytes": "Rotate the audit file above this size, keeping the chain; 0: never.",
+    "dedup.busy_timeout": "Seconds a dedup read or write may wait for the SQLite lock (then "
+    "`451` before sending, or `250` with the failure recorded after the upstream accepted).",
+    "dedup.ttl": "Seconds a delivered recipient is remembered (longer than any client's "
+    "retry schedule).",
+    "dedup.claim_lease": "Seconds a recipient claimed for sending stays taken; a claim older "
+    "than this was left by a crash and is taken over.",
     "http.listen": "Address for unsubscribe, `/healthz`, `/readyz` and `/metrics`; empty: off.",
     "http.base_url": "Public base URL of unsubscribe links; empty: `http://<http.listen>`.",
 }

@@ -23,6 +23,7 @@ import structlog
 from relay import pipeline, replies
 from relay.address import domain_of
 from relay.category import HEADER
+from relay.dedup import Claim, DedupError
 from relay.delivery import Connection, Upstream, UpstreamError
 from relay.message import SessionFacts, ShapeError, ShapeLimits, build_context, check_raw, parse
 from relay.model import (
@@ -42,7 +43,7 @@ from relay.rewrite import RewriteError, per_recipient, render
 if TYPE_CHECKING:
     from relay.audit import AuditLog
     from relay.config import Config
-    from relay.dedup import Dedup
+    from relay.dedup import DedupStore
     from relay.metrics import Metrics
     from relay.phi.api import Detector
     from relay.rules import RuleSet
@@ -60,7 +61,7 @@ class Runtime:
     metrics: Metrics
     upstream: Upstream
     links: LinkMaker | None
-    dedup: Dedup | None
+    dedup: DedupStore | None
     # The policies' detector (with the roster), also used to keep PHI in upstream reply
     # text out of the audit log; None means the shared detector without a roster.
     detector: Detector | None = None
@@ -134,6 +135,7 @@ class Transaction:
         self.helo = helo
         self.recipients: list[str] = []
         self.upstream_mail_sent = False
+        self._unsettled: list[str] = []  # claimed recipients not yet confirmed or released
 
     # --- envelope phase: proxied to the upstream so its answers reach the client ---------
 
@@ -187,6 +189,16 @@ class Transaction:
     # --- message phase -------------------------------------------------------------------
 
     async def finish(self, raw: bytes) -> Reply:
+        """The reply to DATA. Never raises: the session must stay in step for the next MAIL."""
+        try:
+            return await self._finish(raw)
+        except Exception as exc:
+            # The type only: exception text could quote the message.
+            log.error("transaction failed", error=type(exc).__name__)
+            await self.abort()
+            return Reply(451, "4.3.0", "Internal error; try again later")
+
+    async def _finish(self, raw: bytes) -> Reply:
         started = time.monotonic()
         rt = self.rt
         decision_id = new_id()
@@ -219,17 +231,24 @@ class Transaction:
             )
             outcome = pipeline.combine([shape], envelope.rcpt_tos, rt.config.server.mode)
 
-        # Only a message about to be delivered needs its fingerprint (a hash of every byte).
-        fingerprint, already = "", set[str]()
-        if rt.dedup is not None and outcome.enforced < Action.TEMPFAIL and outcome.accepted:
-            fingerprint = rt.dedup.fingerprint(self.mail_from, raw)
-            already = await rt.dedup.already(fingerprint, outcome.accepted)
-        to_send = tuple(r for r in outcome.accepted if r not in already)
-
         if outcome.deciding is not None:
             reply = replies.for_verdict(outcome.deciding, rt.rules.categories.names())
         else:
             reply = Reply(250, "2.0.0", "Accepted for delivery")
+        # Each recipient is claimed before anything is sent: a state store that is full or
+        # locked is found now (451, nothing sent), and of two identical messages arriving
+        # at once only one can take a recipient.
+        claim = Claim("", decision_id, mine=outcome.accepted)
+        claim_failed = False
+        if rt.dedup is not None and outcome.enforced < Action.TEMPFAIL and outcome.accepted:
+            fingerprint = rt.dedup.fingerprint(self.mail_from, raw)
+            try:
+                claim = await rt.dedup.claim(fingerprint, outcome.accepted, decision_id)
+            except DedupError as err:
+                log.error("dedup claim failed; deferring message", error=str(err))
+                rt.metrics.dedup_error("claim")
+                claim_failed = True
+                reply = replies.by_reason("dedup.error")
         decision = Decision(
             decision_id=decision_id,
             session_id=self.facts.session_id,
@@ -256,18 +275,29 @@ class Transaction:
             log.error("audit write failed; deferring message", decision_id=decision_id)
             rt.metrics.audit_error()
             await self.abort()
+            await self._release(claim, claim.mine, decision_id)
             return replies.by_reason("audit.error")
         rt.metrics.decision(decision, time.monotonic() - started)
 
-        if outcome.enforced >= Action.TEMPFAIL:
+        if outcome.enforced >= Action.TEMPFAIL or claim_failed:
             await self.abort()
+            if claim_failed:
+                self._dedup_event(decision_id, "claim", len(outcome.accepted))
             return reply
         if ctx_message is None:  # pragma: no cover - shape errors always reject
             await self.abort()
             return replies.by_reason("rewrite.error")
         total = len(envelope.rcpt_tos)
-        if not to_send:
+        if claim.stale:
+            # A crashed send left these claimed: whether they got it is unknown.
+            self._dedup_event(decision_id, "stale-claim", len(claim.stale))
+        in_flight = replies.by_reason("dedup.in-flight")
+        if claim.busy:
+            self._delivery(decision_id, claim.busy, in_flight, "in-flight-elsewhere", 0.0)
+        if not claim.mine:
             await self.abort()
+            if claim.busy:
+                return in_flight
             self._delivery(
                 decision_id,
                 (),
@@ -279,10 +309,52 @@ class Transaction:
             return replies.with_suppressed(done, total, outcome.dropped)
 
         mods: tuple[Modification, ...] = (RemoveHeader(HEADER), *outcome.modifications)
-        sent = await self._deliver(
-            ctx_message.message, raw, to_send, mods, category, decision_id, fingerprint
-        )
+        try:
+            sent = await self._deliver(ctx_message.message, raw, claim, mods, category, decision_id)
+        except BaseException:
+            # Whatever was not settled goes back, so the client's retry can send it.
+            await self._release(claim, self._unsettled, decision_id)
+            raise
         return replies.with_suppressed(sent, total, outcome.dropped)
+
+    # --- dedup: confirm what the upstream accepted, release the rest ---------------------
+
+    async def _confirm(self, claim: Claim, recipients: tuple[str, ...], decision_id: str) -> None:
+        self._unsettled = [r for r in self._unsettled if r not in recipients]
+        if self.rt.dedup is None or not claim.fingerprint or not recipients:
+            return
+        try:
+            await self.rt.dedup.confirm(claim, recipients)
+        except DedupError as err:
+            # The upstream accepted: that is the truth and the client hears 250. The claim
+            # on disk still holds the recipients and the store retries the confirmation,
+            # so a retry of this message is not sent again.
+            log.error("dedup confirm failed after delivery", error=str(err))
+            self.rt.metrics.dedup_error("confirm")
+            self._dedup_event(decision_id, "confirm", len(recipients))
+
+    async def _release(self, claim: Claim, recipients: Sequence[str], decision_id: str) -> None:
+        self._unsettled = [r for r in self._unsettled if r not in recipients]
+        if self.rt.dedup is None or not claim.fingerprint or not recipients:
+            return
+        try:
+            await self.rt.dedup.release(claim, tuple(recipients))
+        except DedupError as err:
+            # Not lost: the claim lapses after dedup.claim_lease and a retry then sends it.
+            log.error("dedup release failed", error=str(err))
+            self.rt.metrics.dedup_error("release")
+            self._dedup_event(decision_id, "release", len(recipients))
+
+    def _dedup_event(self, decision_id: str, stage: str, count: int) -> None:
+        try:
+            self.rt.audit.event(
+                "dedup-write-failed" if stage != "stale-claim" else "dedup-stale-claim",
+                decision_id=decision_id,
+                stage=stage,
+                recipients=count,
+            )
+        except Exception:
+            log.error("audit write failed", stage=f"dedup-{stage}")
 
     def _received(self, decision_id: str) -> bytes:
         tls = self.facts.tls
@@ -302,13 +374,14 @@ class Transaction:
         self,
         message: EmailMessage,
         raw: bytes,
-        recipients: tuple[str, ...],
+        claim: Claim,
         mods: tuple[Modification, ...],
         category: str,
         decision_id: str,
-        fingerprint: str,
     ) -> Reply:
         rt = self.rt
+        recipients = claim.mine
+        self._unsettled = list(recipients)
         groups: list[tuple[str, ...]]
         groups = [(r,) for r in recipients] if per_recipient(mods) else [recipients]
         received = self._received(decision_id)
@@ -332,16 +405,21 @@ class Transaction:
                 failed = replies.by_reason(reason)
                 self._delivery(decision_id, group, failed, "rewrite-failed", 0.0)
                 failures.append((failed, len(group)))
+                await self._release(claim, group, decision_id)
                 continue
             reply, refused = await self._send(group, received + body, index == 0, decision_id)
             failures.extend((r, 1) for r in refused.values())
-            if reply.success:
-                served = tuple(r for r in group if r not in refused)
-                delivered.extend(served)
-                if rt.dedup is not None:
-                    await rt.dedup.record(fingerprint, served)
-            elif len(refused) < len(group):
+            served = tuple(r for r in group if r not in refused) if reply.success else ()
+            delivered.extend(served)
+            await self._confirm(claim, served, decision_id)
+            # Refused or deferred (an ambiguous loss included: a retry must be able to send,
+            # and the audit counts the possible duplicate): free for the client's retry.
+            await self._release(claim, [r for r in group if r not in served], decision_id)
+            if not reply.success and len(refused) < len(group):
                 failures.append((reply, len(group) - len(refused)))
+        if claim.busy:
+            failures.append((replies.by_reason("dedup.in-flight"), len(claim.busy)))
+            recipients = (*recipients, *claim.busy)
         if not failures:
             return Reply(250, "2.0.0", f"Delivered to upstream as {decision_id}")
         transient = [r for r, _ in failures if r.transient]

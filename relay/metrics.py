@@ -146,6 +146,13 @@ class Metrics:
             "Audit writes that failed (the message was tempfailed).",
             registry=r,
         )
+        self._dedup_errors = Counter(
+            "phi_relay_dedup_errors",
+            "Dedup store reads or writes that failed, by stage (claim: message tempfailed "
+            "before sending; confirm, release: after the upstream answered).",
+            ["stage"],
+            registry=r,
+        )
         # A fresh process has loaded its configuration, or it would not be running.
         self._reload_ok.set(1)
 
@@ -195,3 +202,6 @@ class Metrics:
 
     def audit_error(self) -> None:
         self._audit_errors.inc()
+
+    def dedup_error(self, stage: str) -> None:
+        self._dedup_errors.labels(code_label(stage)).inc()

@@ -126,6 +126,16 @@ _TEXT: dict[str, tuple[int, str, str]] = {
     "policy.error": (451, "4.3.0", "Policy check failed ({rule}); try again later"),
     "policy.timeout": (451, "4.3.0", "Policy check timed out ({rule}); try again later"),
     "audit.error": (451, "4.3.0", "Cannot write the audit record; try again later"),
+    "dedup.error": (
+        451,
+        "4.3.0",
+        "Cannot record delivery state (state store full or locked); nothing sent, try again later",
+    ),
+    "dedup.in-flight": (
+        451,
+        "4.4.5",
+        "The same message is being delivered in another session; try again shortly",
+    ),
     "rewrite.permanent": (
         554,
         "5.6.0",

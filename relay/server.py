@@ -108,7 +108,14 @@ def build_runtime(cfg: Config, services: Services) -> Runtime:
 def _dedup(cfg: Config) -> Dedup:
     path = cfg.state_dir / "dedup.db"
     try:
-        return Dedup(path, _key(cfg, "dedup"))
+        d = cfg.dedup
+        return Dedup(
+            path,
+            _key(cfg, "dedup"),
+            d.ttl,
+            lease=d.claim_lease,
+            busy_timeout=d.busy_timeout,
+        )
     except sqlite3.DatabaseError as exc:
         raise StartupError(
             f"{path}: not a readable SQLite database ({exc}); move it aside and start again "

@@ -83,6 +83,7 @@ async def start_relay(
     top: dict[str, object] | None = None,
     upstream_cfg: dict[str, object] | None = None,
     audit: dict[str, object] | None = None,
+    sections: dict[str, dict[str, object]] | None = None,
 ) -> RunningRelay:
     state = tmp / "state"
     if policy_file is None:
@@ -103,6 +104,8 @@ async def start_relay(
         "audit": {"file": str(state / "audit.log"), **(audit or {})},
         "http": {"listen": "127.0.0.1:0", "base_url": "http://127.0.0.1:8025"},
     }
+    for name, values in (sections or {}).items():
+        overrides.setdefault(name, {}).update(values)
     if upstream is not None:
         overrides["upstream"] = {
             "host": "localhost",

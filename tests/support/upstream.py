@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -42,6 +42,9 @@ class Faults:
     # The ambiguous window: keep the message, then drop the connection before replying.
     lose_reply_after_accept: bool = False
     rcpt_replies: list[str] = field(default_factory=list)  # for successive RCPTs; "" = normal
+    # Awaited once the message is kept, before the 250: what happens at the moment the
+    # upstream has accepted (a test takes a lock, or holds the reply back).
+    on_accept: Callable[[], Awaitable[None]] | None = None
 
 
 class _Handler:
@@ -102,6 +105,8 @@ class _Handler:
         data = envelope.original_content or b""
         self.sink.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), data))
         self.sink.event.set()
+        if self.faults.on_accept is not None:
+            await self.faults.on_accept()
         if self.faults.lose_reply_after_accept:
             assert isinstance(server.transport, asyncio.Transport)
             server.transport.abort()

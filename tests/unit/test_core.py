@@ -317,9 +317,11 @@ async def test_dedup_remembers_recipients_per_message(tmp_path: Path) -> None:
     d = Dedup(tmp_path / "dedup.db", b"k" * 32)
     fp = d.fingerprint("a@b.c", b"message bytes")
     assert fp != d.fingerprint("a@b.c", b"message bytes!")
-    await d.record(fp, ["X@Example.org"])
-    assert await d.already(fp, ["x@example.org", "y@example.org"]) == {"x@example.org"}
+    first = await d.claim(fp, ["X@Example.org"], "t1")
+    await d.confirm(first, ["X@Example.org"])
+    second = await d.claim(fp, ["x@example.org", "y@example.org"], "t2")
+    assert (second.done, second.mine) == (("x@example.org",), ("y@example.org",))
     d.close()
     again = Dedup(tmp_path / "dedup.db", b"k" * 32)
-    assert await again.already(fp, ["x@example.org"]) == {"x@example.org"}
+    assert (await again.claim(fp, ["x@example.org"], "t3")).done == ("x@example.org",)
     again.close()
