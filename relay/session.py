@@ -234,6 +234,9 @@ class RelaySMTP(SMTP):
     async def push(self, status: Any) -> None:
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else str(status)
         cfg = self.shared.runtime.config.server
+        if text.startswith('500 Error: command "') and text.endswith('" not recognized'):
+            # aiosmtpd would echo the client's word back (control characters and all).
+            text = "500 5.5.1 Command not recognized"
         mapped = _AIOSMTPD_REPLIES.get(text)
         if mapped is not None:
             text = mapped.format(line=cfg.max_line_length, size=cfg.max_message_size)
@@ -249,7 +252,8 @@ class RelaySMTP(SMTP):
             # RFC 2034: once ENHANCEDSTATUSCODES is advertised, every reply carries one.
             default = {"2": "2.0.0", "4": "4.0.0", "5": "5.5.0"}[text[0]]
             text = f"{text[:3]} {default} {text[4:]}"
-        await super().push(text)
+        # A reply is one line: nothing the client sent can add a CR or LF to it.
+        await super().push(_CONTROL.sub("?", text))
 
     # --- TLS ----------------------------------------------------------------------------
 

@@ -201,7 +201,8 @@ async def test_command_dripped_byte_by_byte_is_cut_at_client_timeout(
 async def test_unknown_command_flood_disconnected(relay: RunningRelay) -> None:
     conn = await RawSmtp.ready(relay.port, relay.pki.client_context())
     answers = [await conn.cmd(f"XBOGUS{i}") for i in range(5)]
-    assert answers[:4] == [f'500 5.5.0 Error: command "XBOGUS{i}" not recognized' for i in range(4)]
+    # The client's word is not echoed back.
+    assert answers[:4] == ["500 5.5.1 Command not recognized"] * 4
     assert answers[4] == "502 5.5.1 Too many unrecognized commands, goodbye."
     assert await conn.closed_by_server() == b""
     await conn.close()
