@@ -43,11 +43,8 @@ class ToStructlog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             ours = record.name == _OURS or record.name.startswith(_OURS + ".")
-            if ours:
-                text = record.getMessage()
-            else:
-                # The template says what happened; the arguments may be the client's words.
-                text = _PLACEHOLDER.sub("…", str(record.msg))
+            # A library's template says what happened; its arguments may be the client's words.
+            text = record.getMessage() if ours else _PLACEHOLDER.sub("…", str(record.msg))
             fields: dict[str, object] = {"logger": record.name}
             if record.exc_info and record.exc_info[1] is not None:
                 fields["error"] = type(record.exc_info[1]).__name__
