@@ -147,12 +147,13 @@ class Sink:
         own = self.session_faults() if self.session_faults is not None else None
         return SMTP(_Handler(self, own), **kwargs)
 
-    async def start(self) -> Sink:
+    async def start(self, port: int = 0) -> Sink:
+        """Listen on `port` (0: a free one); a stopped sink restarts on its old port."""
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             self._factory,
             host="127.0.0.1",
-            port=0,
+            port=port,
             ssl=self.tls_context if self.implicit else None,
         )
         self.port = self.server.sockets[0].getsockname()[1]
