@@ -210,6 +210,7 @@ class Relay:
                 stdout=cfg.audit.stdout,
                 fsync=cfg.audit.fsync,
                 max_bytes=cfg.audit.max_bytes or None,
+                head=cfg.state_dir / "audit.head",
             )
         except AuditError as exc:
             raise StartupError(f"audit.file: {exc}; choose a writable --audit-log") from exc
@@ -374,7 +375,11 @@ class Relay:
         if self.http_runner is not None:
             await self.http_runner.cleanup()  # type: ignore[attr-defined]
         if self.services is not None:
-            self.services.audit.event("relay-stop")
+            try:
+                self.services.audit.event("relay-stop")
+            except AuditError as exc:
+                # Stopping goes on: the stores below must still be closed cleanly.
+                log.error("audit write failed at stop", error=str(exc))
             self.services.audit.close()
             self.services.dedup.close()
             await self.services.store.close()

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from relay.audit.chain import GENESIS, Record, canonical, chain_key, parse, record_hash
 from relay.audit.hashing import recipient_hash
+from relay.audit.head import HeadFile, find_head
 from relay.audit.redact import redact
 from relay.model import Action, Decision, DeliveryResult, Reply
 
@@ -65,7 +66,10 @@ class AuditLog:
         max_bytes: int | None = None,
         backups: int = 10,
         clock: Callable[[], float] = time.time,
+        head: Path | None = None,
     ) -> None:
+        """`head`: a file (in the state directory) that keeps the chain's last seq and hash,
+        so the chain goes on after a restart with an emptied file or with stdout only."""
         if path is None and not stdout:
             raise AuditError("audit log needs a file, stdout, or both")
         if len(key) < 16:
@@ -89,9 +93,12 @@ class AuditLog:
         self._seq = 0
         self._last = GENESIS
         self._closed = False
-        if path is not None:
-            with self._lock:
+        self._head = HeadFile(head) if head is not None else None
+        with self._lock:
+            if path is not None:
                 self._open(resume=True)
+            else:
+                self._continue_elsewhere()
 
     # --- public API ----------------------------------------------------------------------
 
@@ -180,6 +187,8 @@ class AuditLog:
     def close(self) -> None:
         with self._lock:
             self._close_fd()
+            if self._head is not None:
+                self._head.close()
             self._closed = True
 
     def __enter__(self) -> AuditLog:
@@ -224,11 +233,14 @@ class AuditLog:
                 # Opening the new file may itself have written a record; re-link to it.
                 line, digest = self._render(fields)
             self._write_file(line)
-        # The file holds the record now, so the chain moves on even if stdout fails.
-        if self._stdout:
-            self._write_stdout(line)
+        # The record is written (or goes to stdout only): its seq is spent whatever stdout
+        # does next, or the next record would reuse it and fork the file's chain.
         self._seq += 1
         self._last = digest
+        if self._head is not None:
+            self._head.write(self._seq - 1, digest)
+        if self._stdout:
+            self._write_stdout(line)
 
     def _render(self, fields: Record) -> tuple[bytes, str]:
         record = dict(fields)
@@ -309,9 +321,26 @@ class AuditLog:
         self._write_file(b"\n")
         return "truncated-write", bad_line
 
+    def _continue_elsewhere(self) -> None:
+        """An empty file (or none): go on from the rotated files or the head file."""
+        head = find_head(self._path, self._head, self._ckey)
+        if head is None:
+            return
+        self._seq, self._last = head.seq + 1, head.hash
+        self._write(
+            {
+                "type": "event",
+                "ts": _rfc3339(self._clock()),
+                "event": "chain-continued",
+                "source": head.source,
+                "from_file": Path(head.where).name,
+            }
+        )
+
     def _resume_from_file(self) -> tuple[str, int] | None:
         """Set seq/prev from the file's last record; say why if the chain must restart."""
         if self._size == 0:
+            self._continue_elsewhere()
             return None
         truncated = self._last_byte() != b"\n"
         lines = list(self._complete_lines_backwards())
