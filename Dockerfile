@@ -20,7 +20,9 @@ RUN pip install . && useradd --system --uid 10001 --home /var/lib/phi-relay rela
 USER relay
 VOLUME ["/var/lib/phi-relay"]
 EXPOSE 2525 4650 8025
+# The HTTP listener is TLS (unsubscribe links must be https); a loopback liveness probe
+# does not verify the certificate, which may be one the image has never seen.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s \
-    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8025/healthz', timeout=4).status != 200)"
+    CMD python -c "import ssl,sys,urllib.request; sys.exit(urllib.request.urlopen('https://127.0.0.1:8025/healthz', timeout=4, context=ssl._create_unverified_context()).status != 200)"
 # Development certificates are made in the state volume on first start when none are mounted.
 ENTRYPOINT ["sh", "-c", "[ -f \"$PHI_RELAY_SERVER_TLS_CERT\" ] || phi-relay certs init --dir \"$(dirname \"$PHI_RELAY_SERVER_TLS_CERT\")\"; exec phi-relay serve --log-json \"$@\"", "phi-relay"]

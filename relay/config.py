@@ -106,6 +106,9 @@ class HttpConfig:
     base_url: str = ""
     max_connections: int = 100
     header_timeout: float = 10.0
+    # RFC 8058 links must be https: served here with the relay's certificate, or by a
+    # TLS-terminating proxy in front, which then needs an https base_url.
+    tls: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +136,7 @@ class Config:
         if self.http.base_url:
             return self.http.base_url.rstrip("/")
         listen = self.http.listen or HostPort("127.0.0.1", 8025)
-        return f"http://{listen}"
+        return f"{'https' if self.http.tls else 'http'}://{listen}"
 
 
 # --- parsing of single values; each raises ConfigError naming where it came from ---------
@@ -268,6 +271,7 @@ _KINDS: dict[str, dict[str, str]] = {
         "base_url": "str",
         "max_connections": "int",
         "header_timeout": "float",
+        "tls": "bool",
     },
     "dedup": {"busy_timeout": "float", "ttl": "float", "claim_lease": "float"},
     "": {"state_dir": "path", "policy_file": "path", "consent_store": "str"},
@@ -378,6 +382,15 @@ def validate(cfg: Config) -> Config:
     if s.max_mime_depth > 250:
         # The parsers recurse once or twice per level; Python's stack allows about 500.
         raise ConfigError(where, "server.max_mime_depth", "expected at most 250")
+    if not cfg.unsubscribe_base_url.startswith("https://"):
+        # Gmail and Yahoo ignore a List-Unsubscribe that is not https (RFC 8058).
+        raise ConfigError(
+            where,
+            "http.base_url",
+            "unsubscribe links must be https: keep http.tls = true (the listener then uses "
+            "the relay's certificate), or, when TLS is terminated in front of the relay, set "
+            "http.base_url to the public https URL",
+        )
     if cfg.http.max_connections < 1:
         raise ConfigError(where, "http.max_connections", "expected a whole number >= 1")
     if s.auth_max_failures_per_address < s.auth_max_failures:

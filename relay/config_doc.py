@@ -35,7 +35,8 @@ MEANINGS: dict[str, str] = {
     "server.users_file": "AUTH users file (`phi-relay user add`); empty: no AUTH offered.",
     "server.trusted_networks": "Networks that may relay without AUTH (TLS still required). "
     "Empty and no users file: loopback only.",
-    "server.plaintext_networks": "Networks that may also skip STARTTLS (warned at start).",
+    "server.plaintext_networks": "Networks that are trusted and may also skip STARTTLS "
+    "(they cannot AUTH without TLS; warned at start).",
     "server.max_message_size": "Largest message in bytes; above it `552 5.3.4`.",
     "server.max_recipients": "Recipients per message; above it `452 4.5.3`.",
     "server.max_line_length": "Longest line in bytes (at most 998, RFC 5322); above it "
@@ -46,13 +47,25 @@ MEANINGS: dict[str, str] = {
     "it `554 5.4.6`.",
     "server.bare_line_endings": "`refuse` a bare CR or LF in DATA with `550 5.6.0`, or "
     "`normalise` it to CRLF.",
-    "server.client_timeout": "Seconds a client may stay idle between commands.",
+    "server.client_timeout": "Seconds a client may stay idle between commands, and between "
+    "chunks inside DATA.",
+    "server.pre_auth_timeout": "Idle seconds before AUTH for clients outside the trusted "
+    "networks.",
     "server.data_timeout": "Seconds for a whole DATA transfer.",
+    "server.min_data_rate": "Bytes per second inside DATA, as Postfix `smtpd_min_data_rate`: "
+    "each chunk buys size/rate seconds, never more than `client_timeout` ahead; 0: off.",
+    "server.reserved_sessions_percent": "Percent of `max_sessions` that only trusted or "
+    "authenticated clients may use (at most 90).",
     "server.max_sessions": "Concurrent SMTP sessions; above it `421 4.7.0`.",
     "server.max_sessions_per_client": "Concurrent sessions from one client address.",
     "server.auth_failure_delay": "Seconds before answering a failed AUTH.",
-    "server.auth_max_failures": "Failed AUTH attempts from one address before a lockout.",
-    "server.auth_lockout": "Seconds an address stays locked out (`454 4.7.0`).",
+    "server.auth_max_failures": "Failed AUTH attempts for one account from one address "
+    "before that pair is locked out.",
+    "server.auth_max_failures_per_account": "Failed AUTH attempts for one account from all "
+    "addresses before it is locked out (not for a pair that logged in recently).",
+    "server.auth_max_failures_per_address": "Failed AUTH attempts from one address over all "
+    "accounts before the address is locked out (at least `auth_max_failures`).",
+    "server.auth_lockout": "Seconds failures are remembered: the lockout (`454 4.7.0`) window.",
     "server.shutdown_timeout": "Seconds SIGTERM waits for transactions in flight.",
     "server.policy_timeout": "Seconds all policies together may take for one message "
     "(then `451`, fail closed).",
@@ -79,7 +92,14 @@ MEANINGS: dict[str, str] = {
     "dedup.claim_lease": "Seconds a recipient claimed for sending stays taken; a claim older "
     "than this was left by a crash and is taken over.",
     "http.listen": "Address for unsubscribe, `/healthz`, `/readyz` and `/metrics`; empty: off.",
-    "http.base_url": "Public base URL of unsubscribe links; empty: `http://<http.listen>`.",
+    "http.base_url": "Public base URL of unsubscribe links (https only, RFC 8058); empty: "
+    "`https://<http.listen>`.",
+    "http.tls": "Serve the HTTP listener over TLS with `server.tls_cert`/`server.tls_key`; "
+    "`false` only behind a TLS-terminating proxy, with an https `http.base_url`.",
+    "http.max_connections": "Concurrent HTTP connections, TLS handshakes included; more get "
+    "`503` (plain) or are closed.",
+    "http.header_timeout": "Seconds for a TLS handshake, for each request's headers (from "
+    "connect or the previous response), for a POST body, and keep-alive idle time.",
 }
 
 # Variables that are not settings but that the relay reads.

@@ -1,18 +1,20 @@
-"""The HTTP listener's socket: a cap on connections and a deadline for every handshake.
+"""The HTTP listener's socket: a cap on connections, TLS, and a deadline for every handshake.
 
 aiohttp alone accepts connections without limit and lets a half-sent request wait for
 an hour, so a few hundred of them exhaust the process's descriptors and the SMTP
-listener stops greeting. Here every accepted connection counts (a TLS handshake in
-progress too), connections over the cap get `503` and are closed at once, and the TLS
-handshake has the same deadline as the request headers (aiohttp's keep-alive timer,
-which starts when the connection opens, covers the headers and the idle time after).
+listener stops greeting. Here every accepted connection counts from accept to close,
+a TLS handshake in progress included (TLS is started here, on the counted connection,
+rather than by the event loop before we see it). Over the cap a connection is closed at
+once (with a `503` when it is plain HTTP). The handshake has the same deadline as the
+request headers; aiohttp's keep-alive timer, which starts when the connection opens,
+covers the headers and the idle time after.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
-import weakref
 from collections.abc import Callable
 
 from aiohttp import web
@@ -23,46 +25,94 @@ BUSY = (
 )
 
 
-class _Busy(asyncio.Protocol):
-    """Over the cap: say so and hang up."""
+class _Connection(asyncio.Protocol):
+    """One accepted connection, counted while it lives; aiohttp's protocol once ready."""
+
+    def __init__(self, site: GuardedSite, make_inner: Callable[[], asyncio.Protocol]) -> None:
+        self.site, self.make_inner = site, make_inner
+        self.inner: asyncio.Protocol | None = None
+        self.pending: list[bytes] = []
+        self.eof = False
+        self.handshake: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if isinstance(transport, asyncio.WriteTransport):
-            transport.write(BUSY)
-        transport.close()
+        site = self.site
+        if len(site.live) >= site.max_connections:
+            if site.tls is None and isinstance(transport, asyncio.WriteTransport):
+                transport.write(BUSY)
+            transport.close()
+            return
+        site.live.add(self)
+        if site.tls is None:
+            self._attach(transport)
+            return
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # the ClientHello is for start_tls, not for us
+        self.handshake = asyncio.get_running_loop().create_task(self._start_tls(transport))
 
+    async def _start_tls(self, transport: asyncio.Transport) -> None:
+        assert self.site.tls is not None
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                transport,
+                self,
+                self.site.tls,
+                server_side=True,
+                ssl_handshake_timeout=self.site.handshake_timeout,
+            )
+        except BaseException as exc:
+            # Timed out, not TLS, or a certificate the client refused: nothing to answer.
+            self.site.live.discard(self)
+            transport.abort()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        if tls is None:  # pragma: no cover - the peer went away during the handshake
+            self.site.live.discard(self)
+            return
+        self._attach(tls)
 
-class _Counted(asyncio.Protocol):
-    """aiohttp's protocol, counted while its connection lives."""
-
-    def __init__(self, inner: asyncio.Protocol, live: weakref.WeakSet[_Counted]) -> None:
-        self.inner, self.live = inner, live
-        # Held weakly: a TLS handshake that fails never reaches connection_made or
-        # connection_lost, and dropping this object is then the only sign it is gone.
-        live.add(self)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def _attach(self, transport: asyncio.BaseTransport) -> None:
+        self.inner = self.make_inner()
         self.inner.connection_made(transport)
+        # Bytes decrypted before start_tls returned belong to the first request.
+        for data in self.pending:
+            self.inner.data_received(data)
+        self.pending.clear()
+        if self.eof:
+            self.inner.eof_received()
 
     def data_received(self, data: bytes) -> None:
-        self.inner.data_received(data)
+        if self.inner is None:
+            self.pending.append(data)
+        else:
+            self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
+        if self.inner is None:
+            self.eof = True
+            return None
         return self.inner.eof_received()
 
     def pause_writing(self) -> None:
-        self.inner.pause_writing()
+        if self.inner is not None:
+            self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self.inner.resume_writing()
+        if self.inner is not None:
+            self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.live.discard(self)
-        self.inner.connection_lost(exc)
+        self.site.live.discard(self)
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
+        elif self.handshake is not None:
+            self.handshake.cancel()
 
 
 class GuardedSite(web.BaseSite):
-    """Like aiohttp's TCPSite, with `max_connections` and a TLS handshake deadline."""
+    """Like aiohttp's TCPSite, with `max_connections`, TLS set up per counted connection,
+    and a handshake deadline."""
 
     def __init__(
         self,
@@ -74,35 +124,35 @@ class GuardedSite(web.BaseSite):
         handshake_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(runner, ssl_context=ssl_context)
+        # aiohttp must not wrap the socket itself: the handshake happens on our connection.
+        super().__init__(runner)
         self._host, self._port = host, port
+        self.tls = ssl_context
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
-        self.live: weakref.WeakSet[_Counted] = weakref.WeakSet()
+        self.live: set[_Connection] = set()
 
     @property
     def name(self) -> str:
-        scheme = "https" if self._ssl_context else "http"
+        scheme = "https" if self.tls else "http"
         return f"{scheme}://{self._host}:{self._port}"
-
-    def _factory(self, server: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
-        def make() -> asyncio.Protocol:
-            if len(self.live) >= self.max_connections:
-                return _Busy()
-            return _Counted(server(), self.live)
-
-        return make
 
     async def start(self) -> None:
         await super().start()
         server = self._runner.server
         assert server is not None
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._factory(server),
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            ssl_handshake_timeout=self.handshake_timeout if self._ssl_context else None,
-            reuse_address=True,
+
+        def make() -> asyncio.Protocol:
+            return _Connection(self, server)
+
+        self._server = await asyncio.get_running_loop().create_server(
+            make, self._host, self._port, reuse_address=True
         )
+
+    async def stop(self) -> None:
+        for conn in list(self.live):
+            if conn.handshake is not None and conn.inner is None:
+                conn.handshake.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await conn.handshake
+        await super().stop()

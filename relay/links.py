@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import quote, urlsplit
 
 from relay.address import AddressError, canonical
@@ -10,15 +9,6 @@ from relay.model import LinkMaker, UnsubscribeLinks
 from relay.tokens import TokenCodec
 
 MAILTO_SUBJECT_PREFIX = "unsubscribe-"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_base_url(base_url: str) -> str:
@@ -31,17 +21,14 @@ def check_base_url(base_url: str) -> str:
         )
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError("unsubscribe base_url must not carry a query, fragment or credentials")
-    if parts.scheme == "https":
-        pass
-    elif parts.scheme == "http" and _is_loopback(host):
-        # Development only: a link that never leaves the machine cannot be sniffed on the way.
-        pass
-    elif parts.scheme == "http":
+    if parts.scheme == "http":
+        # RFC 8058 one-click needs https (Gmail and Yahoo ignore anything else), and the
+        # token in the link identifies a recipient.
         raise ValueError(
-            "unsubscribe base_url must use https: the token in it identifies a recipient; "
-            "plain http is allowed only for loopback hosts (127.0.0.1, ::1, localhost)"
+            "unsubscribe base_url must use https: the token in it identifies a recipient, "
+            "and mail providers ignore a List-Unsubscribe that is not https"
         )
-    else:
+    if parts.scheme != "https":
         raise ValueError("unsubscribe base_url must start with https://")
     return base_url.rstrip("/")
 

@@ -278,6 +278,8 @@ class Relay:
             listen.port,
             max_connections=h.max_connections,
             header_timeout=h.header_timeout,
+            # The SMTP listener's context: a reload's new certificate serves both.
+            ssl_context=self.tls_context if h.tls else None,
         )
         self.http_runner = runner
         self.http_port = bound_port(runner)

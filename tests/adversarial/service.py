@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ class Service:
     home: Path
     smtp_port: int
     http_port: int
+    http_tls: ssl.SSLContext | None = None  # the HTTP listener is TLS unless http.tls = false
 
     @property
     def policy_file(self) -> Path:
@@ -50,7 +52,13 @@ class Service:
 
     async def http_get(self, path: str) -> str:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", self.http_port), 10
+            asyncio.open_connection(
+                "127.0.0.1",
+                self.http_port,
+                ssl=self.http_tls,
+                server_hostname="localhost" if self.http_tls else None,
+            ),
+            10,
         )
         writer.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
         body = await asyncio.wait_for(reader.read(), 10)
@@ -164,4 +172,5 @@ async def start_service(
             raise AssertionError(f"relay did not start:\n{(home / 'stderr').read_text()}")
         await asyncio.sleep(0.05)
     smtp, _implicit, http = ready.read_text().split()
-    return Service(proc, home, int(smtp), int(http))
+    plain_http = environ.get("PHI_RELAY_HTTP_TLS", "true").lower() in ("false", "0", "no", "off")
+    return Service(proc, home, int(smtp), int(http), None if plain_http else pki.client_context())

@@ -168,7 +168,7 @@ async def test_footer_in_both_parts_and_message_parses(relay: RunningRelay, sink
     assert out.defects == []
     assert "X-PHI-Category" not in out
     assert out["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert out["List-Unsubscribe"].startswith("<http://127.0.0.1:8025/u/")
+    assert out["List-Unsubscribe"].startswith("<https://127.0.0.1:8025/u/")
     text = out.get_body(("plain",))
     html = out.get_body(("html",))
     assert text is not None and html is not None

@@ -102,7 +102,9 @@ async def start_relay(
         },
         "": {"state_dir": str(state), "policy_file": str(policy_file), **(top or {})},
         "audit": {"file": str(state / "audit.log"), **(audit or {})},
-        "http": {"listen": "127.0.0.1:0", "base_url": "http://127.0.0.1:8025"},
+        # As if TLS were terminated in front: plain HTTP here, https links (tests of the
+        # TLS listener itself pass sections={"http": ...}).
+        "http": {"listen": "127.0.0.1:0", "base_url": "https://127.0.0.1:8025", "tls": False},
     }
     for name, values in (sections or {}).items():
         overrides.setdefault(name, {}).update(values)

@@ -30,8 +30,14 @@ def test_no_mailto_when_none_given(codec: TokenCodec) -> None:
     "url",
     ["http://127.0.0.1:8025", "http://[::1]:8025", "http://localhost", "http://127.3.4.5/x"],
 )
-def test_plain_http_allowed_for_loopback_only(url: str) -> None:
-    assert check_base_url(url + "/") == url
+def test_plain_http_refused_even_for_loopback(url: str) -> None:
+    # RFC 8058: mail providers ignore a List-Unsubscribe that is not https (issue 9, item 22).
+    with pytest.raises(ValueError, match="must use https"):
+        check_base_url(url + "/")
+
+
+def test_https_base_url_loses_its_trailing_slash() -> None:
+    assert check_base_url("https://127.0.0.1:8025/") == "https://127.0.0.1:8025"
 
 
 @pytest.mark.parametrize(
