@@ -49,8 +49,7 @@ MEANINGS: dict[str, str] = {
     "`normalise` it to CRLF.",
     "server.client_timeout": "Seconds a client may stay idle between commands, and between "
     "chunks inside DATA.",
-    "server.pre_auth_timeout": "Idle seconds before AUTH for clients outside the trusted "
-    "networks.",
+    "server.pre_auth_timeout": "Idle seconds before AUTH for clients outside the trusted networks.",
     "server.data_timeout": "Seconds for a whole DATA transfer.",
     "server.min_data_rate": "Bytes per second inside DATA, as Postfix `smtpd_min_data_rate`: "
     "each chunk buys size/rate seconds, never more than `client_timeout` ahead; 0: off.",
