@@ -91,6 +91,7 @@ class AuditConfig:
     stdout: bool = False
     fsync: bool = False
     max_bytes: int = 0
+    write_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +266,13 @@ _KINDS: dict[str, dict[str, str]] = {
         "password_file": "opt_path",
         "hostname": "str",
     },
-    "audit": {"file": "opt_path", "stdout": "bool", "fsync": "bool", "max_bytes": "int"},
+    "audit": {
+        "file": "opt_path",
+        "stdout": "bool",
+        "fsync": "bool",
+        "max_bytes": "int",
+        "write_timeout": "float",
+    },
     "http": {
         "listen": "opt_hostport",
         "base_url": "str",

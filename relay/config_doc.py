@@ -84,6 +84,8 @@ MEANINGS: dict[str, str] = {
     "audit.stdout": "Also write audit records to standard output for a log pipeline.",
     "audit.fsync": "fsync after every audit record.",
     "audit.max_bytes": "Rotate the audit file above this size, keeping the chain; 0: never.",
+    "audit.write_timeout": "Seconds a decision or delivery record may take to write (a slow "
+    "disk, a stalled stdout consumer); then that message gets `451`, the others go on.",
     "dedup.busy_timeout": "Seconds a dedup read or write may wait for the SQLite lock (then "
     "`451` before sending, or `250` with the failure recorded after the upstream accepted).",
     "dedup.ttl": "Seconds a delivered recipient is remembered (longer than any client's "

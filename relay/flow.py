@@ -146,7 +146,7 @@ class Transaction:
             await conn.mail(self.mail_from, self.upstream_options)
         except UpstreamError as err:
             await self.link.drop()
-            self._upstream_event("mail", err)
+            await self._upstream_event("mail", err)
             return err.reply
         self.upstream_mail_sent = True
         return None
@@ -160,7 +160,7 @@ class Transaction:
         except UpstreamError as err:
             await self.link.drop()
             self.upstream_mail_sent = False
-            self._upstream_event("rcpt", err)
+            await self._upstream_event("rcpt", err)
             return err.reply
         if not reply.success:
             return reply
@@ -172,9 +172,9 @@ class Transaction:
             await self.link.reset()
             self.upstream_mail_sent = False
 
-    def _upstream_event(self, stage: str, err: UpstreamError) -> None:
+    async def _upstream_event(self, stage: str, err: UpstreamError) -> None:
         try:
-            self.rt.audit.event(
+            await self.rt.audit.event_async(
                 "upstream-unavailable",
                 session_id=self.facts.session_id,
                 stage=stage,
@@ -270,7 +270,7 @@ class Transaction:
         )
         # The decision is on disk before anything is forwarded or refused.
         try:
-            rt.audit.decision(decision)
+            await rt.audit.decision_async(decision)
         except Exception:
             log.error("audit write failed; deferring message", decision_id=decision_id)
             rt.metrics.audit_error()
@@ -282,7 +282,7 @@ class Transaction:
         if outcome.enforced >= Action.TEMPFAIL or claim_failed:
             await self.abort()
             if claim_failed:
-                self._dedup_event(decision_id, "claim", len(outcome.accepted))
+                await self._dedup_event(decision_id, "claim", len(outcome.accepted))
             return reply
         if ctx_message is None:  # pragma: no cover - shape errors always reject
             await self.abort()
@@ -290,15 +290,15 @@ class Transaction:
         total = len(envelope.rcpt_tos)
         if claim.stale:
             # A crashed send left these claimed: whether they got it is unknown.
-            self._dedup_event(decision_id, "stale-claim", len(claim.stale))
+            await self._dedup_event(decision_id, "stale-claim", len(claim.stale))
         in_flight = replies.by_reason("dedup.in-flight")
         if claim.busy:
-            self._delivery(decision_id, claim.busy, in_flight, "in-flight-elsewhere", 0.0)
+            await self._delivery(decision_id, claim.busy, in_flight, "in-flight-elsewhere", 0.0)
         if not claim.mine:
             await self.abort()
             if claim.busy:
                 return in_flight
-            self._delivery(
+            await self._delivery(
                 decision_id,
                 (),
                 Reply(250, "2.0.0", "already delivered"),
@@ -331,7 +331,7 @@ class Transaction:
             # so a retry of this message is not sent again.
             log.error("dedup confirm failed after delivery", error=str(err))
             self.rt.metrics.dedup_error("confirm")
-            self._dedup_event(decision_id, "confirm", len(recipients))
+            await self._dedup_event(decision_id, "confirm", len(recipients))
 
     async def _release(self, claim: Claim, recipients: Sequence[str], decision_id: str) -> None:
         self._unsettled = [r for r in self._unsettled if r not in recipients]
@@ -343,11 +343,11 @@ class Transaction:
             # Not lost: the claim lapses after dedup.claim_lease and a retry then sends it.
             log.error("dedup release failed", error=str(err))
             self.rt.metrics.dedup_error("release")
-            self._dedup_event(decision_id, "release", len(recipients))
+            await self._dedup_event(decision_id, "release", len(recipients))
 
-    def _dedup_event(self, decision_id: str, stage: str, count: int) -> None:
+    async def _dedup_event(self, decision_id: str, stage: str, count: int) -> None:
         try:
-            self.rt.audit.event(
+            await self.rt.audit.event_async(
                 "dedup-write-failed" if stage != "stale-claim" else "dedup-stale-claim",
                 decision_id=decision_id,
                 stage=stage,
@@ -403,7 +403,7 @@ class Transaction:
                 reason = "rewrite.permanent" if err.permanent else "rewrite.error"
                 log.error("rewrite failed", decision_id=decision_id, reason=err.reason)
                 failed = replies.by_reason(reason)
-                self._delivery(decision_id, group, failed, "rewrite-failed", 0.0)
+                await self._delivery(decision_id, group, failed, "rewrite-failed", 0.0)
                 failures.append((failed, len(group)))
                 await self._release(claim, group, decision_id)
                 continue
@@ -454,7 +454,7 @@ class Transaction:
                     await self.abort()
                     reply = next(iter(refused.values()))
                     outcome = "deferred" if reply.transient else "refused"
-                    self._delivery(decision_id, group, reply, outcome, started, refused, tls)
+                    await self._delivery(decision_id, group, reply, outcome, started, refused, tls)
                     return reply, refused
             conn = await self.link.get(rt.upstream)
             tls = conn.tls
@@ -465,14 +465,14 @@ class Transaction:
             # After DATA was sent, a lost reply leaves the outcome unknown: the one window SMTP
             # cannot close. It is counted as "ambiguous" in the audit log.
             outcome = "ambiguous" if err.outcome in ("timeout", "disconnected") else err.outcome
-            self._delivery(decision_id, group, err.reply, outcome, started, refused, tls)
+            await self._delivery(decision_id, group, err.reply, outcome, started, refused, tls)
             return err.reply, refused
         self.upstream_mail_sent = False
         outcome = "delivered" if reply.success else ("deferred" if reply.transient else "refused")
-        self._delivery(decision_id, group, reply, outcome, started, refused, tls)
+        await self._delivery(decision_id, group, reply, outcome, started, refused, tls)
         return reply, refused
 
-    def _delivery(
+    async def _delivery(
         self,
         decision_id: str,
         group: tuple[str, ...],
@@ -495,7 +495,7 @@ class Transaction:
         )
         self.rt.metrics.delivery(result)
         try:
-            self.rt.audit.delivery(result)
+            await self.rt.audit.delivery_async(result)
         except Exception:
             # Cannot un-deliver: record the failure in the service log and the metrics.
             log.error("audit delivery record failed", decision_id=decision_id)

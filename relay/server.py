@@ -211,6 +211,7 @@ class Relay:
                 fsync=cfg.audit.fsync,
                 max_bytes=cfg.audit.max_bytes or None,
                 head=cfg.state_dir / "audit.head",
+                write_timeout=cfg.audit.write_timeout,
             )
         except AuditError as exc:
             raise StartupError(f"audit.file: {exc}; choose a writable --audit-log") from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -9,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -67,6 +69,7 @@ class AuditLog:
         backups: int = 10,
         clock: Callable[[], float] = time.time,
         head: Path | None = None,
+        write_timeout: float = 10.0,
     ) -> None:
         """`head`: a file (in the state directory) that keeps the chain's last seq and hash,
         so the chain goes on after a restart with an emptied file or with stdout only."""
@@ -94,6 +97,8 @@ class AuditLog:
         self._last = GENESIS
         self._closed = False
         self._head = HeadFile(head) if head is not None else None
+        self._write_timeout = write_timeout
+        self._pool: ThreadPoolExecutor | None = None
         with self._lock:
             if path is not None:
                 self._open(resume=True)
@@ -176,6 +181,33 @@ class AuditLog:
             record[name] = redact(value) if isinstance(value, str) else value
         self._append(record)
 
+    # --- the same, off the event loop ----------------------------------------------------
+
+    async def decision_async(self, d: Decision) -> None:
+        """`decision` on the writer thread: an fsync, a slow disk or a stalled stdout
+        consumer holds only this message (451 after `write_timeout`), not the event loop."""
+        await self._off_loop(self.decision, d)
+
+    async def delivery_async(self, r: DeliveryResult) -> None:
+        await self._off_loop(self.delivery, r)
+
+    async def event_async(self, event: str, **fields: FieldValue) -> None:
+        await self._off_loop(lambda: self.event(event, **fields))
+
+    async def _off_loop(self, fn: Callable[..., None], *args: object) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
+        future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                await future
+        except TimeoutError as exc:
+            # The write may still land later; the caller fails closed now.
+            where = self._path if self._path is not None else "stdout"
+            raise AuditError(
+                f"audit write to {where} did not finish within {self._write_timeout:g} s"
+            ) from exc
+
     def reopen(self) -> None:
         """Close and reopen the file (after an external logrotate moved it), keeping the chain."""
         with self._lock:
@@ -185,6 +217,9 @@ class AuditLog:
                 self._open(resume=False)
 
     def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         with self._lock:
             self._close_fd()
             if self._head is not None:

@@ -8,6 +8,8 @@ proof is the real `phi-relay audit verify` over the rotated files, oldest first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -145,3 +147,77 @@ async def test_failing_stdout_sink_never_forks_the_file_chain(
     assert (code, out) == (0, f"OK: {len(numbers)} records, chain intact\n"), err_text
     # Fail closed: what could not be audited in full was not sent.
     assert len(sink.received) == 1
+
+
+async def test_stalled_stdout_consumer_holds_one_message_not_the_relay(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    home = tmp_path
+    shutil.copytree(ROOT / "policies", home / "policies")
+    ready = home / "ready"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PHI_RELAY_")}
+    env |= {
+        "PHI_RELAY_READY_FILE": str(ready),
+        "PHI_RELAY_AUDIT_STDOUT": "true",
+        "PHI_RELAY_AUDIT_WRITE_TIMEOUT": "2",
+    }
+    state = home / "state"
+    args = [
+        "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+        "--tls-cert", str(pki.cert), "--tls-key", str(pki.key),
+        "--upstream", f"localhost:{sink.port}", "--upstream-ca", str(pki.ca),
+        "--state-dir", str(state), "--policy-file", str(home / "policies" / "default.toml"),
+    ]  # fmt: skip
+    reader, writer = os.pipe()
+    fcntl.fcntl(writer, fcntl.F_SETPIPE_SZ, 4096)
+    with (home / "stderr").open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            str(PHI_RELAY), *args, cwd=home, env=env, stdout=writer, stderr=err
+        )
+    drained = bytearray()
+    try:
+        for _ in range(1200):
+            if ready.exists() and ready.read_text().endswith("\n"):
+                break
+            assert proc.returncode is None, (home / "stderr").read_text()
+            await asyncio.sleep(0.05)
+        port = int(ready.read_text().split()[0])
+        # The log shipper stops reading: fill what is left of the pipe.
+        # Through a second open of the pipe: O_NONBLOCK must not reach the relay's stdout.
+        filler = os.open(f"/proc/self/fd/{writer}", os.O_WRONLY | os.O_NONBLOCK)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(filler, b"\n")
+        os.close(filler)
+        stuck = asyncio.ensure_future(deliver(port, pki, 1))
+        await asyncio.sleep(0.5)
+        started = asyncio.get_running_loop().time()
+        other = await asyncio.wait_for(RawSmtp.connect(port), 1.5)
+        assert other.banner.startswith("220 ")
+        assert asyncio.get_running_loop().time() - started < 1.0
+        await other.close()
+        assert await stuck == AUDIT_FAILED
+        assert sink.received == []
+        # The shipper reads again: mail flows.
+        os.set_blocking(reader, False)
+
+        async def drain() -> None:
+            while True:
+                with contextlib.suppress(BlockingIOError):
+                    drained.extend(os.read(reader, 65536))
+                await asyncio.sleep(0.02)
+
+        draining = asyncio.ensure_future(drain())
+        assert (await deliver(port, pki, 2)).startswith("250 ")
+        assert len(sink.received) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 40)
+        if "draining" in locals():
+            draining.cancel()
+        os.close(reader)
+        os.close(writer)
+    assert code == 0
+    numbers = seqs(state / "audit.log")
+    assert numbers == list(range(len(numbers)))
+    assert (await verify(state, state / "audit.log"))[0] == 0
