@@ -66,6 +66,9 @@ class ServerConfig:
     auth_lockout: float = 900.0
     shutdown_timeout: float = 30.0
     policy_timeout: float = 10.0
+    decision_timeout: float = 30.0
+    decision_workers: int = 2
+    inline_max_bytes: int = 32 * 1024
     mode: str = "enforce"
 
 
@@ -254,6 +257,9 @@ _KINDS: dict[str, dict[str, str]] = {
         "auth_lockout": "float",
         "shutdown_timeout": "float",
         "policy_timeout": "float",
+        "decision_timeout": "float",
+        "decision_workers": "int",
+        "inline_max_bytes": "int",
         "mode": "str",
     },
     "upstream": {
@@ -383,6 +389,8 @@ def validate(cfg: Config) -> Config:
         ("auth_max_failures", 1),
         ("auth_max_failures_per_account", 1),
         ("max_received", 1),
+        ("decision_workers", 0),
+        ("inline_max_bytes", 0),
     ):
         if getattr(s, key) < minimum:
             raise ConfigError(where, f"server.{key}", f"expected a whole number >= {minimum}")

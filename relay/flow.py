@@ -10,12 +10,13 @@ decision is written to the audit log does the message itself go upstream.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import hashlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
 import structlog
@@ -23,9 +24,10 @@ import structlog
 from relay import pipeline, replies
 from relay.address import domain_of
 from relay.category import HEADER
+from relay.decide import Decided, Request, Strikes, decide, ordinary
 from relay.dedup import Claim, DedupError
 from relay.delivery import Connection, Upstream, UpstreamError
-from relay.message import SessionFacts, ShapeError, ShapeLimits, build_context, check_raw, parse
+from relay.message import SessionFacts, ShapeLimits
 from relay.model import (
     Action,
     Decision,
@@ -38,7 +40,8 @@ from relay.model import (
     TlsInfo,
     Verdict,
 )
-from relay.rewrite import RewriteError, per_recipient, render
+from relay.rewrite import RewriteError, has_footer, links_for, per_recipient, render_with
+from relay.worker import Decisions, JobTimeout, RenderJob, Spec, WorkerError
 
 if TYPE_CHECKING:
     from relay.audit import AuditLog
@@ -65,6 +68,22 @@ class Runtime:
     # The policies' detector (with the roster), also used to keep PHI in upstream reply
     # text out of the audit log; None means the shared detector without a roster.
     detector: Detector | None = None
+
+    # Worker processes for large messages and the record of timed-out ones; None: inline.
+    decisions: Decisions | None = None
+
+    @property
+    def worker_spec(self) -> Spec:
+        s = self.config.server
+        return Spec(
+            policy_file=self.rules.file,
+            policy_digest=self.rules.digest,
+            state_dir=self.config.state_dir,
+            store_url=self.config.store_url,
+            limits=self.limits,
+            policy_timeout=s.policy_timeout,
+            mode=s.mode,
+        )
 
     @property
     def reply_detector(self) -> Detector:
@@ -203,33 +222,10 @@ class Transaction:
         rt = self.rt
         decision_id = new_id()
         envelope = Envelope(self.mail_from, tuple(self.recipients), self.options, self.smtputf8)
-        category, ctx_message = "unknown", None
-        outcome: pipeline.Outcome
-        try:
-            parsed = parse(check_raw(raw, envelope, rt.limits), rt.limits)
-            raw = parsed.raw
-            ctx = build_context(
-                raw=raw,
-                msg=parsed.message,
-                envelope=envelope,
-                facts=self.facts,
-                decision_id=decision_id,
-                categories=rt.rules.categories,
-            )
-            ctx_message = ctx
-            category = ctx.category_name if ctx.category else "unknown"
-            outcome = await pipeline.run(
-                rt.rules.policies,
-                ctx,
-                timeout=rt.config.server.policy_timeout,
-                mode=rt.config.server.mode,
-                pre=pipeline.builtin_verdicts(ctx),
-            )
-        except ShapeError as err:
-            shape = Verdict(
-                rule="message", action=Action.REJECT, reason=err.reason, kinds=err.kinds
-            )
-            outcome = pipeline.combine([shape], envelope.rcpt_tos, rt.config.server.mode)
+        decided = await self._decide(raw, envelope, decision_id)
+        outcome, category = decided.outcome, decided.category
+        if decided.raw is not None:
+            raw = decided.raw
 
         if outcome.deciding is not None:
             reply = replies.for_verdict(outcome.deciding, rt.rules.categories.names())
@@ -284,7 +280,7 @@ class Transaction:
             if claim_failed:
                 await self._dedup_event(decision_id, "claim", len(outcome.accepted))
             return reply
-        if ctx_message is None:  # pragma: no cover - shape errors always reject
+        if not decided.judged:  # pragma: no cover - an unjudged message is never passed
             await self.abort()
             return replies.by_reason("rewrite.error")
         total = len(envelope.rcpt_tos)
@@ -310,7 +306,7 @@ class Transaction:
 
         mods: tuple[Modification, ...] = (RemoveHeader(HEADER), *outcome.modifications)
         try:
-            sent = await self._deliver(ctx_message.message, raw, claim, mods, category, decision_id)
+            sent = await self._deliver(raw, claim, mods, category, decision_id)
         except BaseException:
             # Whatever was not settled goes back, so the client's retry can send it.
             await self._release(claim, self._unsettled, decision_id)
@@ -356,6 +352,52 @@ class Transaction:
         except Exception:
             log.error("audit write failed", stage=f"dedup-{stage}")
 
+    async def _decide(self, raw: bytes, envelope: Envelope, decision_id: str) -> Decided:
+        """The policies' outcome: inline for a small message, else in a worker process."""
+        rt = self.rt
+        s = rt.config.server
+        request = Request(raw, envelope, self.facts, decision_id)
+        pool = rt.decisions.pool if rt.decisions is not None else None
+        if pool is None or ordinary(raw, s.inline_max_bytes):
+            # Small ordinary messages cost less inline than the trip to a worker
+            # (bench/decide.py), and every step is bounded by their size.
+            decided = await decide(
+                request, rt.rules, rt.limits, policy_timeout=s.policy_timeout, mode=s.mode
+            )
+        else:
+            try:
+                decided = await pool.decide(rt.worker_spec, request, s.decision_timeout)
+            except JobTimeout:
+                return await self._timed_out(raw, envelope, [], "unknown")
+            except WorkerError as err:
+                log.error("decision worker failed", reason=err.reason, decision_id=decision_id)
+                reason = "worker.busy" if err.reason == "worker.busy" else "worker.unavailable"
+                unjudged = Verdict(rule="message", action=Action.TEMPFAIL, reason=reason)
+                outcome = pipeline.combine([unjudged], envelope.rcpt_tos, s.mode)
+                return Decided(outcome, "unknown", None, False)
+        deciding = decided.outcome.deciding
+        if deciding is not None and deciding.reason == "policy.timeout":
+            verdicts = list(decided.outcome.verdicts)
+            return await self._timed_out(raw, envelope, verdicts, decided.category)
+        return decided
+
+    async def _timed_out(
+        self, raw: bytes, envelope: Envelope, verdicts: list[Verdict], category: str
+    ) -> Decided:
+        """A decision that ran out of time: deferred once, refused when it happens again."""
+        rt = self.rt
+        strikes = rt.decisions.strikes if rt.decisions is not None else _STRIKES
+        # Hashing megabytes releases the GIL in hashlib; keep it off the event loop.
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(raw).digest())
+        if not verdicts:
+            verdicts = [Verdict(rule="message", action=Action.TEMPFAIL, reason="decision.timeout")]
+        if strikes.strike(digest):
+            verdicts.append(
+                Verdict(rule="message", action=Action.REJECT, reason="message.too-complex")
+            )
+        outcome = pipeline.combine(verdicts, envelope.rcpt_tos, rt.config.server.mode)
+        return Decided(outcome, category, None, False)
+
     def _received(self, decision_id: str) -> bytes:
         tls = self.facts.tls
         proto = "ESMTPS" if tls.active else "ESMTP"
@@ -372,14 +414,12 @@ class Transaction:
 
     async def _deliver(
         self,
-        message: EmailMessage,
         raw: bytes,
         claim: Claim,
         mods: tuple[Modification, ...],
         category: str,
         decision_id: str,
     ) -> Reply:
-        rt = self.rt
         recipients = claim.mine
         self._unsettled = list(recipients)
         groups: list[tuple[str, ...]]
@@ -388,25 +428,21 @@ class Transaction:
         delivered: list[str] = []
         failures: list[tuple[Reply, int]] = []
         for index, group in enumerate(groups):
-            try:
-                body = render(
-                    raw,
-                    message,
-                    mods,
-                    recipient=group[0] if len(group) == 1 else None,
-                    category=category,
-                    links=rt.links,
-                )
-            except RewriteError as err:
+            rendered = await self._render(raw, mods, group, category)
+            if isinstance(rendered, tuple):
                 # A message that cannot be rewritten now never will be: 5xx, or the client
                 # would retry forever. Only a missing link service is worth a retry.
-                reason = "rewrite.permanent" if err.permanent else "rewrite.error"
-                log.error("rewrite failed", decision_id=decision_id, reason=err.reason)
+                why, permanent = rendered
+                reason = "rewrite.permanent" if permanent else "rewrite.error"
+                if why == "rewrite.timeout" and permanent:
+                    reason = "message.too-complex"  # timed out before: do not invite a retry
+                log.error("rewrite failed", decision_id=decision_id, reason=why)
                 failed = replies.by_reason(reason)
                 await self._delivery(decision_id, group, failed, "rewrite-failed", 0.0)
                 failures.append((failed, len(group)))
                 await self._release(claim, group, decision_id)
                 continue
+            body = rendered
             reply, refused = await self._send(group, received + body, index == 0, decision_id)
             failures.extend((r, 1) for r in refused.values())
             served = tuple(r for r in group if r not in refused) if reply.success else ()
@@ -429,6 +465,31 @@ class Transaction:
             note = f" (delivered to {len(delivered)} of {len(recipients)} recipients)"
             return Reply(worst.code, worst.status, worst.text + note)
         return worst
+
+    async def _render(
+        self, raw: bytes, mods: tuple[Modification, ...], group: tuple[str, ...], category: str
+    ) -> bytes | tuple[str, bool]:
+        """The bytes for one group, or (reason, permanent). Large messages render in a worker:
+        the footer walk over a big HTML part is linear but would still hold the loop."""
+        rt = self.rt
+        s = rt.config.server
+        recipient = group[0] if len(group) == 1 else None
+        try:
+            made = links_for(mods, recipient, category, rt.links)
+            pool = rt.decisions.pool if rt.decisions is not None else None
+            if pool is None or ordinary(raw, s.inline_max_bytes) or not has_footer(mods):
+                return render_with(raw, mods, made)
+        except RewriteError as err:
+            return err.reason, err.permanent
+        try:
+            return await pool.render(RenderJob(raw, mods, category, made), s.decision_timeout)
+        except JobTimeout:
+            digest = await asyncio.to_thread(lambda: hashlib.sha256(raw).digest())
+            return "rewrite.timeout", rt.decisions is not None and rt.decisions.strikes.strike(
+                digest
+            )
+        except WorkerError as err:
+            return err.reason, False
 
     async def _send(
         self, group: tuple[str, ...], data: bytes, first: bool, decision_id: str
@@ -503,3 +564,5 @@ class Transaction:
 
 
 RuntimeGetter = Callable[[], Runtime]
+# Strikes when the runtime has no Decisions of its own (a relay built without one).
+_STRIKES = Strikes()

@@ -9,7 +9,8 @@ In monitor mode only the TLS and message-shape rules are enforced.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import structlog
@@ -54,10 +55,21 @@ def builtin_verdicts(ctx: MessageContext) -> list[Verdict]:
     return []
 
 
-async def _evaluate(policy: Policy, ctx: MessageContext, timeout: float) -> Verdict:
+Guard = Callable[[float], AbstractContextManager[None]]
+"""A deadline that can interrupt synchronous work (relay.worker's alarm); asyncio's
+timeout only ends a policy at its next await."""
+
+
+async def _evaluate(
+    policy: Policy, ctx: MessageContext, timeout: float, guard: Guard | None = None
+) -> Verdict:
     try:
         async with asyncio.timeout(timeout):
-            verdict = await policy.evaluate(ctx)
+            if guard is None:
+                verdict = await policy.evaluate(ctx)
+            else:
+                with guard(timeout):
+                    verdict = await policy.evaluate(ctx)
     except TimeoutError:
         log.error("policy timed out", rule=policy.name, decision_id=ctx.decision_id)
         return Verdict(rule=policy.name, action=Action.TEMPFAIL, reason="policy.timeout")
@@ -80,10 +92,11 @@ async def run(
     timeout: float,
     mode: str,
     pre: Sequence[Verdict] = (),
+    guard: Guard | None = None,
 ) -> Outcome:
     verdicts = list(pre)
     for policy in policies:
-        verdicts.append(await _evaluate(policy, ctx, timeout))
+        verdicts.append(await _evaluate(policy, ctx, timeout, guard))
     return combine(verdicts, ctx.envelope.rcpt_tos, mode)
 
 

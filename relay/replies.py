@@ -123,6 +123,19 @@ _TEXT: dict[str, tuple[int, str, str]] = {
         "Signed or encrypted message cannot carry the required opt-out footer; "
         "send it unsigned or in a category without a footer",
     ),
+    "message.too-complex": (
+        554,
+        "5.6.0",
+        "Message too complex to check in time (it timed out before); "
+        "send it smaller or with fewer parts",
+    ),
+    "decision.timeout": (
+        451,
+        "4.3.0",
+        "Message could not be checked in time; try again later",
+    ),
+    "worker.busy": (451, "4.3.0", "All message checkers are busy; try again later"),
+    "worker.unavailable": (451, "4.3.0", "Message checker unavailable; try again later"),
     "policy.error": (451, "4.3.0", "Policy check failed ({rule}); try again later"),
     "policy.timeout": (451, "4.3.0", "Policy check timed out ({rule}); try again later"),
     "audit.error": (451, "4.3.0", "Cannot write the audit record; try again later"),

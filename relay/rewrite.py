@@ -95,6 +95,10 @@ class RewriteError(Exception):
         return self.reason not in _TRANSIENT_REASONS
 
 
+def has_footer(mods: Sequence[Modification]) -> bool:
+    return any(isinstance(m, AppendFooter) for m in mods)
+
+
 def per_recipient(mods: Sequence[Modification]) -> bool:
     """True when the output differs per recipient (it carries that recipient's token)."""
     return any(isinstance(m, AppendFooter | ListUnsubscribe) for m in mods)
@@ -587,7 +591,7 @@ def _mailto(mods: Sequence[Modification], links: UnsubscribeLinks | None) -> str
 
 def render(
     raw: bytes,
-    message: EmailMessage,
+    message: EmailMessage | None,
     mods: Sequence[Modification],
     *,
     recipient: str | None,
@@ -598,16 +602,34 @@ def render(
 
     With no modifications `raw` itself is returned. Header modifications leave the
     body byte-identical. Raises RewriteError (reason code, no PHI) when the message
-    cannot carry a change, e.g. a footer on signed or encrypted content.
+    cannot carry a change, e.g. a footer on signed or encrypted content. `message`, the
+    parsed form of `raw`, adds a check for MIME defects the byte splitter tolerates.
     """
     if not mods:
         return raw
-    made: UnsubscribeLinks | None = None
-    if per_recipient(mods) and links is not None and recipient is not None:
-        unsub_category = next(
-            (m.category for m in mods if isinstance(m, ListUnsubscribe)), category
-        )
-        made = links(recipient, unsub_category)
+    if (
+        message is not None
+        and any(isinstance(m, AppendFooter) for m in mods)
+        and any(isinstance(d, _BROKEN_MIME) for p in message.walk() for d in p.defects)
+    ):
+        raise RewriteError("mime.malformed")
+    return render_with(raw, mods, links_for(mods, recipient, category, links))
+
+
+def links_for(
+    mods: Sequence[Modification], recipient: str | None, category: str, links: LinkMaker | None
+) -> UnsubscribeLinks | None:
+    """This recipient's unsubscribe links, when the modifications need them."""
+    if not (per_recipient(mods) and links is not None and recipient is not None):
+        return None
+    unsub_category = next((m.category for m in mods if isinstance(m, ListUnsubscribe)), category)
+    return links(recipient, unsub_category)
+
+
+def render_with(raw: bytes, mods: Sequence[Modification], made: UnsubscribeLinks | None) -> bytes:
+    """`render` with the recipient's links already made (what a worker process runs)."""
+    if not mods:
+        return raw
     mailto = _mailto(mods, made)
     footers = [m for m in mods if isinstance(m, AppendFooter)]
 
@@ -619,8 +641,6 @@ def render(
             return raw
         return headers.to_bytes() + headers.separator + raw[body_at:]
 
-    if any(isinstance(d, _BROKEN_MIME) for p in message.walk() for d in p.defects):
-        raise RewriteError("mime.malformed")
     root = _parse_part(raw, 0, len(raw), "text/plain", 0)
     if any(p.ctype in PROTECTED_TYPES for p in _walk(root)):
         raise RewriteError("footer.protected-message")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,14 +23,19 @@ class RuleSet:
     organisation: Organisation
     categories: CategoryTable
     policies: tuple[Policy, ...]
+    digest: str = ""  # sha256 of the policy file's bytes as loaded
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path) -> tuple[dict[str, Any], str]:
+    """The parsed file and a digest of its bytes (workers check they load the same file)."""
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        data = path.read_bytes()
     except FileNotFoundError as exc:
         raise ConfigError(path, "-", "policy file not found; check --config policy_file") from exc
+    try:
+        return tomllib.loads(data.decode("utf-8")), hashlib.sha256(data).hexdigest()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "-", "not valid TOML (the file is not UTF-8)") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "-", f"not valid TOML ({exc})") from exc
 
@@ -85,7 +91,7 @@ def _categories(root: Section) -> CategoryTable:
 
 def load(path: Path, deps: PolicyDeps) -> RuleSet:
     """Parse and build every policy. Raises ConfigError naming file, key and expectation."""
-    data = _read(path)
+    data, digest = _read(path)
     root = Section(str(path), "", data)
     root.reject_unknown(_TOP_KEYS)
     org = root.table("organisation")
@@ -118,7 +124,7 @@ def load(path: Path, deps: PolicyDeps) -> RuleSet:
         if builder is None:
             raise ConfigError(path, "pipeline", f"unknown policy {name!r}; expected one of {known}")
         built.append(builder(sections.table(name), deps))
-    return RuleSet(path, organisation, categories, tuple(built))
+    return RuleSet(path, organisation, categories, tuple(built), digest)
 
 
 def policy_names(data: Mapping[str, Any]) -> tuple[str, ...]:

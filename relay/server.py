@@ -32,6 +32,7 @@ from relay.startup import StartupError as StartupError  # re-exported for the CL
 from relay.startup import StateLock
 from relay.tokens import TokenCodec
 from relay.users import Users, UsersFileError
+from relay.worker import Decisions
 
 log = structlog.get_logger("relay.server")
 
@@ -69,6 +70,7 @@ class Services:
     audit: AuditLog
     dedup: Dedup
     audit_key: bytes
+    decisions: Decisions
 
 
 def build_runtime(cfg: Config, services: Services) -> Runtime:
@@ -102,6 +104,7 @@ def build_runtime(cfg: Config, services: Services) -> Runtime:
         links=links,
         dedup=services.dedup,
         detector=deps.detector,
+        decisions=services.decisions,
     )
 
 
@@ -222,6 +225,7 @@ class Relay:
             audit=audit,
             dedup=_dedup(cfg),
             audit_key=audit_key,
+            decisions=Decisions(cfg.server.decision_workers),
         )
         runtime = build_runtime(cfg, self.services)
         self.shared = Shared(runtime, _load_users(cfg), self.tls_context)
@@ -386,6 +390,7 @@ class Relay:
             self.services.audit.close()
             self.services.dedup.close()
             await self.services.store.close()
+            await self.services.decisions.close()
         self._unlock()
 
 

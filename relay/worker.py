@@ -1,0 +1,354 @@
+"""Run message decisions and rewrites in worker processes, under deadlines that really end them.
+
+`asyncio.timeout` cannot interrupt synchronous code: a PHI scan over a large body
+held the event loop (and every other session) for seconds and then passed. Here the
+work runs in a separate process:
+
+- each policy runs under an alarm (SIGALRM, repeating) that raises inside the
+  policy's own Python code once its `policy_timeout` is over, so a slow policy ends
+  with `policy.timeout` at its deadline while the worker stays usable;
+- the whole job runs under a deadline the parent enforces by killing the process
+  (a stuck C call never reaches a Python bytecode boundary); a fresh worker replaces
+  it on the next job.
+
+Workers start lazily (a relay that only sees small messages never starts one), use
+the `spawn` start method (the parent has threads), load the same policy file, state
+directory and consent store as the parent, and refuse a job whose policy file no
+longer matches what the parent loaded (`Stale`): the parent's rules are the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import signal
+import types
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from relay import pipeline
+from relay.decide import Decided, Request, Strikes, decide
+from relay.message import ShapeLimits
+from relay.model import Modification, UnsubscribeLinks
+
+log = structlog.get_logger("relay.worker")
+
+# How long a new worker may take to import and load the rules before it counts as broken.
+START_TIMEOUT = 60.0
+# After a policy's deadline, the alarm repeats this often until the policy has ended.
+_ALARM_REPEAT = 0.05
+
+
+class WorkerError(Exception):
+    """The job did not produce an answer. `reason` is a PHI-free code."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class JobTimeout(WorkerError):
+    """The job ran past its deadline; the worker was killed."""
+
+    def __init__(self) -> None:
+        super().__init__("worker.timeout")
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """What a worker needs to load the parent's rules."""
+
+    policy_file: Path
+    policy_digest: str  # of the bytes the parent loaded; a mismatch is Stale
+    state_dir: Path
+    store_url: str
+    limits: ShapeLimits
+    policy_timeout: float
+    mode: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenderJob:
+    raw: bytes
+    mods: tuple[Modification, ...]
+    category: str
+    links: UnsubscribeLinks | None
+
+
+# --- the worker process ----------------------------------------------------------------
+
+
+def _policy_frame(frame: types.FrameType | None) -> bool:
+    evaluate = pipeline._evaluate.__code__
+    while frame is not None:
+        if frame.f_code is evaluate:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_alarm(signum: int, frame: types.FrameType | None) -> None:
+    # Only inside a policy's own code: an awaiting policy is ended by asyncio.timeout,
+    # and an exception raised in the event loop itself would break the worker.
+    if _policy_frame(frame):
+        raise TimeoutError("policy deadline")
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001), _ALARM_REPEAT)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+class _Rules:
+    """The rule set for one Spec, loaded in the worker; replaced when the Spec changes."""
+
+    def __init__(self) -> None:
+        self.spec: Spec | None = None
+        self.rules: Any = None
+        self.store: Any = None
+
+    async def get(self, spec: Spec) -> Any:
+        if spec == self.spec:
+            return self.rules
+        from relay import rules as rules_mod
+        from relay.consent import open_store
+        from relay.phi import default_detector
+        from relay.phi.roster import Roster
+        from relay.policy.base import PolicyDeps
+
+        if self.store is not None:
+            await self.store.close()
+            self.spec = self.rules = self.store = None
+        store = await open_store(spec.store_url)
+        deps = PolicyDeps(
+            policy_dir=spec.policy_file.parent,
+            state_dir=spec.state_dir,
+            detector=default_detector(Roster.load(spec.state_dir)),
+            store=store,
+        )
+        loaded = rules_mod.load(spec.policy_file, deps)
+        if loaded.digest != spec.policy_digest:
+            await store.close()
+            raise WorkerError("worker.stale")
+        self.spec, self.rules, self.store = spec, loaded, store
+        return loaded
+
+
+def _serve(conn: Connection, log_json: bool) -> None:
+    """The worker's main loop: one job at a time, answers ("ok", value) or ("error", reason)."""
+    from relay import logs
+
+    logs.configure(json=log_json)  # the parent's format: a spawned process starts blank
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    loop = asyncio.new_event_loop()
+    cache = _Rules()
+    # Warm the detector's vocabularies before saying ready, not during the first job.
+    from relay.phi import default_detector
+
+    default_detector().scan("warm up")
+    conn.send(("ready", None))
+    while True:
+        try:
+            kind, payload = conn.recv()
+        except (EOFError, OSError):
+            break
+        try:
+            if kind == "decide":
+                spec, request = payload
+                rules = loop.run_until_complete(cache.get(spec))
+                value: Any = loop.run_until_complete(
+                    decide(
+                        request,
+                        rules,
+                        spec.limits,
+                        policy_timeout=spec.policy_timeout,
+                        mode=spec.mode,
+                        guard=_alarm,
+                    )
+                )
+            elif kind == "render":
+                value = _render(payload)
+            else:
+                raise WorkerError("worker.unknown-job")
+            answer: tuple[str, Any] = ("ok", value)
+        except WorkerError as err:
+            answer = ("error", err.reason)
+        except Exception as exc:
+            # The type only: exception text could quote message content.
+            answer = ("error", f"worker.{type(exc).__name__}")
+        try:
+            conn.send(answer)
+        except (EOFError, OSError):
+            break
+    loop.close()
+
+
+def _render(job: RenderJob) -> bytes | tuple[str, bool]:
+    """The rewritten bytes, or (reason, permanent) when the message cannot take the change."""
+    from relay.rewrite import RewriteError, render_with
+
+    try:
+        return render_with(job.raw, job.mods, job.links)
+    except RewriteError as err:
+        return err.reason, err.permanent
+
+
+# --- the parent's side ----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Worker:
+    proc: BaseProcess
+    conn: Connection
+
+
+class Pool:
+    """Up to `size` worker processes; jobs wait for a free one (within their deadline)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._idle: list[_Worker] = []
+        self._count = 0
+        self._free = asyncio.Condition()
+        self._closed = False
+        # Pipe I/O blocks; it gets threads of its own so AUTH's scrypt never waits for it.
+        self._io = ThreadPoolExecutor(max_workers=2 * size + 1, thread_name_prefix="worker-io")
+        self._ctx = multiprocessing.get_context("spawn")
+        processors = structlog.get_config().get("processors", [])
+        self._log_json = any(isinstance(p, structlog.processors.JSONRenderer) for p in processors)
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self._idle if w.proc.pid is not None]
+
+    async def _io_call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    async def _spawn(self) -> _Worker:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(
+            target=_serve, args=(child, self._log_json), daemon=True, name="phi-relay-worker"
+        )
+        await self._io_call(proc.start)
+        child.close()
+        worker = _Worker(proc, parent)
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                kind, _ = await self._io_call(parent.recv)
+        except (TimeoutError, EOFError, OSError) as exc:
+            await self._kill(worker)
+            raise WorkerError("worker.start-failed") from exc
+        if kind != "ready":
+            await self._kill(worker)
+            raise WorkerError("worker.start-failed")
+        log.info("decision worker started", pid=proc.pid)
+        return worker
+
+    async def _acquire(self, timeout: float) -> _Worker:
+        try:
+            async with asyncio.timeout(timeout), self._free:
+                while not self._idle and self._count >= self.size:
+                    await self._free.wait()
+                if self._idle:
+                    return self._idle.pop()
+                self._count += 1
+        except TimeoutError:
+            raise WorkerError("worker.busy") from None
+        # Starting a worker is bounded by START_TIMEOUT, not by the job's deadline.
+        try:
+            return await self._spawn()
+        except BaseException:
+            await self._gone()
+            raise
+
+    async def _gone(self) -> None:
+        async with self._free:
+            self._count -= 1
+            self._free.notify()
+
+    async def _release(self, worker: _Worker) -> None:
+        async with self._free:
+            self._idle.append(worker)
+            self._free.notify()
+
+    async def _kill(self, worker: _Worker) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            worker.proc.kill()
+        with contextlib.suppress(OSError):
+            worker.conn.close()
+        await self._io_call(worker.proc.join, 5)
+
+    async def _run(self, job: tuple[str, Any], timeout: float) -> Any:
+        if self._closed:
+            raise WorkerError("worker.closed")
+        worker = await self._acquire(timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._io_call(worker.conn.send, job)
+                kind, value = await self._io_call(worker.conn.recv)
+        except TimeoutError:
+            log.error("worker job timed out; killing the worker", pid=worker.proc.pid, job=job[0])
+            await self._kill(worker)
+            await self._gone()
+            raise JobTimeout() from None
+        except (EOFError, OSError) as exc:
+            log.error("worker died", pid=worker.proc.pid, job=job[0])
+            await self._kill(worker)
+            await self._gone()
+            raise WorkerError("worker.died") from exc
+        except BaseException:
+            # Cancelled mid-job (client gone, shutdown): the worker's state is unknown.
+            await self._kill(worker)
+            await self._gone()
+            raise
+        await self._release(worker)
+        if kind != "ok":
+            raise WorkerError(str(value))
+        return value
+
+    async def decide(self, spec: Spec, request: Request, timeout: float) -> Decided:
+        value = await self._run(("decide", (spec, request)), timeout)
+        assert isinstance(value, Decided)
+        return value
+
+    async def render(self, job: RenderJob, timeout: float) -> bytes | tuple[str, bool]:
+        value = await self._run(("render", job), timeout)
+        assert isinstance(value, bytes | tuple)
+        return value
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for worker in idle:
+            await self._kill(worker)
+        self._io.shutdown(wait=False)
+
+
+class Decisions:
+    """The relay's decision workers and its record of messages that timed out once.
+
+    Lives as long as the relay (across reloads); `workers = 0` keeps every decision
+    inline, as before.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.pool = Pool(workers) if workers > 0 else None
+        self.strikes = Strikes()
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
