@@ -11,18 +11,31 @@ education. See docs/phi-detection.md for every rule.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay.phi import kinds, lexicon
-from relay.phi.api import Finding
+from relay.phi.api import STRONG, UNCERTAIN, Finding, Judgement
 from relay.phi.normalize import expand, fold, shorthand_words
+from relay.phi.rules import RULES, Subject, segment
+from relay.phi.scorer import Scorer, default_scorer
 
 if TYPE_CHECKING:
+    from relay.phi.org import Organisation
     from relay.phi.roster import Roster
+
+# A finding this strong decides alone; weaker ones are evidence for the scorer.
+DECISIVE = 0.9
+MODEL_RULE = "model.health"
+
+
+def rule_features(found: Iterable[Finding]) -> list[str]:
+    """The scorer's rule features: which rules fired and which kinds they found."""
+    return sorted({f"r:{f.rule}" for f in found} | {f"k:{f.kind}" for f in found})
+
 
 DATA = Path(__file__).with_name("data")
 
@@ -94,6 +107,27 @@ _ALNUM_ID = re.compile(r"\b(?=[A-Z0-9-]*\d[A-Z0-9-]*\d[A-Z0-9-]*\d)[A-Z]{1,4}-?\
 _ID_VALUE = re.compile(
     r"[#:]?\s*(?:(?:no|num|number|id|is|ending|in|nº|n°)\.?\s*[#:]?\s*){0,2}([A-Z0-9][A-Z0-9-]{3,})",
     re.I,
+)
+# Cues of numbers a business uses for itself (B8): not a patient's account on their own.
+_BUSINESS_CUES = frozenset(
+    {
+        "order",
+        "invoice",
+        "case",
+        "ref",
+        "reference",
+        "ticket",
+        "po",
+        "tracking",
+        "confirmation",
+        "factura",
+        "pedido",
+        "no",
+        "number",
+        "numero",
+        "#",
+        "num",
+    }
 )
 _DOSE = re.compile(r"\b\d+(?:\.\d+)?\s?(?:mg|mcg|µg|ml|iu|units?|tabs?|tablets?|caps?)\b", re.I)
 _ZIP_AFTER_STATE = re.compile(
@@ -583,6 +617,15 @@ def _date_ok(a: int, b: int) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class Analysis:
+    """What the detector read in one text: findings, and the scorer's inputs."""
+
+    found: list[Finding]
+    view: str  # the expanded reading (shorthand written out, leetspeak undone)
+    classes: list[str]  # its words with health terms, names and possessives as classes
+
+
+@dataclass(frozen=True, slots=True)
 class _Mention:
     start: int
     end: int
@@ -744,9 +787,18 @@ class _Text:
 class PhiDetector:
     """Satisfies relay.phi.api.Detector. Stateless per call; safe to share."""
 
-    def __init__(self, vocab: Vocabulary | None = None, roster: Roster | None = None) -> None:
+    def __init__(
+        self,
+        vocab: Vocabulary | None = None,
+        roster: Roster | None = None,
+        scorer: Scorer | None | bool = True,
+    ) -> None:
         self.vocab = vocab or vocabulary()
         self.roster = roster
+        # True: the shipped scorer; False/None: rules only (training computes rule features).
+        self.scorer: Scorer | None = (
+            default_scorer() if scorer is True else scorer if isinstance(scorer, Scorer) else None
+        )
 
     # --- public ---------------------------------------------------------------------
 
@@ -756,15 +808,90 @@ class PhiDetector:
         A finding only the expanded reading holds spans the whole text (its own span
         refers to the other reading).
         """
-        found = self._scan_view(text)
+        return self.analyse(text).found
+
+    def analyse(self, text: str) -> Analysis:
+        """The findings, and the expanded reading and word classes the scorer reads."""
+        found, t = self._scan_view(text)
         if _EXPAND_HINT.search(text) is not None:
             second = expand(text, self.vocab.known)
             if second != text:
-                whole = [replace(f, start=0, end=len(text)) for f in self._scan_view(second)]
+                more, t = self._scan_view(second)
+                whole = [replace(f, start=0, end=len(text)) for f in more]
                 found = _dedupe(found + whole)
-        return found
+        return Analysis(found, t.text, self._classes(t))
 
-    def _scan_view(self, text: str) -> list[Finding]:
+    def word_classes(self, text: str) -> list[str]:
+        """The words of `text` with health terms, names and possessives as class tokens.
+
+        The scorer reads this sequence beside the n-grams, so "your <medication>
+        refill" generalises to medicines no training subject named.
+        """
+        t = _Text(text)
+        return self._classes(t)
+
+    def _classes(self, t: _Text) -> list[str]:
+        v = self.vocab
+        at = {m.index: m for m in self._mentions(t)}
+        out: list[str] = []
+        i, n = 0, len(t.words)
+        while i < n:
+            m = at.get(i)
+            if m is not None:
+                out.append(f"<{m.category}>")
+                i = max(i + 1, t.index_at(m.end))
+                continue
+            w = t.words[i]
+            if w in lexicon.POSSESSIVE:
+                out.append("<poss>")
+            elif t.orig[i][:1].isupper() and w in v.first_names and w not in v.ambiguous:
+                out.append("<first>")
+            elif t.orig[i][:1].isupper() and w in v.last_names and w not in v.ambiguous:
+                out.append("<last>")
+            elif w.isdigit():
+                out.append(f"<num{min(len(w), 9)}>")
+            else:
+                out.append(w)
+            i += 1
+        return out
+
+    def judge(self, readings: Sequence[str], org: Organisation | None = None) -> Judgement:
+        """The tier of a subject over every plausible reading of it (the worst wins)."""
+        result = Judgement()
+        for text in readings:
+            result = result.worse(self._judge(text, org))
+        return result
+
+    def _judge(self, text: str, org: Organisation | None) -> Judgement:
+        approved = False
+        if org is not None:
+            text = org.mask(text)
+            approved = org.approved(text)
+        a = self.analyse(text)
+        found = a.found
+        decisive = [f for f in found if f.confidence >= DECISIVE]
+        if approved:
+            # An approved template is judged by its identifiers only.
+            found = [f for f in decisive if f.kind in kinds.IDENTIFIERS]
+            decisive = found
+        scorer = self.scorer
+        if scorer is None or approved:
+            # Rules only (no weights shipped yet): every finding is strong evidence.
+            p, low, high = (1.0 if found else 0.0), 0.5, 0.5
+        else:
+            p = scorer.probability(a.view, rule_features(found), a.classes)
+            low, high = scorer.thresholds.low, scorer.thresholds.high
+        if not decisive and p < low:
+            return Judgement(score=p)
+        tier = STRONG if decisive or p >= high else UNCERTAIN
+        evidence = decisive or found
+        kinds_found = tuple(sorted({f.kind for f in evidence})) or (kinds.HEALTH,)
+        rules = {f.rule for f in evidence}
+        if not decisive and scorer is not None:
+            rules.add(MODEL_RULE)
+        return Judgement(tier, kinds_found, tuple(sorted(rules)), p)
+
+    def _scan_view(self, text: str) -> tuple[list[Finding], _Text]:
         t = _Text(text)
         found: list[Finding] = []
         if t.has_digit:
@@ -788,9 +915,14 @@ class PhiDetector:
             self._dates(t, found, person)
         self._provider(t, found)
         self._health(t, found, person)
+        subject = Subject(t.text, t.folded, t.wordset)
+        for rule in RULES:
+            found.extend(rule(subject))
+        if self._mentions(t):
+            found.extend(segment(subject))
         if staff and found_before == 0 and len(found) == len(names):
             found = [f for f in found if f not in names_only]
-        return _dedupe(found)
+        return _dedupe(found), t
 
     def conditions(self, text: str) -> frozenset[str]:
         t = _Text(text)
@@ -808,10 +940,10 @@ class PhiDetector:
             area, sep, group, serial = m.groups()
             cued = bool({"ssn", "social", "ss", "seguro", "ssa"} & set(t.before(m.start(), 4)))
             if ssn_ok(area, group, serial) and (sep or cued):
-                out.append(Finding(kinds.SSN, m.start(), m.end(), 0.95 if cued else 0.85))
+                out.append(Finding(kinds.SSN, m.start(), m.end(), 0.95 if cued else 0.8, "id.ssn"))
                 taken.append((m.start(), m.end()))
         for m in _SSN_LAST4.finditer(text):
-            out.append(Finding(kinds.SSN, m.start(), m.end(), 0.8))
+            out.append(Finding(kinds.SSN, m.start(), m.end(), 0.9, "id.ssn-last4"))
         for m in _PHONE.finditer(text):
             if _overlaps(taken, m.start(), m.end()):
                 continue
@@ -820,7 +952,7 @@ class PhiDetector:
             kind = kinds.FAX if "fax" in before else kinds.PHONE
             if kind == kinds.PHONE and self._org_contact(t, area):
                 continue
-            out.append(Finding(kind, m.start(), m.end(), 0.85))
+            out.append(Finding(kind, m.start(), m.end(), 0.8, "id.phone"))
             taken.append((m.start(), m.end()))
         for pattern in (_PHONE_INTL, _PHONE_TRUNK):
             for m in pattern.finditer(text):
@@ -830,33 +962,36 @@ class PhiDetector:
                 kind = kinds.FAX if "fax" in before else kinds.PHONE
                 if kind == kinds.PHONE and self._org_contact(t, None):
                     continue
-                out.append(Finding(kind, m.start(), m.end(), 0.75))
+                out.append(Finding(kind, m.start(), m.end(), 0.75, "id.phone-intl"))
                 taken.append((m.start(), m.end()))
         for m in _NINO.finditer(text):
             if not _overlaps(taken, m.start(), m.end()):
-                out.append(Finding(kinds.SSN, m.start(), m.end(), 0.8))
+                out.append(Finding(kinds.SSN, m.start(), m.end(), 0.8, "id.nino"))
                 taken.append((m.start(), m.end()))
         for m in _PHONE_BARE.finditer(text):
             before = set(t.before(m.start(), 3))
             if before & {"phone", "cell", "tel", "mobile", "call", "fax", "telefono", "celular"}:
                 kind = kinds.FAX if "fax" in before else kinds.PHONE
-                out.append(Finding(kind, m.start(), m.end(), 0.8))
+                out.append(Finding(kind, m.start(), m.end(), 0.8, "id.phone-cued"))
                 taken.append((m.start(), m.end()))
         for m in _DEA.finditer(text):
             if dea_ok(m.group(0)):
-                out.append(Finding(kinds.DEA, m.start(), m.end(), 0.9))
+                out.append(Finding(kinds.DEA, m.start(), m.end(), 0.9, "id.dea"))
                 taken.append((m.start(), m.end()))
         for m in _NPI.finditer(text):
             if _overlaps(taken, m.start(), m.end()):
                 continue
             cued = "npi" in t.before(m.start(), 4)
             if npi_ok(m.group(1)):
-                out.append(Finding(kinds.NPI, m.start(), m.end(), 0.95 if cued else 0.6))
+                out.append(Finding(kinds.NPI, m.start(), m.end(), 0.95 if cued else 0.6, "id.npi"))
                 taken.append((m.start(), m.end()))
         for m in _ICD_DOTTED.finditer(text):
             if m.group(1) in self.vocab.icd_categories:
-                out.append(Finding(kinds.ICD10, m.start(), m.end(), 0.9))
-                out.extend(Finding(k, m.start(), m.end(), 0.9) for k in self._icd_kinds(m.group(1)))
+                out.append(Finding(kinds.ICD10, m.start(), m.end(), 0.8, "id.icd10"))
+                out.extend(
+                    Finding(k, m.start(), m.end(), 0.8, "id.icd10")
+                    for k in self._icd_kinds(m.group(1))
+                )
                 taken.append((m.start(), m.end()))
         cue_words = set(t.words)
         if cue_words & {"icd", "icd-10", "icd10", "dx", "diagnosis", "code", "codigo"}:
@@ -864,25 +999,26 @@ class PhiDetector:
                 if m.group(1) in self.vocab.icd_categories and not _overlaps(
                     taken, m.start(), m.end()
                 ):
-                    out.append(Finding(kinds.ICD10, m.start(), m.end(), 0.75))
+                    out.append(Finding(kinds.ICD10, m.start(), m.end(), 0.75, "id.icd10-cued"))
                     out.extend(
-                        Finding(k, m.start(), m.end(), 0.75) for k in self._icd_kinds(m.group(1))
+                        Finding(k, m.start(), m.end(), 0.75, "id.icd10-cued")
+                        for k in self._icd_kinds(m.group(1))
                     )
                     taken.append((m.start(), m.end()))
         if cue_words & {"cpt", "hcpcs", "procedure", "billing", "code", "codigo"}:
             for m in _CPT.finditer(text):
                 cued = "code" in t.before(m.start(), 3) or bool(cue_words & {"cpt", "hcpcs"})
                 if cued and not _overlaps(taken, m.start(), m.end()):
-                    out.append(Finding(kinds.CPT, m.start(), m.end(), 0.8))
+                    out.append(Finding(kinds.CPT, m.start(), m.end(), 0.8, "id.cpt-cued"))
                     taken.append((m.start(), m.end()))
         self._cued_ids(t, out, taken)
         for m in _LONG_NUMBER.finditer(text):
             if not _overlaps(taken, m.start(), m.end()):
-                out.append(Finding(kinds.ACCOUNT, m.start(), m.end(), 0.5))
+                out.append(Finding(kinds.ACCOUNT, m.start(), m.end(), 0.5, "id.long-number"))
                 taken.append((m.start(), m.end()))
         for m in _ALNUM_ID.finditer(text):
             if not _overlaps(taken, m.start(), m.end()):
-                out.append(Finding(kinds.ACCOUNT, m.start(), m.end(), 0.5))
+                out.append(Finding(kinds.ACCOUNT, m.start(), m.end(), 0.5, "id.alnum-number"))
                 taken.append((m.start(), m.end()))
         self._addresses(t, out)
 
@@ -905,7 +1041,15 @@ class PhiDetector:
                 continue
             if _overlaps(taken, m.start(1), m.end(1)) or not _cued_value_ok(kind, value):
                 continue
-            out.append(Finding(kind, m.start(1), m.end(1), 0.9))
+            if (two or word) in _BUSINESS_CUES or word in _BUSINESS_CUES:
+                # An order, ticket or invoice number is the business's own unless the
+                # subject is about a patient (B8): then it is weak evidence only.
+                patient = t.any(lexicon.PATIENT_WORDS) or bool(self._mentions(t))
+                conf, rule = (0.75, "id.cued-business") if patient else (0.3, "id.business-number")
+                out.append(Finding(kind, m.start(1), m.end(1), conf, rule))
+                taken.append((m.start(1), m.end(1)))
+                continue
+            out.append(Finding(kind, m.start(1), m.end(1), 0.9, "id.cued"))
             taken.append((m.start(1), m.end(1)))
 
     def _icd_kinds(self, category: str) -> list[str]:
@@ -926,13 +1070,13 @@ class PhiDetector:
             # "Join the 2025 Heart Walk": a year is not a house number unless a person lives there.
             year = re.fullmatch(r"(?:19[5-9]|20[0-3])\d", words[0]) is not None
             if len(words) >= 3 and words[1][:1].isupper() and (personal or not year):
-                out.append(Finding(kinds.ADDRESS, m.start(), m.end(), 0.8))
+                out.append(Finding(kinds.ADDRESS, m.start(), m.end(), 0.8, "id.address"))
         for m in self.vocab.address_es.finditer(t.text):
             if m.group(0)[:1].isupper():
-                out.append(Finding(kinds.ADDRESS, m.start(), m.end(), 0.75))
+                out.append(Finding(kinds.ADDRESS, m.start(), m.end(), 0.75, "id.address-es"))
         for pattern in (_ZIP_AFTER_STATE, _ZIP_CUE, _POSTCODE_UK):
             for m in pattern.finditer(t.text):
-                out.append(Finding(kinds.ZIP, m.start(1), m.end(1), 0.7))
+                out.append(Finding(kinds.ZIP, m.start(1), m.end(1), 0.7, "id.zip"))
 
     def _emails(self, t: _Text, out: list[Finding]) -> None:
         if "@" not in t.text:
@@ -940,7 +1084,7 @@ class PhiDetector:
         for m in _EMAIL.finditer(t.text):
             local = m.group(0).split("@", 1)[0].lower()
             if local not in _ROLE_MAILBOX:
-                out.append(Finding(kinds.EMAIL, m.start(), m.end(), 0.9))
+                out.append(Finding(kinds.EMAIL, m.start(), m.end(), 0.8, "id.email"))
 
     # --- dates --------------------------------------------------------------------------
 
@@ -965,7 +1109,7 @@ class PhiDetector:
                     continue
                 if index == 5 and not any(ch.isdigit() for ch in m.group(0)):
                     continue
-                out.append(Finding(kinds.DATE, m.start(), m.end(), conf))
+                out.append(Finding(kinds.DATE, m.start(), m.end(), conf, "id.date"))
 
     # --- people -------------------------------------------------------------------------
 
@@ -988,7 +1132,7 @@ class PhiDetector:
             return base in v.first_names or base in v.last_names
 
         def add(i: int, j: int, conf: float) -> None:
-            found.append(Finding(kinds.NAME, t.starts[i], t.ends[j], conf))
+            found.append(Finding(kinds.NAME, t.starts[i], t.ends[j], conf, "name"))
 
         def extend(i: int) -> int:
             # Include a following surname ("Jane Okafor") when it looks like one.
@@ -1248,14 +1392,18 @@ class PhiDetector:
                     continue
                 if t.any(lexicon.PROVIDER_LINK) and not t.any(_PROVIDER_INTRO):
                     end = j + 1 if j + 1 < len(words) and orig[j + 1][:1].isupper() else j
-                    out.append(Finding(kinds.PROVIDER, t.starts[i], t.ends[end], 0.85))
+                    out.append(
+                        Finding(kinds.PROVIDER, t.starts[i], t.ends[end], 0.8, "provider.doctor")
+                    )
             elif words[i] in _STAFF_TITLES and orig[i + 1][:1].isupper():
                 # "Nurse Kim tried to reach you": a named nurse or therapist contacting
                 # the reader; the name must be a known one ("Nurse Appreciation Week").
                 j = i + 1
                 known = words[j] in self.vocab.first_names or words[j] in self.vocab.last_names
                 if known and t.any(_POSS_WORDS | _YOU) and not t.any(_PROVIDER_INTRO):
-                    out.append(Finding(kinds.PROVIDER, t.starts[i], t.ends[j], 0.75))
+                    out.append(
+                        Finding(kinds.PROVIDER, t.starts[i], t.ends[j], 0.75, "provider.named")
+                    )
 
     # --- health facts -------------------------------------------------------------------
 
@@ -1349,16 +1497,18 @@ class PhiDetector:
             self._possessive_facts(t, out, generic)
         if not generic:
             for rm in _ANALYTE_VALUE.finditer(t.folded):
-                out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.75))
+                out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.75, "health.result"))
             if results:
                 for rm in _RESULTS_READY.finditer(t.folded):
-                    out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.7))
+                    out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.7, "health.result"))
         if "you" in t.wordset or "usted" in t.wordset:
             for rm in _YOU_CARED.finditer(t.folded):
-                out.append(Finding(kinds.PROCEDURE, rm.start(), rm.end(), 0.7))
+                out.append(Finding(kinds.PROCEDURE, rm.start(), rm.end(), 0.7, "health.procedure"))
         if t.any(_RX_NOUNS):
             for rm in _RX_READY.finditer(t.folded):
-                out.append(Finding(kinds.PRESCRIPTION, rm.start(), rm.end(), 0.7))
+                out.append(
+                    Finding(kinds.PRESCRIPTION, rm.start(), rm.end(), 0.7, "health.prescription")
+                )
 
     def _health_terms(
         self,
@@ -1422,7 +1572,7 @@ class PhiDetector:
                     or (care and not generic and not t.any(_ORG_NEWS))
                 )
             if keep:
-                out.append(Finding(m.kind, m.start, m.end, 0.8 if person else 0.7))
+                out.append(Finding(m.kind, m.start, m.end, 0.8 if person else 0.7, "health.term"))
 
     def _family(self, t: _Text) -> int:
         """Index of a relative the subject is about ("Su hija necesita la vacuna", "Your
@@ -1447,7 +1597,7 @@ class PhiDetector:
         for rm in _POSS_TEST.finditer(t.folded):
             before = t.before(rm.start(), 2)
             if not generic and not (set(before) & _CTA):
-                out.append(Finding(kinds.PROCEDURE, rm.start(), rm.end(), 0.7))
+                out.append(Finding(kinds.PROCEDURE, rm.start(), rm.end(), 0.7, "health.possessive"))
         for pattern, kind in ((_RESULTS_POSS, kinds.RESULT), (_RX_POSS, kinds.PRESCRIPTION)):
             for rm in pattern.finditer(t.folded):
                 # "Your monthly activity report" is an app summary, not a test report.
@@ -1458,7 +1608,7 @@ class PhiDetector:
                 ):
                     continue
                 if not generic or (kind == kinds.RESULT and t.any(lexicon.READY_WORDS)):
-                    out.append(Finding(kind, rm.start(), rm.end(), 0.75))
+                    out.append(Finding(kind, rm.start(), rm.end(), 0.75, "health.possessive"))
 
 
 _VERBS = frozenset(

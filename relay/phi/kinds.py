@@ -28,6 +28,8 @@ PROCEDURE = "procedure"
 RESULT = "result"
 PRESCRIPTION = "prescription"
 PROVIDER = "provider"
+# What the learned scorer reports when no rule names the kind of health fact.
+HEALTH = "health"
 
 # Extra-sensitive topics: their own kinds so a policy can treat them more strictly.
 HIV = "hiv"
@@ -60,6 +62,7 @@ LABELS: dict[str, str] = {
     RESULT: "test result",
     PRESCRIPTION: "prescription",
     PROVIDER: "named provider",
+    HEALTH: "health information",
     HIV: "HIV status",
     SUBSTANCE_USE: "substance use",
     MENTAL_HEALTH: "mental health",
@@ -68,6 +71,10 @@ LABELS: dict[str, str] = {
 }
 
 ALL: frozenset[str] = frozenset(LABELS)
+IDENTIFIERS: frozenset[str] = frozenset(
+    {NAME, DATE, PHONE, FAX, EMAIL, ADDRESS, ZIP, SSN, MRN, MEMBER_ID, ACCOUNT, LICENSE, DEVICE}
+    | {NPI, DEA, ICD10, CPT}
+)
 SENSITIVE: frozenset[str] = frozenset(
     {HIV, SUBSTANCE_USE, MENTAL_HEALTH, REPRODUCTIVE_HEALTH, SEXUAL_HEALTH}
 )

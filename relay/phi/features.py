@@ -1,0 +1,64 @@
+"""The learned scorer's features: hashed character and word n-grams, plus the rules that fired.
+
+One function serves training (tools/train_phi_scorer.py) and inference
+(relay.phi.scorer), so the two can never drift. Text is the expanded reading
+(shorthand written out, leetspeak undone), folded (lower case, no accents) and
+with every digit written as 0, so the model learns the shape of a number, not the
+number. Features are hashed with CRC-32 into 2**DIM_BITS buckets; each namespace
+(character n-grams, words, word pairs, rule ids) starts CRC-32 from its own value.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterable, Sequence
+
+from relay.phi.normalize import fold
+
+DIM_BITS = 20
+DIM = 1 << DIM_BITS
+MASK = DIM - 1
+CHAR_NGRAMS = (3, 4, 5)
+_DIGITS = str.maketrans("123456789", "000000000")
+_WORD = re.compile(r"[^\W_]+|[^\w\s]")
+_NS_WORD, _NS_PAIR, _NS_RULE, _NS_CLASS, _NS_CLASS_PAIR = 1, 2, 3, 4, 5
+
+
+def model_text(view: str) -> str:
+    """The text the n-grams are taken from (see the module docstring)."""
+    return fold(view).translate(_DIGITS)
+
+
+def features(view: str, rules: Iterable[str] = (), classes: Sequence[str] = ()) -> list[int]:
+    """The hashed feature indices of one subject, sorted and without repeats.
+
+    `view` is the expanded reading of the normalised subject; `rules` are the ids
+    (and kinds) of the rules that fired on it, e.g. "r:id.cued", "k:mrn"; `classes`
+    its words with health terms, names and possessives replaced by class tokens
+    (PhiDetector.word_classes), whose pairs generalise past the training vocabulary.
+    """
+    text = model_text(view)
+    data = (" " + text + " ").encode("utf-8")
+    crc = zlib.crc32
+    n = len(data)
+    out = {crc(data[i : i + k]) & MASK for k in CHAR_NGRAMS for i in range(n - k + 1)}
+    prev = b"^"
+    for word in _WORD.findall(text):
+        w = word.encode("utf-8")
+        out.add(crc(w, _NS_WORD) & MASK)
+        out.add(crc(prev + b" " + w, _NS_PAIR) & MASK)
+        prev = w
+    out.add(crc(prev + b" $", _NS_PAIR) & MASK)
+    for rule in rules:
+        out.add(crc(rule.encode("utf-8"), _NS_RULE) & MASK)
+    prev = b"^"
+    for cls in classes:
+        c = cls.encode("utf-8")
+        if cls[:1] == "<":
+            out.add(crc(c, _NS_CLASS) & MASK)
+        out.add(crc(prev + b" " + c, _NS_CLASS_PAIR) & MASK)
+        prev = c
+    if classes:
+        out.add(crc(prev + b" $", _NS_CLASS_PAIR) & MASK)
+    return sorted(out)

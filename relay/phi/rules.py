@@ -1,0 +1,275 @@
+"""Named rules for the identifier forms and health facts the labelling guide adds.
+
+Each rule is a function of one subject (its normalised text and folded form) that
+returns findings carrying the rule's id; `RULES` lists them for the detector. Every
+rule has its own table of examples in tests/unit/phi/test_phi_rules.py. Word
+classes come from data files (data/care_words.tsv) or are small closed sets of
+grammar words written here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from relay.phi import kinds
+from relay.phi.api import Finding
+from relay.phi.normalize import fold
+
+DATA = Path(__file__).with_name("data")
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What a rule reads: the normalised text and its folded form (same offsets)."""
+
+    text: str
+    folded: str
+    words: frozenset[str]
+
+
+Rule = Callable[[Subject], list[Finding]]
+
+# --- shared word classes ---------------------------------------------------------------
+
+_YOU = frozenset(
+    "your you you're youre yours u ur su sus tu tus usted te ti le seu sua seus suas voce "
+    "votre vos vous ton ta tes mo iyong ka ou".split()
+)
+_CARE = frozenset(
+    "appointment appointments appt visit visits session sessions consult consultation "
+    "teleconsult telehealth video check-up checkup follow-up followup surgery procedure "
+    "infusion dialysis scan mri ultrasound x-ray lab labs test blood draw vaccine dose shot "
+    "therapy counseling counselling injection screening exam physical cleaning admission "
+    "discharge cita citas consulta sesion terapia cirugia examen analisis vacuna dosis "
+    "sessao consulta exame rendez-vous rdv seance booked booking scheduled reschedule "
+    "rescheduled moved confirmed expect arrival check-in checkin intake".split()
+)
+_EVENT = frozenset(
+    "class classes webinar workshop talk seminar conference conferencia conference lecture "
+    "fair walk run open house festival meeting huddle training town hall launch party "
+    "drive concert tour taller charla curso clase evento feria reunion capacitacion "
+    "jornada".split()
+)
+_WEEKDAY = (
+    r"mon(?:day)?|tue(?:s(?:day)?)?|wed(?:s|nesday)?|thu(?:r(?:s(?:day)?)?)?|fri(?:day)?|"
+    r"sat(?:urday)?|sun(?:day)?|lunes|martes|miercoles|jueves|viernes|sabado|domingo|"
+    r"segunda|terca|quarta|quinta|sexta|lundi|mardi|mercredi|jeudi|vendredi|samedi|dimanche|"
+    r"miyerkules|huwebes|biyernes|linggo|lendi|madi|mekredi|jedi|vandredi|samdi|dimanch|"
+    r"today|tonight|tomorrow|tmrw|hoy|manana|esta (?:tarde|noche|manana)|hoje|amanha|"
+    r"demain|aujourd'hui|ce soir|bukas|ngayon|this (?:morning|afternoon|evening)"
+)
+_CLOCK = (
+    r"\d{1,2}(?::\d{2})?\s?(?:a\.?m\.?|p\.?m\.?)(?![a-z])|\d{1,2}:\d{2}(?![\d/])|\d{1,2}h\d{0,2}\b|"
+    r"\d{1,2} h\b|(?:a las|as|a la|at|a|alas|ng|sa) \d{1,2}(?::\d{2})?\b"
+)
+_CARE_TIME = re.compile(
+    rf"\b(?:{_WEEKDAY})\b[^.!?;]{{0,40}}?(?:{_CLOCK})|(?:{_CLOCK})[^.!?;]{{0,30}}?\b(?:{_WEEKDAY})\b"
+)
+
+
+def care_time(s: Subject) -> list[Finding]:
+    """id.care-time: a weekday or today/tonight/tomorrow with a clock time, about care.
+
+    "Wed 4:10 pm", "tomorrow, 7:30 a.m.", "martes a las 4 pm". Needs the reader or a
+    care word; an event announced to all ("Webinar Tue 6 pm") is not about a person.
+    """
+    if not any(ch.isdigit() for ch in s.text):
+        return []
+    m = _CARE_TIME.search(s.folded)
+    if m is None:
+        return []
+    you = not s.words.isdisjoint(_YOU)
+    care = not s.words.isdisjoint(_CARE)
+    if not (you or care) or (not s.words.isdisjoint(_EVENT) and not you):
+        return []
+    return [Finding(kinds.DATE, m.start(), m.end(), 0.8, "id.care-time")]
+
+
+_AMOUNT = re.compile(
+    r"(?:[$€£₱]|r\$|us\$|usd|eur|mxn|php)\s?\d[\d,.]*|\d[\d,.]*\s?(?:[$€£]|usd|eur|dollars|"
+    r"dolares|pesos|euros|reais)"
+)
+_BILLING = frozenset(
+    "copay copays co-pay coinsurance deductible owe owed balance due past charged charge "
+    "charges bill billed billing statement superbill receipt refund refunded paid payment "
+    "autopay invoice renewed subscription debe adeuda saldo copago cobro cobramos cargo "
+    "pago factura recibo reembolso pendiente vencido fatura cobranca pagamento facture "
+    "solde".split()
+)
+_BUSINESS = frozenset(
+    "vendor vendors supplier suppliers po purchase net wholesale proveedor proveedores "
+    "pedido budget payroll grant sponsorship donation donations fundraiser raised "
+    "revenue".split()
+)
+# Prices in offers are marketing, not a person's bill.
+_OFFER = frozenset(
+    "save off discount sale only just starting from per member gift card coupon free "
+    "ahorra descuento oferta desde".split()
+)
+
+
+def billing_amount(s: Subject) -> list[Finding]:
+    """id.amount: a money amount with a patient-billing word ("$40 copay", "Usted debe $318")."""
+    if not any(ch.isdigit() for ch in s.text):
+        return []
+    m = _AMOUNT.search(s.folded)
+    if m is None or s.words.isdisjoint(_BILLING) or not s.words.isdisjoint(_BUSINESS):
+        return []
+    if not s.words.isdisjoint(_OFFER) and s.words.isdisjoint(_YOU):
+        return []
+    return [Finding(kinds.ACCOUNT, m.start(), m.end(), 0.9, "id.amount")]
+
+
+_ENDING = re.compile(
+    r"\b(?:ending(?: in| with)?|ends(?: in| with)|last (?:four|4)(?: digits)?(?: of)?|"
+    r"terminad[ao] en|que termina en|ultimos (?:4|cuatro)(?: digitos)?|final|"
+    r"terminando em|com final)\W{0,3}(?:[a-z#]+\W{1,3}){0,2}?-?(\d{4})\b"
+)
+_SOCIAL = frozenset("ssn social ss# seguro ssa".split())
+
+
+def ending_digits(s: Subject) -> list[Finding]:
+    """id.ending: a labelled tail of a number ("acct ending in 0463", "Social ending -5184")."""
+    if not any(ch.isdigit() for ch in s.text):
+        return []
+    m = _ENDING.search(s.folded)
+    if m is None:
+        return []
+    kind = kinds.SSN if not s.words.isdisjoint(_SOCIAL) else kinds.ACCOUNT
+    return [Finding(kind, m.start(), m.end(), 0.9, "id.ending")]
+
+
+_DX = re.compile(r"(?:^|[\s(\[|,;-])(?:dx|ddx|diagnosis|diagnostico|diagnostic)\s?[:#-]\s?\w", re.I)
+
+
+def dx_cue(s: Subject) -> list[Finding]:
+    """health.dx: a labelled diagnosis ("Dx: new onset afib", "Diagnóstico: asma")."""
+    m = _DX.search(s.folded)
+    if m is None:
+        return []
+    return [Finding(kinds.CONDITION, m.start(), m.end(), 0.9, "health.dx")]
+
+
+_RECORD_CUE = re.compile(
+    r"\b(?:mrn|mr|med\.? ?rec\.?(?: no\.?)?|medical record(?: no\.?| number| #)?|chart|"
+    r"accession|acc|encounter|enc|patient|pt|specimen|lab(?:oratory)? id|requisition|"
+    r"historia clinica|expediente|hc|numero de paciente|n(?:o|umero)\.? de expediente|"
+    r"prontuario|dossier(?: medical)?|dosye(?: medikal)?|ma benh nhan|"
+    r"member|subscriber|beneficiary|afiliado|medicaid|mbi|group|policy|poliza)"
+    r"\s?(?:#|no\.?|n\.?o|nº|n°|num\.?|number|id|numero|es|is)?\s?[:#.]?\s?"
+    r"([a-z]{0,4}[/-]?\d[\d/.-]{2,}[\da-z]*|[a-z]{1,3}\d{3,}[\da-z-]*)"
+)
+_RECORD_KIND = {
+    "member": kinds.MEMBER_ID,
+    "subscriber": kinds.MEMBER_ID,
+    "beneficiary": kinds.MEMBER_ID,
+    "afiliado": kinds.MEMBER_ID,
+    "medicaid": kinds.MEMBER_ID,
+    "mbi": kinds.MEMBER_ID,
+    "group": kinds.MEMBER_ID,
+    "policy": kinds.MEMBER_ID,
+    "poliza": kinds.MEMBER_ID,
+}
+
+
+def record_cue(s: Subject) -> list[Finding]:
+    """id.record-cue: MR#, accession no., chart #, historia clínica and other record labels.
+
+    Any alphanumeric shape with at least three digits counts ("MR# 60-448-172",
+    "Accession no. HX26-03318", "Historia clínica HC/55-0921").
+    """
+    if not any(ch.isdigit() for ch in s.text):
+        return []
+    out = []
+    for m in _RECORD_CUE.finditer(s.folded):
+        value = m.group(1)
+        if sum(ch.isdigit() for ch in value) < 3 or re.fullmatch(r"(?:19|20)\d\d", value):
+            continue
+        cue = m.group(0).split()[0].rstrip("#:.")
+        kind = _RECORD_KIND.get(cue, kinds.MRN)
+        out.append(Finding(kind, m.start(1), m.end(1), 0.9, "id.record-cue"))
+    return out
+
+
+_SEGMENT = re.compile(
+    r"\b(?:patients?|members?|clients?|everyone|anyone|those|people|families|parents|users|"
+    r"participants|residents|pacientes|miembros|afiliados|todos|todas|quienes|usuarios|"
+    r"familias|clientes)\b\s(?:[\w'-]+\s){0,2}?"
+    r"(?:taking|on|prescribed|using|receiving|who (?:take|use|have|are|had|receive)|"
+    r"with|in (?:our|the)|enrolled|living with|diagnosed|scheduled for|recovering|"
+    r"que (?:toman|usan|reciben|tienen|padecen|viven)|con|en (?:el|nuestro|tratamiento)|"
+    r"inscritos|diagnosticados)\b"
+    r"|\b[\w-]+ (?:users|patients|members|families) (?:we (?:care for|serve|treat)|of ours)\b"
+)
+
+
+def segment(s: Subject) -> list[Finding]:
+    """health.segment: a subject addressed to people with a condition, drug or device.
+
+    "For members taking GLP-1 meds: …", "A todos los que toman litio: …". The
+    segment cue alone is not enough: the detector adds this rule's finding only when
+    the subject also names a health term (see PhiDetector._scan_view).
+    """
+    m = _SEGMENT.search(s.folded)
+    if m is None:
+        return []
+    return [Finding(kinds.CONDITION, m.start(), m.end(), 0.9, "health.segment")]
+
+
+@cache
+def _care_words() -> tuple[re.Pattern[str], frozenset[str]]:
+    care: list[str] = []
+    you: set[str] = set()
+    for line in (DATA / "care_words.tsv").read_text(encoding="utf-8").splitlines():
+        if not line or line.startswith("#"):
+            continue
+        _lang, cls, word = line.split("\t")
+        if cls == "care":
+            care.append(fold(word))
+        else:
+            you.add(fold(word))
+    # Latin and Cyrillic words end at word boundaries; Chinese, Korean and Arabic words
+    # are matched inside longer strings (no spaces, attached pronouns).
+    latin = sorted({w for w in care if w[0] < "\u0530"}, key=len)
+    other = sorted(set(care) - set(latin), key=len)
+    parts = []
+    if latin:
+        parts.append(
+            r"(?<![^\W\d_])(?:" + "|".join(map(re.escape, reversed(latin))) + r")(?![^\W\d_])"
+        )
+    if other:
+        parts.append("(?:" + "|".join(map(re.escape, reversed(other))) + ")")
+    return re.compile("|".join(parts)), frozenset(you)
+
+
+def care_word(s: Subject) -> list[Finding]:
+    """health.care-word: a common care word with a second-person or patient word.
+
+    For the languages the relay knows only by their common care words (Portuguese,
+    French, Vietnamese, Chinese, Tagalog, Haitian Creole, Russian, Arabic, Korean):
+    "O laudo do seu ultrassom", "您的胃镜检查报告", "박서윤 님, 알레르기 검사 결과".
+    Lower confidence: such a subject is at least replaced.
+    """
+    pattern, you = _care_words()
+    m = pattern.search(s.folded)
+    if m is None:
+        return []
+    folded = s.folded
+    if s.words.isdisjoint(you) and not any(w in folded for w in you if not w.isascii()):
+        return []
+    return [Finding(kinds.PROCEDURE, m.start(), m.end(), 0.7, "health.care-word")]
+
+
+RULES: tuple[Rule, ...] = (
+    care_time,
+    billing_amount,
+    ending_digits,
+    dx_cue,
+    record_cue,
+    care_word,
+)
+"""Rules whose findings stand alone. `segment` needs a health term and is run apart."""
