@@ -104,6 +104,18 @@ class ReplaceSubject:
 
 
 @dataclass(frozen=True, slots=True)
+class PrependText:
+    """Put text at the top of every inline text/plain and text/html body part.
+
+    subject-phi uses it to keep an uncertain subject: the neutral one goes in the
+    header, the original ("Subject: ...") at the top of the body, so nothing is lost
+    and nothing shows on a lock screen.
+    """
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class AppendFooter:
     """Append a footer to every text/plain and text/html body part.
 
@@ -135,7 +147,9 @@ LinkMaker = Callable[[str, str], UnsubscribeLinks]
 """(recipient, category) -> links carrying that recipient's encrypted token."""
 
 
-Modification = SetHeader | RemoveHeader | ReplaceSubject | AppendFooter | ListUnsubscribe
+Modification = (
+    SetHeader | RemoveHeader | ReplaceSubject | PrependText | AppendFooter | ListUnsubscribe
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +162,8 @@ class Verdict:
     kinds: tuple[str, ...] = ()
     drop: Mapping[str, str] = field(default_factory=dict)
     modifications: tuple[Modification, ...] = ()
+    # Ids of the detection rules that decided (e.g. "id.ssn", "model.health"): no text.
+    rules: tuple[str, ...] = ()
 
     @staticmethod
     def ok(rule: str) -> Verdict:

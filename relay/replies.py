@@ -24,6 +24,17 @@ _TEXT: dict[str, tuple[int, str, str]] = {
         "Subject line contains protected health information ({kinds}); "
         "put details in the message body",
     ),
+    "phi.subject.too-long": (
+        550,
+        "5.7.1",
+        "Subject line is longer than {kinds} characters and cannot be checked for PHI; shorten it",
+    ),
+    "phi.header": (
+        550,
+        "5.7.1",
+        "A display name or attachment file name contains identifiers ({kinds}); "
+        "remove them and send again",
+    ),
     "phi.body": (
         550,
         "5.7.1",

@@ -41,6 +41,7 @@ from relay.model import (
     LinkMaker,
     ListUnsubscribe,
     Modification,
+    PrependText,
     RemoveHeader,
     ReplaceSubject,
     SetHeader,
@@ -71,6 +72,7 @@ _HEADER_LINE = re.compile(rb"^(?:[!-9;-~]+:|[\t ])")
 _TEXT_BODIES = frozenset({"text/plain", "text/html", "text/enriched"})
 _PARAM_OPEN = re.compile(r"<param>", re.IGNORECASE)
 _PARAM_CLOSE = re.compile(r"</param>", re.IGNORECASE)
+_BODY_OPEN = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
 _BROKEN_MIME = (
     StartBoundaryNotFoundDefect,
     CloseBoundaryNotFoundDefect,
@@ -380,6 +382,7 @@ def _needs_encoding(data: bytes) -> bool:
 class _Footer:
     text: str
     html: str
+    top: bool = False  # PrependText: the block goes before the text, not after it
 
 
 def _flowed_lines(lines: list[str]) -> list[str]:
@@ -394,8 +397,26 @@ def _flowed_lines(lines: list[str]) -> list[str]:
     return out
 
 
+def _with_header_text(text: str, footer: _Footer, ctype: str, flowed: bool, eol: str) -> str:
+    if ctype == "text/html":
+        block = eol.join(footer.html.splitlines())
+        opened = _BODY_OPEN.search(text)
+        at = opened.end() if opened else 0
+        return text[:at] + block + eol + text[at:]
+    lines = footer.text.splitlines()
+    if ctype == "text/enriched":
+        # RFC 1896: '<' is written '<<', and n line breaks take n+1 CRLFs.
+        return (eol + eol).join(line.replace("<", "<<") for line in lines) + eol * 3 + text
+    if flowed:
+        lines = _flowed_lines(lines)
+    # An empty line keeps the added text apart from the message.
+    return eol.join(lines) + eol + eol + text
+
+
 def _with_footer(text: str, footer: _Footer, ctype: str, flowed: bool) -> str:
     eol = "\r\n" if ("\r\n" in text or "\n" not in text) else "\n"
+    if footer.top:
+        return _with_header_text(text, footer, ctype, flowed, eol)
     if ctype == "text/html":
         block = eol.join(footer.html.splitlines())
         at, prefix = insertion_point(text)
@@ -631,7 +652,7 @@ def render_with(raw: bytes, mods: Sequence[Modification], made: UnsubscribeLinks
     if not mods:
         return raw
     mailto = _mailto(mods, made)
-    footers = [m for m in mods if isinstance(m, AppendFooter)]
+    footers = [m for m in mods if isinstance(m, AppendFooter | PrependText)]
 
     if not footers:
         headers, body_at = _split_headers(raw)
@@ -646,7 +667,10 @@ def render_with(raw: bytes, mods: Sequence[Modification], made: UnsubscribeLinks
         raise RewriteError("footer.protected-message")
     out = raw
     for mod in footers:
-        footer = _render_footer(mod, made, mailto)
+        if isinstance(mod, PrependText):
+            footer = _Footer(mod.text, f"<p>{html.escape(mod.text)}</p>", top=True)
+        else:
+            footer = _render_footer(mod, made, mailto)
         root = _parse_part(out, 0, len(out), "text/plain", 0) if out is not raw else root
         out = _append_footer(out, root, footer)
     headers, body_at = _split_headers(out)

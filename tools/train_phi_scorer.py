@@ -144,7 +144,8 @@ def main() -> int:
             q, scale, bias = fit(x[mask], sub, args.c)
             p = probabilities(x[~mask], q, scale, bias)
             figs = " ".join(
-                "t=%.2f R %.3f FPR %.3f" % (t, *rates(p, y[~mask], t)) for t in (0.3, 0.5, 0.7)
+                "t={:.2f} R {:.3f} FPR {:.3f}".format(t, *rates(p, y[~mask], t))
+                for t in (0.3, 0.5, 0.7)
             )
             print(f"held out {held} ({(~mask).sum()} rows): {figs}")
         return 0

@@ -142,6 +142,8 @@ class AuditLog:
                         "action": _action(v.action),
                         "reason": _code(v.reason),
                         "kinds": [_code(k) for k in v.kinds],
+                        # Detection rule ids, only on verdicts that carry them.
+                        **({"rules": [_code(r) for r in v.rules]} if v.rules else {}),
                     }
                     for v in d.verdicts
                 ],

@@ -11,6 +11,7 @@ education. See docs/phi-detection.md for every rule.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -27,9 +28,33 @@ if TYPE_CHECKING:
     from relay.phi.org import Organisation
     from relay.phi.roster import Roster
 
+_MAX_NAME_PARTS = 6
 # A finding this strong decides alone; weaker ones are evidence for the scorer.
 DECISIVE = 0.9
 MODEL_RULE = "model.health"
+
+
+WINDOW = 400
+_OVERLAP = 80
+
+
+def windows(text: str) -> list[str]:
+    """`text` in windows of at most WINDOW characters overlapping by _OVERLAP, cut at spaces."""
+    if len(text) <= WINDOW:
+        return [text]
+    out = []
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + WINDOW)
+        if end < len(text):
+            cut = text.rfind(" ", start + WINDOW // 2, end)
+            end = cut if cut > 0 else end
+        out.append(text[start:end].strip())
+        if end >= len(text):
+            break
+        back = text.find(" ", max(start + 1, end - _OVERLAP), end)
+        start = back + 1 if back > 0 else end
+    return out
 
 
 def rule_features(found: Iterable[Finding]) -> list[str]:
@@ -736,12 +761,10 @@ class _Text:
         self.has_digit = _DIGIT.search(text) is not None
         self.mentions: list[_Mention] | None = None
         self.inside: frozenset[str] | None = None  # words inside health terms
+        self.firms: list[tuple[int, int]] | None = None  # spans of firm names
 
     def index_at(self, pos: int) -> int:
-        for i, start in enumerate(self.starts):
-            if start >= pos:
-                return i
-        return len(self.starts)
+        return bisect_left(self.starts, pos)
 
     def before(self, pos: int, n: int) -> list[str]:
         i = self.index_at(pos)
@@ -791,7 +814,7 @@ class PhiDetector:
         self,
         vocab: Vocabulary | None = None,
         roster: Roster | None = None,
-        scorer: Scorer | None | bool = True,
+        scorer: Scorer | bool | None = True,
     ) -> None:
         self.vocab = vocab or vocabulary()
         self.roster = roster
@@ -856,10 +879,21 @@ class PhiDetector:
         return out
 
     def judge(self, readings: Sequence[str], org: Organisation | None = None) -> Judgement:
-        """The tier of a subject over every plausible reading of it (the worst wins)."""
+        """The tier of a subject over every plausible reading of it (the worst wins).
+
+        A long text is judged in overlapping windows of WINDOW characters cut at
+        spaces, each window once (a repeated window is not judged again), so time
+        grows linearly with length whatever the text repeats.
+        """
         result = Judgement()
+        seen: set[str] = set()
         for text in readings:
-            result = result.worse(self._judge(text, org))
+            for window in windows(text):
+                if window not in seen:
+                    seen.add(window)
+                    result = result.worse(self._judge(window, org))
+                    if result.tier == STRONG:
+                        return result  # nothing is worse
         return result
 
     def _judge(self, text: str, org: Organisation | None) -> Judgement:
@@ -915,7 +949,7 @@ class PhiDetector:
             self._dates(t, found, person)
         self._provider(t, found)
         self._health(t, found, person)
-        subject = Subject(t.text, t.folded, t.wordset)
+        subject = Subject(t.text, t.folded, t.wordset, t.has_digit)
         for rule in RULES:
             found.extend(rule(subject))
         if self._mentions(t):
@@ -1340,7 +1374,9 @@ class PhiDetector:
             and t.orig[j][:1].isupper()
         ):
             return True
-        return any(m.start() <= f.start < m.end() for m in _FIRM.finditer(t.text))
+        if t.firms is None:
+            t.firms = [(m.start(), m.end()) for m in _FIRM.finditer(t.text)]
+        return any(a <= f.start < b for a, b in t.firms)
 
     @staticmethod
     def _base(word: str) -> str:
@@ -1357,7 +1393,8 @@ class PhiDetector:
     def _name_run(self, t: _Text, i: int) -> int:
         """Index of the last word of a full name starting at word i, or i if none follows."""
         v, words, orig = self.vocab, t.words, t.orig
-        end, j, n = i, i + 1, len(words)
+        # A name has at most a few parts; the bound keeps a run of names linear.
+        end, j, n = i, i + 1, min(len(words), i + _MAX_NAME_PARTS)
         while j < n and t.text[t.ends[j - 1] : t.starts[j]] in (" ", ". "):
             word = words[j]
             if word in _PARTICLES and j + 1 < n:

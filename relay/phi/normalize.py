@@ -85,9 +85,37 @@ _INVISIBLE: dict[int, None] = dict.fromkeys(
 )
 
 
+# Letters of scripts that draw like Latin ones (Greek, Cyrillic, Armenian, Cherokee).
+_SCRIPTS = "\u0370-\u03ff\u0400-\u052f\u0530-\u058f\u13a0-\u13ff"
+_SCRIPT_WORD = re.compile(rf"[^\W_]*[{_SCRIPTS}][^\W_]*")
+_IN_SCRIPTS = re.compile(rf"[{_SCRIPTS}]")
+
+
+def _in_scripts(code: int) -> bool:
+    return _IN_SCRIPTS.match(chr(code)) is not None
+
+
 @cache
 def _confusables() -> dict[int, str]:
-    return {int(code[2:], 16): rep for code, rep, *_ in _data_lines("confusables.tsv")}
+    """Look-alikes outside those scripts (dashes, slashes, digits, Latin variants)."""
+    table = {int(code[2:], 16): rep for code, rep, *_ in _data_lines("confusables.tsv")}
+    return {k: v for k, v in table.items() if not _in_scripts(k)}
+
+
+@cache
+def _script_letters() -> dict[int, str]:
+    table = {int(code[2:], 16): rep for code, rep, *_ in _data_lines("confusables.tsv")}
+    return {k: v for k, v in table.items() if _in_scripts(k)}
+
+
+def _unmask_word(match: re.Match[str]) -> str:
+    # "Your pathology" written with Cyrillic o, a, p inside Latin words reads as Latin; a
+    # real Russian or Greek word (with letters that have no Latin look-alike) stays.
+    word = match.group(0)
+    table = _script_letters()
+    if any(c.isascii() for c in word) or (len(word) > 2 and all(ord(c) in table for c in word)):
+        return word.translate(table)
+    return word
 
 
 @cache
@@ -270,6 +298,8 @@ def normalize(text: str) -> str:
     if not text.isascii():
         text = unicodedata.normalize("NFKC", text)
         text = text.translate(_INVISIBLE).translate(_confusables())
+        if _IN_SCRIPTS.search(text) is not None:
+            text = _SCRIPT_WORD.sub(_unmask_word, text)
         # Combining marks stacked on letters survive NFKC as separate characters
         # ("d̸iabetes"); drop marks that did not compose into a precomposed letter.
         if any(unicodedata.combining(ch) for ch in text if not ch.isascii()):

@@ -74,10 +74,10 @@ class Roster:
         for i, word in enumerate(words):
             numeric = len(word) >= 4 and any(ch.isdigit() for ch in word)
             if numeric and self.mrns and _digest(key, "mrn", word) in self.mrns:
-                found.append(Finding(kinds.MRN, starts[i], ends[i], 1.0))
+                found.append(Finding(kinds.MRN, starts[i], ends[i], 1.0, "roster.mrn"))
             pair = f"{word} {words[i + 1]}" if i + 1 < len(words) else ""
             if pair and self.names and _digest(key, "name", pair) in self.names:
-                found.append(Finding(kinds.NAME, starts[i], ends[i + 1], 1.0))
+                found.append(Finding(kinds.NAME, starts[i], ends[i + 1], 1.0, "roster.name"))
         return found
 
 

@@ -29,6 +29,7 @@ class Subject:
     text: str
     folded: str
     words: frozenset[str]
+    has_digit: bool = True
 
 
 Rule = Callable[[Subject], list[Finding]]
@@ -36,23 +37,151 @@ Rule = Callable[[Subject], list[Finding]]
 # --- shared word classes ---------------------------------------------------------------
 
 _YOU = frozenset(
-    "your you you're youre yours u ur su sus tu tus usted te ti le seu sua seus suas voce "
-    "votre vos vous ton ta tes mo iyong ka ou".split()
+    [
+        "your",
+        "you",
+        "you're",
+        "youre",
+        "yours",
+        "u",
+        "ur",
+        "su",
+        "sus",
+        "tu",
+        "tus",
+        "usted",
+        "te",
+        "ti",
+        "le",
+        "seu",
+        "sua",
+        "seus",
+        "suas",
+        "voce",
+        "votre",
+        "vos",
+        "vous",
+        "ton",
+        "ta",
+        "tes",
+        "mo",
+        "iyong",
+        "ka",
+        "ou",
+    ]
 )
 _CARE = frozenset(
-    "appointment appointments appt visit visits session sessions consult consultation "
-    "teleconsult telehealth video check-up checkup follow-up followup surgery procedure "
-    "infusion dialysis scan mri ultrasound x-ray lab labs test blood draw vaccine dose shot "
-    "therapy counseling counselling injection screening exam physical cleaning admission "
-    "discharge cita citas consulta sesion terapia cirugia examen analisis vacuna dosis "
-    "sessao consulta exame rendez-vous rdv seance booked booking scheduled reschedule "
-    "rescheduled moved confirmed expect arrival check-in checkin intake".split()
+    [
+        "appointment",
+        "appointments",
+        "appt",
+        "visit",
+        "visits",
+        "session",
+        "sessions",
+        "consult",
+        "consultation",
+        "teleconsult",
+        "telehealth",
+        "video",
+        "check-up",
+        "checkup",
+        "follow-up",
+        "followup",
+        "surgery",
+        "procedure",
+        "infusion",
+        "dialysis",
+        "scan",
+        "mri",
+        "ultrasound",
+        "x-ray",
+        "lab",
+        "labs",
+        "test",
+        "blood",
+        "draw",
+        "vaccine",
+        "dose",
+        "shot",
+        "therapy",
+        "counseling",
+        "counselling",
+        "injection",
+        "screening",
+        "exam",
+        "physical",
+        "cleaning",
+        "admission",
+        "discharge",
+        "cita",
+        "citas",
+        "consulta",
+        "sesion",
+        "terapia",
+        "cirugia",
+        "examen",
+        "analisis",
+        "vacuna",
+        "dosis",
+        "sessao",
+        "consulta",
+        "exame",
+        "rendez-vous",
+        "rdv",
+        "seance",
+        "booked",
+        "booking",
+        "scheduled",
+        "reschedule",
+        "rescheduled",
+        "moved",
+        "confirmed",
+        "expect",
+        "arrival",
+        "check-in",
+        "checkin",
+        "intake",
+    ]
 )
 _EVENT = frozenset(
-    "class classes webinar workshop talk seminar conference conferencia conference lecture "
-    "fair walk run open house festival meeting huddle training town hall launch party "
-    "drive concert tour taller charla curso clase evento feria reunion capacitacion "
-    "jornada".split()
+    [
+        "class",
+        "classes",
+        "webinar",
+        "workshop",
+        "talk",
+        "seminar",
+        "conference",
+        "conferencia",
+        "conference",
+        "lecture",
+        "fair",
+        "walk",
+        "run",
+        "open",
+        "house",
+        "festival",
+        "meeting",
+        "huddle",
+        "training",
+        "town",
+        "hall",
+        "launch",
+        "party",
+        "drive",
+        "concert",
+        "tour",
+        "taller",
+        "charla",
+        "curso",
+        "clase",
+        "evento",
+        "feria",
+        "reunion",
+        "capacitacion",
+        "jornada",
+    ]
 )
 _WEEKDAY = (
     r"mon(?:day)?|tue(?:s(?:day)?)?|wed(?:s|nesday)?|thu(?:r(?:s(?:day)?)?)?|fri(?:day)?|"
@@ -66,6 +195,7 @@ _CLOCK = (
     r"\d{1,2}(?::\d{2})?\s?(?:a\.?m\.?|p\.?m\.?)(?![a-z])|\d{1,2}:\d{2}(?![\d/])|\d{1,2}h\d{0,2}\b|"
     r"\d{1,2} h\b|(?:a las|as|a la|at|a|alas|ng|sa) \d{1,2}(?::\d{2})?\b"
 )
+_CLOCK_HINT = re.compile(r"\d(?::\d\d|\s?[ap]\.?m|h| h\b)|(?:las|as|at|a|alas|ng|sa) \d")
 _CARE_TIME = re.compile(
     rf"\b(?:{_WEEKDAY})\b[^.!?;]{{0,40}}?(?:{_CLOCK})|(?:{_CLOCK})[^.!?;]{{0,30}}?\b(?:{_WEEKDAY})\b"
 )
@@ -77,7 +207,7 @@ def care_time(s: Subject) -> list[Finding]:
     "Wed 4:10 pm", "tomorrow, 7:30 a.m.", "martes a las 4 pm". Needs the reader or a
     care word; an event announced to all ("Webinar Tue 6 pm") is not about a person.
     """
-    if not any(ch.isdigit() for ch in s.text):
+    if not s.has_digit or _CLOCK_HINT.search(s.folded) is None:
         return []
     m = _CARE_TIME.search(s.folded)
     if m is None:
@@ -94,27 +224,106 @@ _AMOUNT = re.compile(
     r"dolares|pesos|euros|reais)"
 )
 _BILLING = frozenset(
-    "copay copays co-pay coinsurance deductible owe owed balance due past charged charge "
-    "charges bill billed billing statement superbill receipt refund refunded paid payment "
-    "autopay invoice renewed subscription debe adeuda saldo copago cobro cobramos cargo "
-    "pago factura recibo reembolso pendiente vencido fatura cobranca pagamento facture "
-    "solde".split()
+    [
+        "copay",
+        "copays",
+        "co-pay",
+        "coinsurance",
+        "deductible",
+        "owe",
+        "owed",
+        "balance",
+        "due",
+        "past",
+        "charged",
+        "charge",
+        "charges",
+        "bill",
+        "billed",
+        "billing",
+        "statement",
+        "superbill",
+        "receipt",
+        "refund",
+        "refunded",
+        "paid",
+        "payment",
+        "autopay",
+        "invoice",
+        "renewed",
+        "subscription",
+        "debe",
+        "adeuda",
+        "saldo",
+        "copago",
+        "cobro",
+        "cobramos",
+        "cargo",
+        "pago",
+        "factura",
+        "recibo",
+        "reembolso",
+        "pendiente",
+        "vencido",
+        "fatura",
+        "cobranca",
+        "pagamento",
+        "facture",
+        "solde",
+    ]
 )
 _BUSINESS = frozenset(
-    "vendor vendors supplier suppliers po purchase net wholesale proveedor proveedores "
-    "pedido budget payroll grant sponsorship donation donations fundraiser raised "
-    "revenue".split()
+    [
+        "vendor",
+        "vendors",
+        "supplier",
+        "suppliers",
+        "po",
+        "purchase",
+        "net",
+        "wholesale",
+        "proveedor",
+        "proveedores",
+        "pedido",
+        "budget",
+        "payroll",
+        "grant",
+        "sponsorship",
+        "donation",
+        "donations",
+        "fundraiser",
+        "raised",
+        "revenue",
+    ]
 )
 # Prices in offers are marketing, not a person's bill.
 _OFFER = frozenset(
-    "save off discount sale only just starting from per member gift card coupon free "
-    "ahorra descuento oferta desde".split()
+    [
+        "save",
+        "off",
+        "discount",
+        "sale",
+        "only",
+        "just",
+        "starting",
+        "from",
+        "per",
+        "member",
+        "gift",
+        "card",
+        "coupon",
+        "free",
+        "ahorra",
+        "descuento",
+        "oferta",
+        "desde",
+    ]
 )
 
 
 def billing_amount(s: Subject) -> list[Finding]:
     """id.amount: a money amount with a patient-billing word ("$40 copay", "Usted debe $318")."""
-    if not any(ch.isdigit() for ch in s.text):
+    if not s.has_digit:
         return []
     m = _AMOUNT.search(s.folded)
     if m is None or s.words.isdisjoint(_BILLING) or not s.words.isdisjoint(_BUSINESS):
@@ -129,12 +338,12 @@ _ENDING = re.compile(
     r"terminad[ao] en|que termina en|ultimos (?:4|cuatro)(?: digitos)?|final|"
     r"terminando em|com final)\W{0,3}(?:[a-z#]+\W{1,3}){0,2}?-?(\d{4})\b"
 )
-_SOCIAL = frozenset("ssn social ss# seguro ssa".split())
+_SOCIAL = frozenset(["ssn", "social", "ss#", "seguro", "ssa"])
 
 
 def ending_digits(s: Subject) -> list[Finding]:
     """id.ending: a labelled tail of a number ("acct ending in 0463", "Social ending -5184")."""
-    if not any(ch.isdigit() for ch in s.text):
+    if not s.has_digit:
         return []
     m = _ENDING.search(s.folded)
     if m is None:
@@ -182,7 +391,7 @@ def record_cue(s: Subject) -> list[Finding]:
     Any alphanumeric shape with at least three digits counts ("MR# 60-448-172",
     "Accession no. HX26-03318", "Historia clínica HC/55-0921").
     """
-    if not any(ch.isdigit() for ch in s.text):
+    if not s.has_digit:
         return []
     out = []
     for m in _RECORD_CUE.finditer(s.folded):
@@ -221,29 +430,23 @@ def segment(s: Subject) -> list[Finding]:
 
 
 @cache
-def _care_words() -> tuple[re.Pattern[str], frozenset[str]]:
-    care: list[str] = []
+def _care_words() -> tuple[frozenset[str], tuple[str, ...], re.Pattern[str], frozenset[str]]:
+    """(one-word care words, care phrases, pattern for unspaced scripts, you-words)."""
+    care: set[str] = set()
     you: set[str] = set()
     for line in (DATA / "care_words.tsv").read_text(encoding="utf-8").splitlines():
         if not line or line.startswith("#"):
             continue
         _lang, cls, word = line.split("\t")
-        if cls == "care":
-            care.append(fold(word))
-        else:
-            you.add(fold(word))
+        (care if cls == "care" else you).add(fold(word))
     # Latin and Cyrillic words end at word boundaries; Chinese, Korean and Arabic words
     # are matched inside longer strings (no spaces, attached pronouns).
-    latin = sorted({w for w in care if w[0] < "\u0530"}, key=len)
-    other = sorted(set(care) - set(latin), key=len)
-    parts = []
-    if latin:
-        parts.append(
-            r"(?<![^\W\d_])(?:" + "|".join(map(re.escape, reversed(latin))) + r")(?![^\W\d_])"
-        )
-    if other:
-        parts.append("(?:" + "|".join(map(re.escape, reversed(other))) + ")")
-    return re.compile("|".join(parts)), frozenset(you)
+    spaced = {w for w in care if w[0] < "\u0530"}
+    other = sorted(care - spaced, key=len, reverse=True)
+    single = frozenset(w for w in spaced if " " not in w and "-" not in w)
+    phrases = tuple(sorted(spaced - single))
+    pattern = re.compile("|".join(map(re.escape, other)))
+    return single, phrases, pattern, frozenset(you)
 
 
 def care_word(s: Subject) -> list[Finding]:
@@ -254,14 +457,25 @@ def care_word(s: Subject) -> list[Finding]:
     "O laudo do seu ultrassom", "您的胃镜检查报告", "박서윤 님, 알레르기 검사 결과".
     Lower confidence: such a subject is at least replaced.
     """
-    pattern, you = _care_words()
-    m = pattern.search(s.folded)
-    if m is None:
-        return []
+    single, phrases, pattern, you = _care_words()
     folded = s.folded
-    if s.words.isdisjoint(you) and not any(w in folded for w in you if not w.isascii()):
+    hits = s.words & single
+    # The first in the text, so the finding (and the scorer's input) never depends on
+    # set order.
+    hit = min(hits, key=lambda w: (folded.find(w), w)) if hits else None
+    if hit is None:
+        hit = next((p for p in phrases if p in folded), None)
+    if hit is None and not folded.isascii():
+        m = pattern.search(folded)
+        hit = m.group(0) if m else None
+    if hit is None:
         return []
-    return [Finding(kinds.PROCEDURE, m.start(), m.end(), 0.7, "health.care-word")]
+    if s.words.isdisjoint(you) and (
+        folded.isascii() or not any(w in folded for w in you if not w.isascii())
+    ):
+        return []
+    at = max(0, folded.find(hit))
+    return [Finding(kinds.PROCEDURE, at, at + len(hit), 0.7, "health.care-word")]
 
 
 RULES: tuple[Rule, ...] = (

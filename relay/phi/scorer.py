@@ -45,7 +45,7 @@ class Scorer:
 
     def log_odds(self, view: str, rules: Iterable[str] = (), classes: Sequence[str] = ()) -> float:
         w = self._w
-        return sum(w[i] for i in features(view, rules, classes)) * self.scale + self.bias
+        return sum(map(w.__getitem__, features(view, rules, classes))) * self.scale + self.bias
 
     def probability(
         self, view: str, rules: Iterable[str] = (), classes: Sequence[str] = ()
@@ -59,7 +59,7 @@ class Scorer:
             data = path.read_bytes()
         except OSError as exc:
             raise ScorerError(f"{path}: cannot be read ({exc.strerror})") from exc
-        head, sep, body = data.partition(b"\n")
+        head, _sep, body = data.partition(b"\n")
         try:
             meta = json.loads(head)
             weights = array.array("b")

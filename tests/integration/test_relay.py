@@ -114,6 +114,7 @@ async def test_phi_subject_refused_nothing_upstream(relay: RunningRelay, sink: S
         "action": "reject",
         "reason": "phi.subject",
         "kinds": ["mrn"],
+        "rules": ["id.cued"],  # the rule that decided, never the text
     }
     log = relay.audit_path.read_text()
     assert mrn not in log and "follow-up" not in log and rcpt not in log

@@ -19,15 +19,22 @@ def test_scan_subjects_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         encoding="utf-8",
     )
     assert main(["scan-subjects", str(src)]) == 1  # any PHI subject: exit 1
-    assert capsys.readouterr().out == ("clean\t\nphi\tdate,mrn\nphi\thiv,procedure,result\n")
+    # phi when the relay would refuse or replace; then the kinds and the rule ids.
+    assert capsys.readouterr().out == (
+        "clean\t\t\n"
+        "phi\tdate,mrn\tid.cued,id.date\n"
+        "phi\thiv,procedure,result\thealth.possessive,health.result,health.term,model.health\n"
+    )
 
 
 def test_scan_subjects_stdin(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("sys.stdin", io.StringIO("5 tips to manage diabetes\r\nRe: Jane Okafor\n"))
+    monkeypatch.setattr(
+        "sys.stdin", io.StringIO("5 tips to manage diabetes\r\nPatient: Jane Okafor\n")
+    )
     assert main(["scan-subjects", "-"]) == 1
-    assert capsys.readouterr().out == "clean\t\nphi\tname\n"
+    assert capsys.readouterr().out == "clean\t\t\nphi\tname\tname\n"
 
 
 def test_scan_subjects_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -47,7 +54,7 @@ def test_roster_import_then_scan(
     assert "imported 1 roster rows" in capsys.readouterr().out
     monkeypatch.setattr("sys.stdin", io.StringIO("Re: zorba quillfeather\nChart A-99812\nHello\n"))
     assert main(["scan-subjects", "--state-dir", str(state)]) == 1
-    assert capsys.readouterr().out == "phi\tname\nphi\tmrn\nclean\t\n"
+    assert capsys.readouterr().out == ("phi\tname\troster.name\nphi\tmrn\tid.cued\nclean\t\t\n")
 
 
 def test_roster_bad_row_reports_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

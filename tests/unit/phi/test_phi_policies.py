@@ -52,7 +52,11 @@ async def test_clean_subject_passes() -> None:
 async def test_phi_subject_is_refused_with_sorted_kinds() -> None:
     verdict = await build("subject-phi", {}).evaluate(ctx("MRN 00482913, DOB 03/14/1985"))
     assert verdict == Verdict(
-        rule="subject-phi", action=Action.REJECT, reason="phi.subject", kinds=("date", "mrn")
+        rule="subject-phi",
+        action=Action.REJECT,
+        reason="phi.subject",
+        kinds=("date", "mrn"),
+        rules=("id.cued", "id.date"),
     )
 
 
@@ -72,16 +76,17 @@ async def test_replace_when_every_kind_is_replace() -> None:
             "actions": {"default": "refuse", "name": "replace"},
         },
     )
-    verdict = await policy.evaluate(ctx("Re: Jane Okafor"))
+    verdict = await policy.evaluate(ctx("Patient: Jane Okafor"))
     assert verdict == Verdict(
         rule="subject-phi",
         action=Action.MODIFY,
         reason="phi.subject.replaced",
         kinds=("name",),
         modifications=(ReplaceSubject("A note from your clinic"),),
+        rules=("name",),
     )
     # one kind still set to refuse refuses the message
-    mixed = await policy.evaluate(ctx("Re: Jane Okafor MRN 00482913"))
+    mixed = await policy.evaluate(ctx("Patient: Jane Okafor MRN 00482913"))
     assert (mixed.action, mixed.reason, mixed.kinds) == (
         Action.REJECT,
         "phi.subject",

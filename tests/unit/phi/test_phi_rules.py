@@ -1,0 +1,140 @@
+"""Each named rule with its own table of examples: what fires it and what must not."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.phi import rules
+from relay.phi.normalize import fold, normalize
+from relay.phi.rules import Rule, Subject
+
+
+def subject(text: str) -> Subject:
+    text = normalize(text)
+    folded = fold(text)
+    import re
+
+    words = frozenset(re.findall(r"[^\W_]+(?:['\-][^\W_]+)*", folded))
+    return Subject(text, folded, words, any(ch.isdigit() for ch in text))
+
+
+TABLE: list[tuple[Rule, str, list[str], list[str]]] = [
+    (
+        rules.care_time,
+        "id.care-time",
+        [
+            "We'll expect you Wed 8:40 AM for your video follow-up",
+            "Reminder: Tues 6:30 pm session w/ Kayla",
+            "We'll expect you tomorrow, 7:30 a.m.",
+            "Tu cita es el martes a las 4 pm",
+            "Lembrete: consulta por vídeo quinta, 15h30",
+            "Your visit window opens Thu 2:45 PM",
+        ],
+        [
+            "Webinar Tue 6 pm: sleep hygiene for everyone",
+            "Clinic closes at 5 pm on Friday",
+            "Staff meeting moved to Monday 3:00",
+            "Your next visit is coming up soon",
+        ],
+    ),
+    (
+        rules.billing_amount,
+        "id.amount",
+        [
+            "Your copay for today's video visit: $40.00",
+            "Usted debe $318.40 después del seguro",
+            "Refund issued: $65.00 (canceled weight-loss visit)",
+            "PAST DUE: $340.00 FOR YOUR INTENSIVE OUTPATIENT PROGRAM",
+        ],
+        [
+            "Save $20 on flu shots this week",
+            "Invoice of $4,200 from our vendor is due",
+            "Taller de cocina económica: 5 € por familia",
+            "Your statement is ready",
+        ],
+    ),
+    (
+        rules.ending_digits,
+        "id.ending",
+        [
+            "Autopay failed on acct ending in 0463",
+            "Social ending -5184: is that still right?",
+            "Enrollment hold - SSN last four 6027 doesn't match",
+            "Tarjeta terminada en 4821 rechazada",
+        ],
+        ["Ending soon: open enrollment", "Last four weeks of the walking challenge"],
+    ),
+    (
+        rules.dx_cue,
+        "health.dx",
+        ["Dx: new onset afib, cardiology consult", "RE: dx - L40.0", "Diagnóstico: asma leve"],
+        ["Dx codes webinar", "Diagnosis coding clinic recap"],
+    ),
+    (
+        rules.record_cue,
+        "id.record-cue",
+        [
+            "Wristband reprint needed for MR# 60-448-172",
+            "Med. Rec. No. Q-3021: interpreter booked?",
+            "Accession no. HX26-03318 - recut requested",
+            "Historia clínica HC/55-0921: falta el consentimiento",
+            "Encounter #88-20714 needs a signature",
+        ],
+        ["Chart review training in 2026", "Patient portal update", "MR. Smith joins the board"],
+    ),
+    (
+        rules.segment,
+        "health.segment",
+        [
+            "For members taking GLP-1 meds: shipping delays this week",
+            "A todos los que toman litio: nuevo horario de análisis",
+            "Omnipod users we care for: please read this pod recall",
+            "Notice to patients receiving home dialysis: holiday changes",
+        ],
+        ["Open to all: the Kidney Smart class series", "Members: new portal login page"],
+    ),
+    (
+        rules.care_word,
+        "health.care-word",
+        [
+            "O laudo do seu ultrassom de tireoide está disponível",
+            "您的胃镜检查报告已上传",
+            "박서윤 님, 알레르기 검사 결과가 나왔습니다",
+            "Ваш анализ на витамин B12 готов",
+            "Vaksen tetanòs ou a an reta",
+            "موعدك مع الدكتورة سلمى يوم الأحد",
+            "Na-aprubahan ang referral mo sa cardiologist",
+            "Kết quả xét nghiệm của bạn đã có",
+            "Votre ordonnance a été envoyée à votre pharmacie",
+        ],
+        [
+            "Nova unidade aberta no bairro Boa Vista",
+            "春节期间门诊时间调整",
+            "금연 클리닉 무료 상담 - 누구나 신청 가능",
+            "Приглашаем на День донора 12 апреля",
+            "العيادة مغلقة أيام عيد الفطر",
+            "Journée portes ouvertes au centre de santé samedi",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("rule", "rule_id", "text"),
+    [(r, i, t) for r, i, fires, _ in TABLE for t in fires],
+)
+def test_rule_fires(rule: Rule, rule_id: str, text: str) -> None:
+    found = rule(subject(text))
+    assert found and {f.rule for f in found} == {rule_id}
+
+
+@pytest.mark.parametrize(
+    ("rule", "text"),
+    [(r, t) for r, _, _, quiet in TABLE for t in quiet],
+)
+def test_rule_stays_quiet(rule: Rule, text: str) -> None:
+    assert rule(subject(text)) == []
+
+
+def test_every_rule_has_a_table() -> None:
+    assert {r for r, *_ in TABLE} == {*rules.RULES, rules.segment}

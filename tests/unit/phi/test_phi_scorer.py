@@ -1,0 +1,62 @@
+"""The learned scorer: shipped weights are what the training script reproduces, and load safely."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay.phi.features import DIM, features
+from relay.phi.scorer import WEIGHTS, Scorer, ScorerError
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_retraining_reproduces_the_shipped_weights() -> None:
+    # Seeded liblinear over the same rows and features: byte-identical int8 weights.
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "train_phi_scorer.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "match the shipped file" in done.stdout
+
+
+def test_shipped_weights_fit_the_budget() -> None:
+    assert WEIGHTS.stat().st_size <= 5 * 1024 * 1024
+    scorer = Scorer.load()
+    assert 0 < scorer.thresholds.low <= scorer.thresholds.high < 1
+
+
+def test_features_are_deterministic_and_bounded() -> None:
+    one = features("Your A1C results are ready", ["r:health.result", "k:result"], ["<poss>"])
+    assert one == features(
+        "Your A1C results are ready", ["k:result", "r:health.result"], ["<poss>"]
+    )
+    assert all(0 <= i < DIM for i in one) and one == sorted(set(one))
+    # Digits are shapes: the number itself does not change the features.
+    assert features("MRN 00482913") == features("MRN 11593024")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"not json\n", "not a scorer weights file"),
+        (b'{"scale": 1, "bias": 0, "low": 0.5, "high": 0.8}\n' + b"\0" * 10, "expected"),
+        (b'{"scale": 1}\n' + b"\0" * DIM, "not a scorer weights file"),
+    ],
+)
+def test_a_damaged_weights_file_is_a_clear_error(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "scorer.bin"
+    path.write_bytes(content)
+    with pytest.raises(ScorerError, match=message):
+        Scorer.load(path)
+    with pytest.raises(ScorerError, match="cannot be read"):
+        Scorer.load(tmp_path / "missing.bin")
