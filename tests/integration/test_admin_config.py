@@ -228,7 +228,7 @@ def test_scan_subjects_exit_code_and_json(tmp_path: Path) -> None:
     assert json.loads(clean.stdout) == {
         "subjects": 1,
         "phi": 0,
-        "results": [{"line": 1, "verdict": "clean", "kinds": []}],
+        "results": [{"line": 1, "verdict": "clean", "kinds": [], "rules": []}],
     }
     mixed = run(["scan-subjects", "--json", "-"], tmp_path, {}, "Hello\nMRN 4451234 results\n")
     assert mixed.returncode == 1
