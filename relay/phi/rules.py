@@ -405,7 +405,9 @@ def record_cue(s: Subject) -> list[Finding]:
 
 
 _SEGMENT = re.compile(
-    r"\b(?:patients?|members?|clients?|everyone|anyone|those|people|families|parents|users|"
+    # The audience is the organisation's own patients or members; "people", "anyone" or
+    # "families" describe who a public programme is for (B6), not who receives it.
+    r"\b(?:patients?|members?|clients?|everyone|those|users|"
     r"participants|residents|pacientes|miembros|afiliados|todos|todas|quienes|usuarios|"
     r"familias|clientes)\b\s(?:[\w'-]+\s){0,2}?"
     r"(?:taking|on|prescribed|using|receiving|who (?:take|use|have|are|had|receive)|"

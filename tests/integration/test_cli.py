@@ -75,7 +75,7 @@ def test_scan_subjects(workdir: Path) -> None:
     )
     assert out.returncode == 1  # one subject is PHI
     lines = out.stdout.splitlines()
-    assert lines[0] == "clean\t"
+    assert lines[0] == "clean\t\t"  # verdict, kinds, rule ids
     assert lines[1].startswith("phi\t") and "mrn" in lines[1].split("\t")[1].split(",")
 
 

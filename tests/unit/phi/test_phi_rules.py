@@ -91,7 +91,11 @@ TABLE: list[tuple[Rule, str, list[str], list[str]]] = [
             "Omnipod users we care for: please read this pod recall",
             "Notice to patients receiving home dialysis: holiday changes",
         ],
-        ["Open to all: the Kidney Smart class series", "Members: new portal login page"],
+        [
+            "Open to all: the Kidney Smart class series",
+            "Members: new portal login page",
+            "New program for people living with diabetes",
+        ],
     ),
     (
         rules.care_word,
