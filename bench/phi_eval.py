@@ -6,6 +6,14 @@
     .venv/bin/python bench/phi_eval.py --corpus tests/data/holdout_2.tsv --errors  # one set
     .venv/bin/python bench/phi_eval.py --presidio /tmp/presidio-venv/bin/python
     .venv/bin/python bench/phi_eval.py --generate      # rebuild the corpus (needs faker)
+    .venv/bin/python bench/phi_eval.py --split test --old /tmp/phi-old   # writers' corpora
+
+`--split train|validation|test` scores the writers' corpora in tests/data/corpus
+(split.tsv says which writer is where) and prints only aggregate figures: per
+writer, language, guide rule and form, obfuscated and RFC 2047 recall, tiers,
+throughput, start-up and memory; never a subject. `--old DIR` scores the detector
+of another checkout (e.g. `git archive ad1b70a | tar -x -C DIR`) on the same rows
+in a separate interpreter, for the before/after comparison.
 
 The corpus is synthetic: faker names, dates, numbers and addresses in several
 locales, put into English and Spanish subject templates, plus hand-written tricky
@@ -1060,7 +1068,7 @@ def measure_startup() -> tuple[float, float, float]:
         "r0 = rss()\n"
         "tracemalloc.start(); t = time.perf_counter()\n"
         "from relay.phi import default_detector\n"
-        "d = default_detector(); d.scan('warm up'); d.conditions('warm up')\n"
+        "d = default_detector(); d.judge(['warm up']); d.conditions('warm up')\n"
         "dt = time.perf_counter() - t\n"
         "cur, peak = tracemalloc.get_traced_memory()\n"
         "r1 = rss()\n"
@@ -1077,7 +1085,7 @@ def measure_startup_untraced() -> float:
     code = (
         "import time; t = time.perf_counter()\n"
         "from relay.phi import default_detector\n"
-        "d = default_detector(); d.scan('warm up')\n"
+        "d = default_detector(); d.judge(['warm up'])\n"
         "print(time.perf_counter() - t)\n"
     )
     out = subprocess.run(
@@ -1169,6 +1177,180 @@ def print_holdouts() -> None:
         )
 
 
+# --- the writers' corpora (aggregates only) ---------------------------------------------
+
+WRITERS = ROOT / "tests" / "data" / "corpus"
+
+
+def writer_split() -> dict[str, str]:
+    out = {}
+    for line in (WRITERS / "split.tsv").read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            writer, part = line.split("\t")
+            out[writer] = part
+    return out
+
+
+def writer_rows(part: str) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    for writer, p in sorted(writer_split().items()):
+        path = WRITERS / f"{writer}.tsv"
+        if p != part or not path.exists():
+            continue
+        lines = path.read_text(encoding="utf-8").split("\n")
+        head = lines[0].split("\t")
+        for line in lines[1:]:
+            if line:
+                r = dict(zip(head, line.split("\t"), strict=False))
+                raw = r["raw"].replace("\\r\\n", "\r\n") if r["form"] == "rfc2047" else ""
+                r["input"] = raw or r["subject"]
+                rows.append(r)
+    return rows
+
+
+OLD_SCRIPT = r"""
+import json, sys
+from relay.phi import default_detector
+from relay.phi.normalize import subject_text
+d = default_detector()
+inputs = json.load(sys.stdin)
+print(json.dumps([bool(d.scan(subject_text(t))) for t in inputs]))
+"""
+
+
+def run_old(src: Path, inputs: list[str]) -> list[bool]:
+    """The detector of another checkout, in its own interpreter (its relay package first)."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    out = subprocess.run(
+        [sys.executable, "-c", OLD_SCRIPT],
+        input=json.dumps(inputs),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=src,
+        check=True,
+    )
+    return [bool(x) for x in json.loads(out.stdout)]
+
+
+def _rates(pairs: list[tuple[bool, bool]]) -> tuple[int, int, float, float, float]:
+    tp = sum(1 for y, p in pairs if y and p)
+    fp = sum(1 for y, p in pairs if p and not y)
+    pos = sum(1 for y, _ in pairs if y)
+    neg = len(pairs) - pos
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / pos if pos else float("nan")
+    fpr = fp / neg if neg else float("nan")
+    return pos, neg, precision, recall, fpr
+
+
+def _table(
+    title: str,
+    groups: dict[str, list[tuple[bool, bool]]],
+    old: dict[str, list[tuple[bool, bool]]] | None,
+) -> None:
+    print(f"\n{title}")
+    head = f"  {'':<16} {'phi':>5} {'clean':>6} {'precision':>9} {'recall':>7} {'fpr':>6}"
+    print(head + ("   old: precision recall    fpr" if old else ""))
+    for key in sorted(groups):
+        pos, neg, pr, rc, fpr = _rates(groups[key])
+        line = f"  {key:<16} {pos:>5} {neg:>6} {pr:>9.3f} {rc:>7.3f} {fpr:>6.3f}"
+        if old:
+            _, _, opr, orc, ofpr = _rates(old[key])
+            line += f"   {opr:>14.3f} {orc:>6.3f} {ofpr:>6.3f}"
+        print(line)
+
+
+def _judge_throughput(inputs: list[str], seconds: float) -> float:
+    from relay.phi import default_detector
+    from relay.phi.normalize import subject_texts
+
+    detector = default_detector()
+    done, start = 0, time.perf_counter()
+    gc.disable()
+    try:
+        while time.perf_counter() - start < seconds:
+            for text in inputs:
+                detector.judge(subject_texts(text))
+            done += len(inputs)
+    finally:
+        gc.enable()
+    return done / (time.perf_counter() - start)
+
+
+def evaluate_writers(part: str, old_src: Path | None, seconds: float) -> int:
+    from relay.phi import default_detector
+    from relay.phi.api import STRONG
+    from relay.phi.normalize import subject_texts
+
+    rows = writer_rows(part)
+    if not rows:
+        print(f"no writers in split {part!r} have delivered")
+        return 1
+    detector = default_detector()
+    started = time.perf_counter()
+    judged = [detector.judge(subject_texts(r["input"])) for r in rows]
+    elapsed = time.perf_counter() - started
+    labels = [r["label"] == "phi" for r in rows]
+    pred = [j.phi for j in judged]
+    old_pred = run_old(old_src, [r["input"] for r in rows]) if old_src else None
+
+    def groups(key: object, flags: list[bool]) -> dict[str, list[tuple[bool, bool]]]:
+        out: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+        for r, y, p in zip(rows, labels, flags, strict=True):
+            for k in key(r):  # type: ignore[operator]
+                out[k].append((y, p))
+        return out
+
+    def table(title: str, key: object) -> None:
+        _table(title, groups(key, pred), groups(key, old_pred) if old_pred else None)
+
+    writers = sorted({r["writer"] for r in rows})
+    print(
+        f"split {part}: writers {', '.join(writers)}; {len(rows)} subjects "
+        f"({sum(labels)} phi); new detector vs {'old ' + str(old_src) if old_src else 'nothing'}"
+    )
+    table("overall", lambda r: ["all"])
+    table("per writer", lambda r: [r["writer"]])
+    table("per language", lambda r: [r["lang"]])
+    table("per form", lambda r: [r["form"]])
+    table("obfuscated + rfc2047", lambda r: ["encoded"] if r["form"] != "plain" else [])
+    table("per guide rule (label column 'rule')", lambda r: [r["rule"].split()[0]])
+    table("per guide section", lambda r: [r["rule"][:2] if r["rule"][:1] == "R" else "B"])
+    strong = sum(1 for j in judged if j.tier == STRONG)
+    uncertain = sum(1 for j in judged if j.phi and j.tier != STRONG)
+    print(f"\ntiers: {strong} strong (refuse/replace per kind), {uncertain} uncertain (replace)")
+    fired: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    for j, y in zip(judged, labels, strict=True):
+        for rule in j.rules:
+            fired[rule].append((y, True))
+    print("\nrules that decided (hits on phi / on clean subjects)")
+    for rule in sorted(fired):
+        hits = fired[rule]
+        print(
+            f"  {rule:<22} {sum(1 for y, _ in hits if y):>5} {sum(1 for y, _ in hits if not y):>5}"
+        )
+    rate = _judge_throughput([r["input"] for r in rows], seconds)
+    startup = measure_startup_untraced()
+    _, traced, rss = measure_startup()
+    print(f"\nthroughput: {rate:,.0f} subjects/s (one core: subject_texts + judge, all tiers)")
+    print(f"first pass: {len(rows) / elapsed:,.0f} subjects/s (cold caches)")
+    print(f"start-up: {startup * 1000:.0f} ms (import, vocabularies, scorer weights, first scan)")
+    print(f"memory: {traced:.1f} MiB allocated (tracemalloc), {rss:.1f} MiB RSS growth")
+    _, _, _, recall, fpr = _rates(list(zip(labels, pred, strict=True)))
+    enc = [(y, p) for r, y, p in zip(rows, labels, pred, strict=True) if r["form"] != "plain"]
+    enc_recall = _rates(enc)[3]
+    ok = recall >= 0.97 and fpr <= 0.02 and enc_recall >= 0.99 and rate >= 20_000
+    print(
+        f"\ntargets (recall >= 0.97, FPR <= 0.02, encoded recall >= 0.99, >= 20,000/s): "
+        f"{'met' if ok else 'NOT met'} (recall {recall:.3f}, FPR {fpr:.3f}, "
+        f"encoded recall {enc_recall:.3f}, {rate:,.0f}/s)"
+    )
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, default=CORPUS)
@@ -1177,7 +1359,13 @@ def main() -> int:
     ap.add_argument("--presidio", metavar="PYTHON", help="python of a venv with presidio-analyzer")
     ap.add_argument("--presidio-threshold", type=float, default=0.3)
     ap.add_argument("--seconds", type=float, default=2.0, help="throughput measuring time")
+    ap.add_argument(
+        "--split", choices=("train", "validation", "test"), help="score the writers' corpora"
+    )
+    ap.add_argument("--old", type=Path, help="checkout of an older detector to compare")
     args = ap.parse_args()
+    if args.split:
+        return evaluate_writers(args.split, args.old, args.seconds)
     if args.generate:
         rows = generate()
         write_corpus(rows)

@@ -169,21 +169,22 @@ def main() -> int:
             pv = probabilities(xv, q, scale, bias)
             # Rules that decide alone count whatever the score.
             decisive = np.array([_decisive(detector, r) for r in val])
-            best = None
-            for t in np.arange(0.05, 0.96, 0.01):
+
+            def figures(t: float) -> tuple[float, float]:
                 pred = decisive | (pv >= t)
-                rec = (pred & yv).sum() / yv.sum()
-                fpr = (pred & ~yv).sum() / (~yv).sum()
-                if fpr <= args.max_fpr and (best is None or rec > best[1]):
-                    best = (float(t), float(rec), float(fpr))
-            if best is None:
-                best = (0.9, 0.0, 0.0)
-            low = round(best[0], 2)
-            th = scorer_mod.Thresholds(low, round(max(low, min(0.95, low + 0.3)), 2))
-            print(
-                f"validation ({len(val)} rows): low {th.low} high {th.high}: "
-                f"recall {best[1]:.3f} FPR {best[2]:.3f}"
-            )
+                return float((pred & yv).sum() / yv.sum()), float((pred & ~yv).sum() / (~yv).sum())
+
+            grid = [round(float(t), 2) for t in np.arange(0.05, 0.99, 0.01)]
+            # low: the most recall with FPR within the bound; high: where the false
+            # positives left are a quarter of the bound (strong evidence, refused).
+            within = [t for t in grid if figures(t)[1] <= args.max_fpr] or [grid[-1]]
+            low = within[0]
+            strict = [t for t in grid if t >= low and figures(t)[1] <= args.max_fpr / 4]
+            high = strict[0] if strict else grid[-1]
+            th = scorer_mod.Thresholds(low, high)
+            for name, t in (("low", low), ("high", high)):
+                rec, fpr = figures(t)
+                print(f"validation ({len(val)} rows) {name} {t}: recall {rec:.3f} FPR {fpr:.3f}")
     scorer_mod.write(path, q, scale, bias, th)
     nonzero = sum(1 for b in q if b)
     print(f"wrote {path.relative_to(ROOT)}: {len(train)} rows, {nonzero} non-zero weights")

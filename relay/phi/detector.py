@@ -729,14 +729,16 @@ class Vocabulary:
 
 
 _VOCAB: Vocabulary | None = None
-# A cheap test for text that `expand` may change: a shorthand word, or a letter next to
-# a leetspeak character.
-_EXPAND_HINT = re.compile(
+# A cheap test for text that `expand` may change: a shorthand word (looked up in the
+# subject's word set), a slashed shorthand ("f/u", "w/"), or a letter next to a
+# leetspeak character.
+_SHORT_WORDS = frozenset(w for w in shorthand_words() if "/" not in w)
+_SLASHED = re.compile(
     r"(?i)(?<![\w/])(?:"
-    + "|".join(re.escape(w) for w in sorted(shorthand_words(), key=len, reverse=True))
+    + "|".join(re.escape(w) for w in sorted(shorthand_words(), key=len, reverse=True) if "/" in w)
     + r")(?![\w/])"
-    r"|[^\W\d_][0134578@$!|]|[0134578@$!|][^\W\d_]"
 )
+_LEET = re.compile(r"[^\W\d_][0134578@$!|]|[0134578@$!|][^\W\d_]")
 
 
 def vocabulary() -> Vocabulary:
@@ -744,6 +746,14 @@ def vocabulary() -> Vocabulary:
     if _VOCAB is None:
         _VOCAB = Vocabulary()
     return _VOCAB
+
+
+def _may_expand(t: _Text) -> bool:
+    return (
+        not t.wordset.isdisjoint(_SHORT_WORDS)
+        or ("/" in t.text and _SLASHED.search(t.text) is not None)
+        or _LEET.search(t.text) is not None
+    )
 
 
 class _Text:
@@ -836,7 +846,7 @@ class PhiDetector:
     def analyse(self, text: str) -> Analysis:
         """The findings, and the expanded reading and word classes the scorer reads."""
         found, t = self._scan_view(text)
-        if _EXPAND_HINT.search(text) is not None:
+        if _may_expand(t):
             second = expand(text, self.vocab.known)
             if second != text:
                 more, t = self._scan_view(second)
@@ -873,6 +883,10 @@ class PhiDetector:
                 out.append("<last>")
             elif w.isdigit():
                 out.append(f"<num{min(len(w), 9)}>")
+            elif i and t.orig[i][:1].isupper() and not t.orig[i].isupper() and not t.title_case:
+                # A capitalised word inside a sentence-case subject: often a name the
+                # lists do not know ("Owen Marchetti").
+                out.append("<cap>")
             else:
                 out.append(w)
             i += 1

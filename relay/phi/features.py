@@ -45,22 +45,14 @@ def features(view: str, rules: Iterable[str] = (), classes: Sequence[str] = ()) 
     crc = zlib.crc32
     n = len(data)
     out = {crc(data[i : i + 4]) & MASK for i in range(n - 3)}
-    prev = b"^"
-    for word in _WORD.findall(text):
-        w = word.encode("utf-8")
-        out.add(crc(w, _NS_WORD) & MASK)
-        out.add(crc(prev + b" " + w, _NS_PAIR) & MASK)
-        prev = w
-    out.add(crc(prev + b" $", _NS_PAIR) & MASK)
     for rule in rules:
         out.add(crc(rule.encode("utf-8"), _NS_RULE) & MASK)
+    # Words (health terms, names and numbers as class tokens) and their pairs.
     prev = b"^"
     for cls in classes:
         c = cls.encode("utf-8")
-        if cls[:1] == "<":
-            out.add(crc(c, _NS_CLASS) & MASK)
+        out.add(crc(c, _NS_WORD) & MASK)
         out.add(crc(prev + b" " + c, _NS_CLASS_PAIR) & MASK)
         prev = c
-    if classes:
-        out.add(crc(prev + b" $", _NS_CLASS_PAIR) & MASK)
+    out.add(crc(prev + b" $", _NS_CLASS_PAIR) & MASK)
     return sorted(out)

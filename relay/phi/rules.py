@@ -34,155 +34,26 @@ class Subject:
 
 Rule = Callable[[Subject], list[Finding]]
 
-# --- shared word classes ---------------------------------------------------------------
+# --- shared word classes (data/rule_words.tsv) -------------------------------------------
 
-_YOU = frozenset(
-    [
-        "your",
-        "you",
-        "you're",
-        "youre",
-        "yours",
-        "u",
-        "ur",
-        "su",
-        "sus",
-        "tu",
-        "tus",
-        "usted",
-        "te",
-        "ti",
-        "le",
-        "seu",
-        "sua",
-        "seus",
-        "suas",
-        "voce",
-        "votre",
-        "vos",
-        "vous",
-        "ton",
-        "ta",
-        "tes",
-        "mo",
-        "iyong",
-        "ka",
-        "ou",
-    ]
-)
-_CARE = frozenset(
-    [
-        "appointment",
-        "appointments",
-        "appt",
-        "visit",
-        "visits",
-        "session",
-        "sessions",
-        "consult",
-        "consultation",
-        "teleconsult",
-        "telehealth",
-        "video",
-        "check-up",
-        "checkup",
-        "follow-up",
-        "followup",
-        "surgery",
-        "procedure",
-        "infusion",
-        "dialysis",
-        "scan",
-        "mri",
-        "ultrasound",
-        "x-ray",
-        "lab",
-        "labs",
-        "test",
-        "blood",
-        "draw",
-        "vaccine",
-        "dose",
-        "shot",
-        "therapy",
-        "counseling",
-        "counselling",
-        "injection",
-        "screening",
-        "exam",
-        "physical",
-        "cleaning",
-        "admission",
-        "discharge",
-        "cita",
-        "citas",
-        "consulta",
-        "sesion",
-        "terapia",
-        "cirugia",
-        "examen",
-        "analisis",
-        "vacuna",
-        "dosis",
-        "sessao",
-        "consulta",
-        "exame",
-        "rendez-vous",
-        "rdv",
-        "seance",
-        "booked",
-        "booking",
-        "scheduled",
-        "reschedule",
-        "rescheduled",
-        "moved",
-        "confirmed",
-        "expect",
-        "arrival",
-        "check-in",
-        "checkin",
-        "intake",
-    ]
-)
-_EVENT = frozenset(
-    [
-        "class",
-        "classes",
-        "webinar",
-        "workshop",
-        "talk",
-        "seminar",
-        "conference",
-        "conferencia",
-        "conference",
-        "lecture",
-        "fair",
-        "walk",
-        "run",
-        "open",
-        "house",
-        "festival",
-        "meeting",
-        "huddle",
-        "training",
-        "town",
-        "hall",
-        "launch",
-        "party",
-        "drive",
-        "concert",
-        "tour",
-        "taller",
-        "charla",
-        "curso",
-        "clase",
-        "evento",
-        "feria",
-        "reunion",
-        "capacitacion",
-        "jornada",
-    ]
-)
+
+@cache
+def _rule_words() -> dict[str, frozenset[str]]:
+    grouped: dict[str, set[str]] = {}
+    for line in (DATA / "rule_words.tsv").read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            cls, word = line.split("\t")
+            grouped.setdefault(cls, set()).add(word)
+    return {cls: frozenset(ws) for cls, ws in grouped.items()}
+
+
+def _class(name: str) -> frozenset[str]:
+    return _rule_words()[name]
+
+
+_YOU = _class("you")
+_CARE = _class("care")
+_EVENT = _class("event")
 _WEEKDAY = (
     r"mon(?:day)?|tue(?:s(?:day)?)?|wed(?:s|nesday)?|thu(?:r(?:s(?:day)?)?)?|fri(?:day)?|"
     r"sat(?:urday)?|sun(?:day)?|lunes|martes|miercoles|jueves|viernes|sabado|domingo|"
@@ -223,102 +94,10 @@ _AMOUNT = re.compile(
     r"(?:[$€£₱]|r\$|us\$|usd|eur|mxn|php)\s?\d[\d,.]*|\d[\d,.]*\s?(?:[$€£]|usd|eur|dollars|"
     r"dolares|pesos|euros|reais)"
 )
-_BILLING = frozenset(
-    [
-        "copay",
-        "copays",
-        "co-pay",
-        "coinsurance",
-        "deductible",
-        "owe",
-        "owed",
-        "balance",
-        "due",
-        "past",
-        "charged",
-        "charge",
-        "charges",
-        "bill",
-        "billed",
-        "billing",
-        "statement",
-        "superbill",
-        "receipt",
-        "refund",
-        "refunded",
-        "paid",
-        "payment",
-        "autopay",
-        "invoice",
-        "renewed",
-        "subscription",
-        "debe",
-        "adeuda",
-        "saldo",
-        "copago",
-        "cobro",
-        "cobramos",
-        "cargo",
-        "pago",
-        "factura",
-        "recibo",
-        "reembolso",
-        "pendiente",
-        "vencido",
-        "fatura",
-        "cobranca",
-        "pagamento",
-        "facture",
-        "solde",
-    ]
-)
-_BUSINESS = frozenset(
-    [
-        "vendor",
-        "vendors",
-        "supplier",
-        "suppliers",
-        "po",
-        "purchase",
-        "net",
-        "wholesale",
-        "proveedor",
-        "proveedores",
-        "pedido",
-        "budget",
-        "payroll",
-        "grant",
-        "sponsorship",
-        "donation",
-        "donations",
-        "fundraiser",
-        "raised",
-        "revenue",
-    ]
-)
+_BILLING = _class("billing")
+_BUSINESS = _class("business")
 # Prices in offers are marketing, not a person's bill.
-_OFFER = frozenset(
-    [
-        "save",
-        "off",
-        "discount",
-        "sale",
-        "only",
-        "just",
-        "starting",
-        "from",
-        "per",
-        "member",
-        "gift",
-        "card",
-        "coupon",
-        "free",
-        "ahorra",
-        "descuento",
-        "oferta",
-        "desde",
-    ]
-)
+_OFFER = _class("offer")
 
 
 def billing_amount(s: Subject) -> list[Finding]:
