@@ -359,6 +359,18 @@ class Relay:
         self.services.audit.event("config-reload", ok=False, error=code)
         return False
 
+    async def _wait_for_deliveries(self) -> None:
+        """A message already deciding or going upstream at the drain timeout keeps running
+        (its client is gone); the audit log stays open until its record is written."""
+        assert self.shared is not None
+        tasks = set(self.shared.deliveries)
+        if not tasks:
+            return
+        cfg = self.config
+        grace = cfg.server.policy_timeout + 4 * cfg.upstream.timeout + 30  # as on_data's timer
+        log.warning("waiting for deliveries under way", count=len(tasks), at_most_seconds=grace)
+        await asyncio.wait(tasks, timeout=grace)
+
     async def stop(self) -> None:
         """Stop accepting, let transactions in flight finish (bounded), then close."""
         if self.shared is None:
@@ -373,6 +385,7 @@ class Relay:
             await asyncio.sleep(0.05)
         for sess in list(self.shared.sessions):
             await sess.shutdown(force=True)
+        await self._wait_for_deliveries()
         for srv in self.servers:
             try:
                 async with asyncio.timeout(2):

@@ -100,6 +100,8 @@ class Shared:
             window=s.auth_lockout,
         )
         self.sessions: set[RelaySMTP] = set()
+        # Messages being decided and delivered; they outlive their session if need be.
+        self.deliveries: set[asyncio.Task[Reply]] = set()
         self.closing = False
 
 
@@ -506,13 +508,22 @@ class RelaySMTP(SMTP):
             )
         # Processing and upstream delivery must not be cut by the idle timer.
         self._reset_timeout(cfg.server.policy_timeout + 4 * cfg.upstream.timeout + 30)
+        # Once the message is in, deciding and delivering run to the end even if the
+        # client hangs up (aiosmtpd then cancels this coroutine): a message cut off half
+        # way upstream would have no delivery record. Shutdown waits for these tasks.
+        task = asyncio.get_running_loop().create_task(txn.finish(raw))
         self.busy = True
-        try:
-            reply: Reply = await txn.finish(raw)
-        finally:
-            self.busy = False
-            self._reset_timeout()
+        self.shared.deliveries.add(task)
+        task.add_done_callback(self._delivered)
+        reply: Reply = await asyncio.shield(task)
+        self._reset_timeout()
         return str(reply)
+
+    def _delivered(self, task: asyncio.Task[Reply]) -> None:
+        self.busy = False
+        self.shared.deliveries.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery failed", error=type(task.exception()).__name__)
 
     async def on_rset(self) -> None:
         txn, self.txn = self.txn, None

@@ -319,3 +319,62 @@ async def test_reply_counts_recipients_suppressed_by_optout_and_consent(
     assert sink.all_rcpts() == [kept, authorized, kept]
     for address in (kept, opted_out, authorized, stranger):
         assert address not in answer
+
+
+async def test_sigterm_drain_timeout_waits_for_a_delivery_under_way_to_be_recorded(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    """At the drain timeout a message already going upstream is not cut off from its audit
+    record: the relay waits (bounded by the upstream timeout) before closing the log."""
+    sink.faults.stall_at = "DATA"
+    sink.faults.stall_seconds = 4  # longer than the relay's upstream timeout (2 s)
+    env = {"PHI_RELAY_SERVER_SHUTDOWN_TIMEOUT": "0.5"}
+    svc = await start_service(tmp_path, pki, sink, env=env)
+    try:
+        conn = await RawSmtp.ready(svc.smtp_port, pki.client_context())
+        assert await conn.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Sender OK"
+        assert await conn.cmd(f"RCPT TO:<{fake.email()}>") == "250 2.1.5 Recipient OK"
+        assert (await conn.cmd("DATA")).startswith("354 ")
+        await conn.send(message() + b".\r\n")
+        deadline = time.monotonic() + 10
+        while not [r for r in svc.audit_records() if r.get("type") == "decision"]:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        svc.signal(signal.SIGTERM)
+        assert await asyncio.wait_for(svc.proc.wait(), 20) == 0
+        await conn.close()
+    finally:
+        await svc.stop()
+    records = svc.audit_records()
+    [decision] = [r for r in records if r.get("type") == "decision"]
+    [delivery] = [r for r in records if r.get("type") == "delivery"]
+    assert delivery["decision_id"] == decision["decision_id"]
+    assert delivery["outcome"] == "ambiguous"  # the upstream timed out after the data
+    assert records[-1].get("event") == "relay-stop"
+    log = svc.log_text()
+    assert "audit delivery record failed" not in log
+    assert "Traceback" not in log
+
+
+async def test_client_hanging_up_after_the_final_dot_does_not_cut_the_delivery(
+    relay: RunningRelay, sink: Sink
+) -> None:
+    """aiosmtpd cancels a session's work when its client goes; the decided message must
+    still be delivered and recorded, or it would sit upstream without a delivery record."""
+    sink.faults.stall_at = "DATA"
+    sink.faults.stall_seconds = 0.5
+    conn = await RawSmtp.ready(relay.port, relay.pki.client_context())
+    assert await conn.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Sender OK"
+    assert await conn.cmd(f"RCPT TO:<{fake.email()}>") == "250 2.1.5 Recipient OK"
+    assert (await conn.cmd("DATA")).startswith("354 ")
+    await conn.send(message() + b".\r\n")
+    while not relay.decisions():  # noqa: ASYNC110 - the audit file offers no event to await
+        await asyncio.sleep(0.02)
+    conn.writer.transport.abort()  # gone before the upstream answered
+    deadline = time.monotonic() + 10
+    while not relay.deliveries():
+        assert time.monotonic() < deadline, "no delivery record"
+        await asyncio.sleep(0.05)
+    [delivery] = relay.deliveries()
+    assert delivery["outcome"] == "delivered"
+    assert len(sink.received) == 1
