@@ -113,6 +113,7 @@ class HttpConfig:
     # RFC 8058 links must be https: served here with the relay's certificate, or by a
     # TLS-terminating proxy in front, which then needs an https base_url.
     tls: bool = True
+    readiness_ttl: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +286,7 @@ _KINDS: dict[str, dict[str, str]] = {
         "max_connections": "int",
         "header_timeout": "float",
         "tls": "bool",
+        "readiness_ttl": "float",
     },
     "dedup": {"busy_timeout": "float", "ttl": "float", "claim_lease": "float"},
     "": {"state_dir": "path", "policy_file": "path", "consent_store": "str"},

@@ -101,6 +101,8 @@ MEANINGS: dict[str, str] = {
     "`503` (plain) or are closed.",
     "http.header_timeout": "Seconds for a TLS handshake, for each request's headers (from "
     "connect or the previous response), for a POST body, and keep-alive idle time.",
+    "http.readiness_ttl": "Seconds `/readyz` keeps each check's result (the upstream check "
+    "is a whole SMTP login), so probes do not log in to the provider every time.",
 }
 
 # Variables that are not settings but that the relay reads.

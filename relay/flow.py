@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from relay import pipeline, replies
+from relay import maillog, pipeline, replies
 from relay.address import domain_of
 from relay.category import HEADER
 from relay.decide import Decided, Request, Strikes, decide, ordinary
@@ -155,6 +155,9 @@ class Transaction:
         self.recipients: list[str] = []
         self.upstream_mail_sent = False
         self._unsettled: list[str] = []  # claimed recipients not yet confirmed or released
+        # For the service log's one line per message.
+        self.decision_id = ""
+        self.decision: Decision | None = None
 
     # --- envelope phase: proxied to the upstream so its answers reach the client ---------
 
@@ -191,7 +194,23 @@ class Transaction:
             await self.link.reset()
             self.upstream_mail_sent = False
 
+    def _failure(
+        self, what: str, *, error: bool = False, detail: str | None = None, **fields: maillog.Field
+    ) -> None:
+        f = self.facts
+        maillog.failure(
+            what, peer=f.peer.host, session_id=f.session_id, error=error, detail=detail, **fields
+        )
+
     async def _upstream_event(self, stage: str, err: UpstreamError) -> None:
+        self._failure(
+            "upstream-unavailable",
+            stage=stage,
+            upstream=self.rt.upstream.name,
+            outcome=err.outcome,
+            reply_code=err.reply.code,
+            reply_status=err.reply.status,
+        )
         try:
             await self.rt.audit.event_async(
                 "upstream-unavailable",
@@ -203,24 +222,47 @@ class Transaction:
                 reply_status=err.reply.status,
             )
         except Exception:
-            log.error("audit write failed", stage=stage)
+            self._failure("audit-write", error=True, stage=stage)
 
     # --- message phase -------------------------------------------------------------------
 
     async def finish(self, raw: bytes) -> Reply:
         """The reply to DATA. Never raises: the session must stay in step for the next MAIL."""
+        started = time.monotonic()
         try:
-            return await self._finish(raw)
+            reply = await self._finish(raw)
         except Exception as exc:
             # The type only: exception text could quote the message.
-            log.error("transaction failed", error=type(exc).__name__)
+            self._failure(
+                "internal-error",
+                error=True,
+                decision_id=self.decision_id or None,
+                exception=type(exc).__name__,
+            )
             await self.abort()
-            return Reply(451, "4.3.0", "Internal error; try again later")
+            reply = Reply(451, "4.3.0", "Internal error; try again later")
+        self._log_message(reply, time.monotonic() - started)
+        return reply
+
+    def _log_message(self, reply: Reply, seconds: float) -> None:
+        d = self.decision
+        maillog.message(
+            session_id=self.facts.session_id,
+            decision_id=self.decision_id or "none",
+            category=d.category if d else "unknown",
+            decision=d.enforced_action.name.lower() if d else "none",
+            reply=reply,
+            seconds=seconds,
+            recipients=len(self.recipients),
+            accepted=len(d.accepted) if d else 0,
+        )
+        if d is not None:
+            maillog.policy_failures(d, self.facts.peer.host)
 
     async def _finish(self, raw: bytes) -> Reply:
         started = time.monotonic()
         rt = self.rt
-        decision_id = new_id()
+        decision_id = self.decision_id = new_id()
         envelope = Envelope(self.mail_from, tuple(self.recipients), self.options, self.smtputf8)
         decided = await self._decide(raw, envelope, decision_id)
         outcome, category = decided.outcome, decided.category
@@ -241,7 +283,7 @@ class Transaction:
             try:
                 claim = await rt.dedup.claim(fingerprint, outcome.accepted, decision_id)
             except DedupError as err:
-                log.error("dedup claim failed; deferring message", error=str(err))
+                self._failure("dedup-claim", error=True, decision_id=decision_id, detail=str(err))
                 rt.metrics.dedup_error("claim")
                 claim_failed = True
                 reply = replies.by_reason("dedup.error")
@@ -264,11 +306,12 @@ class Transaction:
             dropped=outcome.dropped,
             size=len(raw),
         )
+        self.decision = decision
         # The decision is on disk before anything is forwarded or refused.
         try:
             await rt.audit.decision_async(decision)
         except Exception:
-            log.error("audit write failed; deferring message", decision_id=decision_id)
+            self._failure("audit-write", error=True, stage="decision", decision_id=decision_id)
             rt.metrics.audit_error()
             await self.abort()
             await self._release(claim, claim.mine, decision_id)
@@ -325,7 +368,7 @@ class Transaction:
             # The upstream accepted: that is the truth and the client hears 250. The claim
             # on disk still holds the recipients and the store retries the confirmation,
             # so a retry of this message is not sent again.
-            log.error("dedup confirm failed after delivery", error=str(err))
+            self._failure("dedup-confirm", error=True, decision_id=decision_id, detail=str(err))
             self.rt.metrics.dedup_error("confirm")
             await self._dedup_event(decision_id, "confirm", len(recipients))
 
@@ -337,7 +380,7 @@ class Transaction:
             await self.rt.dedup.release(claim, tuple(recipients))
         except DedupError as err:
             # Not lost: the claim lapses after dedup.claim_lease and a retry then sends it.
-            log.error("dedup release failed", error=str(err))
+            self._failure("dedup-release", error=True, decision_id=decision_id, detail=str(err))
             self.rt.metrics.dedup_error("release")
             await self._dedup_event(decision_id, "release", len(recipients))
 
@@ -350,7 +393,7 @@ class Transaction:
                 recipients=count,
             )
         except Exception:
-            log.error("audit write failed", stage=f"dedup-{stage}")
+            self._failure("audit-write", error=True, stage=f"dedup-{stage}")
 
     async def _decide(self, raw: bytes, envelope: Envelope, decision_id: str) -> Decided:
         """The policies' outcome: inline for a small message, else in a worker process."""
@@ -370,7 +413,9 @@ class Transaction:
             except JobTimeout:
                 return await self._timed_out(raw, envelope, [], "unknown")
             except WorkerError as err:
-                log.error("decision worker failed", reason=err.reason, decision_id=decision_id)
+                self._failure(
+                    "decision-worker", error=True, decision_id=decision_id, reason=err.reason
+                )
                 reason = "worker.busy" if err.reason == "worker.busy" else "worker.unavailable"
                 unjudged = Verdict(rule="message", action=Action.TEMPFAIL, reason=reason)
                 outcome = pipeline.combine([unjudged], envelope.rcpt_tos, s.mode)
@@ -436,7 +481,7 @@ class Transaction:
                 reason = "rewrite.permanent" if permanent else "rewrite.error"
                 if why == "rewrite.timeout" and permanent:
                     reason = "message.too-complex"  # timed out before: do not invite a retry
-                log.error("rewrite failed", decision_id=decision_id, reason=why)
+                self._failure("rewrite", decision_id=decision_id, reason=why)
                 failed = replies.by_reason(reason)
                 await self._delivery(decision_id, group, failed, "rewrite-failed", 0.0)
                 failures.append((failed, len(group)))
@@ -555,11 +600,22 @@ class Transaction:
             outcome=outcome,
         )
         self.rt.metrics.delivery(result)
+        if outcome not in ("delivered", "duplicate-suppressed", "rewrite-failed") or refused:
+            self._failure(
+                "delivery",
+                decision_id=decision_id,
+                upstream=self.rt.upstream.name,
+                outcome=outcome,
+                reply_code=reply.code,
+                reply_status=reply.status,
+                recipients=len(group),
+                refused=len(refused or {}),
+            )
         try:
             await self.rt.audit.delivery_async(result)
         except Exception:
             # Cannot un-deliver: record the failure in the service log and the metrics.
-            log.error("audit delivery record failed", decision_id=decision_id)
+            self._failure("audit-write", error=True, stage="delivery", decision_id=decision_id)
             self.rt.metrics.audit_error()
 
 

@@ -56,6 +56,30 @@ def reply_class(code: int) -> str:
     return f"{code // 100}xx" if 200 <= code < 600 else OTHER
 
 
+# Reason codes a verdict carries when its policy failed rather than decided (relay.pipeline).
+POLICY_FAILURES = frozenset({"policy.error", "policy.timeout"})
+
+# Refusals before a message, from the reply the client got: (start of the reply, code).
+# The first match wins, so the more specific text comes first.
+_REFUSALS = (
+    ("530 5.7.0 Must issue a STARTTLS", "tls.required"),
+    ("530 5.7.0 Authentication required", "auth.required"),
+    ("421 4.7.0 Too many connections from your address", "sessions.per-client"),
+    ("421 4.7.0 Too many unauthenticated", "sessions.unauthenticated"),
+    ("421 4.7.0 Too many connections", "sessions.full"),
+    ("421 4.3.2 Service shutting down", "shutting-down"),
+)
+
+
+def refusal_code(reply: str) -> str:
+    """The reason code for a refusal reply line: a known one, else `reply.NNN`."""
+    for start, code in _REFUSALS:
+        if reply.startswith(start):
+            return code
+    head = reply[:3]
+    return f"reply.{head}" if head.isdigit() else OTHER
+
+
 class Metrics:
     """The relay's metrics, in `registry` (a fresh one, with process metrics, by default)."""
 
@@ -167,6 +191,10 @@ class Metrics:
         for v in d.verdicts:
             reason = code_label(v.reason) if v.reason else "none"
             self._verdicts.labels(code_label(v.rule), v.action.name.lower(), reason).inc()
+            if v.reason in POLICY_FAILURES:
+                # The pipeline turned the failure into a tempfail verdict; it is counted here
+                # because every decided message passes through this one method.
+                self.policy_error(v.rule)
         for reason in d.dropped.values():
             self._dropped.labels(code_label(reason)).inc()
         self._decision_seconds.observe(max(seconds, 0.0))
@@ -185,6 +213,10 @@ class Metrics:
 
     def refused_session(self, reason: str) -> None:
         self._sessions_refused.labels(code_label(reason)).inc()
+
+    def refused_reply(self, reply: str) -> None:
+        """A session or command refused before a message, given the reply line it got."""
+        self.refused_session(refusal_code(reply))
 
     def auth_failure(self) -> None:
         self._auth_failures.inc()

@@ -20,7 +20,13 @@ from relay.config import Config
 from relay.consent import open_store
 from relay.consent.api import ConsentStore, StoreError
 from relay.dedup import Dedup
-from relay.delivery import CaptureUpstream, SmtpUpstream, Upstream, client_tls_context
+from relay.delivery import (
+    CaptureUpstream,
+    SmtpUpstream,
+    Upstream,
+    UpstreamError,
+    client_tls_context,
+)
 from relay.flow import Runtime
 from relay.links import make_link_maker
 from relay.metrics import Metrics
@@ -261,12 +267,18 @@ class Relay:
         )
 
     async def _start_http(self, runtime: Runtime) -> None:
-        from relay.web import bound_port, build_app, start_http
+        from relay.web import NotReady, bound_port, build_app, start_http
 
         assert self.services is not None and self.config.http.listen is not None
 
         async def upstream_ready() -> None:
-            await self.runtime.upstream.ping()
+            try:
+                await self.runtime.upstream.ping()
+            except UpstreamError as err:
+                # Our own words for what failed; an upstream's reply text stays out.
+                said = err.outcome in ("refused", "deferred")
+                why = f"it answered {err.reply.code}" if said else err.reply.text
+                raise NotReady(f"upstream {err.outcome} ({err.reply.status}): {why}") from err
 
         app = build_app(
             store=self.services.store,
@@ -274,6 +286,7 @@ class Relay:
             metrics=self.services.metrics,
             readiness={"upstream": upstream_ready, "store": self.services.store.ping},
             organisation=runtime.rules.organisation.name,
+            readiness_ttl=self.config.http.readiness_ttl,
         )
         listen = self.config.http.listen
         h = self.config.http

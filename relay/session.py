@@ -171,7 +171,7 @@ class RelaySMTP(SMTP):
             self.shared.sessions.add(self)
             self.shared.runtime.metrics.session(True)
         else:
-            self.shared.runtime.metrics.refused_session(self.refusal.split(";")[0][10:])
+            self.shared.runtime.metrics.refused_reply(self.refusal)
         self._reset_timeout()  # aiosmtpd started it before we knew whether the peer is trusted
 
     def _release_slot(self) -> None:
@@ -254,6 +254,9 @@ class RelaySMTP(SMTP):
             # RFC 2034: once ENHANCEDSTATUSCODES is advertised, every reply carries one.
             default = {"2": "2.0.0", "4": "4.0.0", "5": "5.5.0"}[text[0]]
             text = f"{text[:3]} {default} {text[4:]}"
+        if text.startswith("530 "):
+            # aiosmtpd's STARTTLS check and our gate both answer here: counted once, here.
+            self.shared.runtime.metrics.refused_reply(text)
         # A reply is one line: nothing the client sent can add a CR or LF to it.
         await super().push(_CONTROL.sub("?", text))
 

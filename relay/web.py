@@ -14,6 +14,7 @@ import html
 import json
 import logging
 import ssl
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -31,10 +32,16 @@ from relay.tokens import Claims, ExpiredToken, InvalidToken, TokenCodec
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 
+
+class NotReady(Exception):
+    """Raised by a readiness check with a reason for the operator (no PHI, no secrets)."""
+
+
 # A one-click body is 26 bytes; nothing legitimate sends more than a small form.
 MAX_BODY = 4096
 STORE_TIMEOUT = 5.0
 CHECK_TIMEOUT = 2.0
+READINESS_TTL = 15.0
 RETRY_AFTER = "120"
 SOURCE = "one-click"
 
@@ -54,7 +61,7 @@ SECURITY_HEADERS = {
 _STORE: web.AppKey[ConsentStore] = web.AppKey("store")
 _CODEC: web.AppKey[TokenCodec] = web.AppKey("codec")
 _METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
-_READINESS: web.AppKey[Mapping[str, ReadinessCheck]] = web.AppKey("readiness")
+_READINESS: web.AppKey[Mapping[str, CachedCheck]] = web.AppKey("readiness")
 _ORGANISATION: web.AppKey[str] = web.AppKey("organisation")
 _BODY_TIMEOUT: web.AppKey[float] = web.AppKey("body_timeout")
 
@@ -253,25 +260,67 @@ async def _run_check(check: ReadinessCheck) -> str:
             await check()
     except TimeoutError:
         return "timeout"
+    except NotReady as exc:
+        return f"error: {exc}"
     except Exception as exc:
         # The class name only: a message could hold a host name or worse.
         return f"error: {type(exc).__name__}"
     return "ok"
 
 
+class CachedCheck:
+    """A readiness check whose result is kept for `ttl` seconds.
+
+    Orchestrators probe every few seconds, and the upstream check is a whole SMTP login:
+    without the cache every probe of every replica would log in to the provider. Probes
+    that arrive while a check runs wait for that one check instead of starting their own.
+    """
+
+    def __init__(
+        self,
+        check: ReadinessCheck,
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.check = check
+        self.ttl = ttl
+        self.clock = clock
+        self.state = ""
+        self.checked_at = float("-inf")
+        self.runs = 0
+        self._lock = asyncio.Lock()
+
+    async def result(self) -> tuple[str, float]:
+        """The state ("ok", "timeout", "error: why") and its age in seconds."""
+        async with self._lock:
+            if self.clock() - self.checked_at >= self.ttl:
+                self.runs += 1
+                self.state = await _run_check(self.check)
+                self.checked_at = self.clock()
+            return self.state, self.clock() - self.checked_at
+
+
 async def readyz(request: web.Request) -> web.Response:
-    """200 when every named check passes within CHECK_TIMEOUT, else 503 naming the failures."""
+    """200 when every named check passes, else 503 naming the failures and why.
+
+    Each check's result is cached (http.readiness_ttl); `age` says how old each one is.
+    """
     checks = request.app[_READINESS]
     names = sorted(checks)
-    states = dict(
-        zip(names, await asyncio.gather(*(_run_check(checks[n]) for n in names)), strict=True)
-    )
+    results = await asyncio.gather(*(checks[n].result() for n in names))
+    states = {n: state for n, (state, _) in zip(names, results, strict=True)}
+    ages = {n: round(age, 1) for n, (_, age) in zip(names, results, strict=True)}
     failing = [n for n in names if states[n] != "ok"]
     if failing:
         log.warning("readiness.failed", checks={n: states[n] for n in failing})
-    body: dict[str, object] = {"status": "not ready" if failing else "ready", "checks": states}
+    body: dict[str, object] = {
+        "status": "not ready" if failing else "ready",
+        "checks": states,
+        "age": ages,
+    }
     if failing:
         body["failing"] = failing
+        body["reason"] = "; ".join(f"{n}: {states[n]}" for n in failing)
     return web.Response(
         text=json.dumps(body, sort_keys=True) + "\n",
         status=503 if failing else 200,
@@ -311,13 +360,15 @@ def build_app(
     metrics: Metrics,
     readiness: Mapping[str, ReadinessCheck],
     organisation: str = "",
+    readiness_ttl: float = READINESS_TTL,
 ) -> web.Application:
-    """The application; `readiness` maps a check's name ("upstream", "store") to a probe."""
+    """The application; `readiness` maps a check's name ("upstream", "store") to a probe,
+    whose result is kept for `readiness_ttl` seconds."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_contain_errors])
     app[_STORE] = store
     app[_CODEC] = codec
     app[_METRICS] = metrics
-    app[_READINESS] = dict(readiness)
+    app[_READINESS] = {name: CachedCheck(c, readiness_ttl) for name, c in readiness.items()}
     app[_ORGANISATION] = organisation
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/u/{token}", unsubscribe_page)

@@ -172,6 +172,7 @@ async def test_readyz_ok_lists_every_check(site: Site) -> None:
         assert json.loads(await resp.text()) == {
             "status": "ready",
             "checks": {"store": "ok", "upstream": "ok"},
+            "age": {"store": 0.0, "upstream": 0.0},
         }
 
 
@@ -182,7 +183,9 @@ async def test_readyz_503_names_the_failing_check(site: Site) -> None:
         assert json.loads(await resp.text()) == {
             "status": "not ready",
             "checks": {"store": "error: ConnectionError", "upstream": "ok"},
+            "age": {"store": 0.0, "upstream": 0.0},
             "failing": ["store"],
+            "reason": "store: error: ConnectionError",
         }
 
 
