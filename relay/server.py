@@ -16,7 +16,7 @@ from relay import config as config_mod
 from relay import keys, rules, startup
 from relay.audit import AuditError, AuditLog
 from relay.certs import server_context
-from relay.config import Config
+from relay.config import Config, HostPort
 from relay.consent import open_store
 from relay.consent.api import ConsentStore, StoreError
 from relay.dedup import Dedup
@@ -58,12 +58,28 @@ def make_upstream(cfg: Config) -> Upstream:
         host=u.host,
         port=u.port,
         implicit_tls=u.tls == "implicit",
-        tls_context=client_tls_context(u.ca_file),
+        tls_context=_upstream_tls(cfg),
         timeout=u.timeout,
         local_hostname=u.hostname or cfg.server.hostname,
         username=u.username,
         password=config_mod.upstream_password(u),
     )
+
+
+def _upstream_tls(cfg: Config) -> ssl.SSLContext:
+    try:
+        return client_tls_context(cfg.upstream.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StartupError(
+            f"upstream.ca_file {cfg.upstream.ca_file}: cannot be loaded ({reason}); "
+            "give a PEM CA bundle (--upstream-ca) or leave it empty for the system CAs"
+        ) from exc
+
+
+def _bind_error(exc: OSError, where: HostPort, key: str, flag: str) -> StartupError:
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return StartupError(f"cannot listen on {where} ({key}): {reason}; choose another {flag}")
 
 
 @dataclass
@@ -196,10 +212,8 @@ class Relay:
 
     async def _start(self) -> None:
         cfg = self.config
-        # Before anything else opens a store: those would make the directory look used.
-        created = startup.ensure_keys(cfg.state_dir, cfg.audit.file, keys.SERVE_KEYS)
-        if created:
-            log.info("created keys for a new state directory", files=[str(p) for p in created])
+        # What earlier runs left, seen before this one opens (and so creates) anything.
+        history = startup.has_history(cfg.state_dir, cfg.audit.file)
         try:
             self.tls_context = server_context(cfg.server.tls_cert, cfg.server.tls_key)
         except (OSError, ssl.SSLError) as exc:
@@ -207,10 +221,17 @@ class Relay:
                 f"TLS certificate {cfg.server.tls_cert} or key {cfg.server.tls_key} cannot be "
                 f"loaded ({exc}); run `phi-relay certs init` or pass --tls-cert/--tls-key"
             ) from exc
+        # Checks that create nothing come first: a refused start leaves no keys behind.
+        users = _load_users(cfg)
+        if not cfg.upstream.capture:
+            _upstream_tls(cfg)
         try:
             store = await open_store(cfg.store_url)
         except (ValueError, StoreError) as exc:
             raise StartupError(f"consent_store: {exc}") from exc
+        created = startup.ensure_keys(cfg.state_dir, keys.SERVE_KEYS, history)
+        if created:
+            log.info("created keys for a new state directory", files=[str(p) for p in created])
         audit_key = _key(cfg, "audit")
         try:
             audit = AuditLog(
@@ -234,30 +255,44 @@ class Relay:
             decisions=Decisions(cfg.server.decision_workers),
         )
         runtime = build_runtime(cfg, self.services)
-        self.shared = Shared(runtime, _load_users(cfg), self.tls_context)
+        self.shared = Shared(runtime, users, self.tls_context)
         loop = asyncio.get_running_loop()
         s = cfg.server
-        smtp = await loop.create_server(
-            factory(self.shared, implicit_tls=False, hostname=s.hostname),
-            host=s.listen.host,
-            port=s.listen.port,
-            reuse_address=True,
-        )
+        try:
+            smtp = await loop.create_server(
+                factory(self.shared, implicit_tls=False, hostname=s.hostname),
+                host=s.listen.host,
+                port=s.listen.port,
+                reuse_address=True,
+            )
+        except OSError as exc:
+            raise _bind_error(exc, s.listen, "server.listen", "--listen") from exc
         self.servers.append(smtp)
         self.smtp_port = smtp.sockets[0].getsockname()[1]
         if s.implicit_tls_listen is not None:
-            implicit = await loop.create_server(
-                factory(self.shared, implicit_tls=True, hostname=s.hostname),
-                host=s.implicit_tls_listen.host,
-                port=s.implicit_tls_listen.port,
-                ssl=self.tls_context,
-                reuse_address=True,
-                ssl_handshake_timeout=s.client_timeout,
-            )
+            try:
+                implicit = await loop.create_server(
+                    factory(self.shared, implicit_tls=True, hostname=s.hostname),
+                    host=s.implicit_tls_listen.host,
+                    port=s.implicit_tls_listen.port,
+                    ssl=self.tls_context,
+                    reuse_address=True,
+                    ssl_handshake_timeout=s.client_timeout,
+                )
+            except OSError as exc:
+                raise _bind_error(
+                    exc,
+                    s.implicit_tls_listen,
+                    "server.implicit_tls_listen",
+                    "--implicit-tls-listen",
+                ) from exc
             self.servers.append(implicit)
             self.implicit_port = implicit.sockets[0].getsockname()[1]
         if cfg.http.listen is not None:
-            await self._start_http(runtime)
+            try:
+                await self._start_http(runtime)
+            except OSError as exc:
+                raise _bind_error(exc, cfg.http.listen, "http.listen", "--http-listen") from exc
         self._announce(runtime)
         audit.event(
             "relay-start",

@@ -92,6 +92,10 @@ def lock_state(state_dir: Path, audit_file: Path | None) -> StateLock:
     """One writer per state directory and per audit log file; refuse a second one."""
     lock = StateLock()
     targets = [(state_dir / LOCK_NAME, f"state directory {state_dir}")]
+    if audit_file is not None and audit_file.is_dir():
+        raise StartupError(
+            f"audit.file {audit_file} is a directory; give a file path (--audit-log)"
+        )
     if audit_file is not None:
         # The log has a lock of its own: two relays with different state directories
         # must not both append to one chain either.
@@ -116,7 +120,7 @@ def lock_state(state_dir: Path, audit_file: Path | None) -> StateLock:
 def has_history(state_dir: Path, audit_file: Path | None) -> list[str]:
     """Names of the things in `state_dir` (and the audit log) a previous run left."""
     found = [name for name in STATE_ENTRIES if (state_dir / name).exists()]
-    if audit_file is not None and audit_file.exists() and audit_file.stat().st_size:
+    if audit_file is not None and audit_file.is_file() and audit_file.stat().st_size:
         name = str(audit_file)
         if audit_file.resolve().parent == state_dir.resolve():
             name = audit_file.name
@@ -125,15 +129,16 @@ def has_history(state_dir: Path, audit_file: Path | None) -> list[str]:
     return found
 
 
-def ensure_keys(state_dir: Path, audit_file: Path | None, names: tuple[str, ...]) -> list[Path]:
+def ensure_keys(state_dir: Path, names: tuple[str, ...], history: list[str]) -> list[Path]:
     """Make the keys only on an empty state directory; elsewhere a missing key is an error.
 
-    Returns the key files created (empty when all existed or came from the environment).
+    `history` is `has_history()` taken before this run opened anything. Returns the key
+    files created (empty when all existed or came from the environment).
     """
     missing = [n for n in names if not keys.present(state_dir, n)]
     if not missing:
         return []
-    history = [h for h in has_history(state_dir, audit_file) if h != "keys"]
+    history = [h for h in history if h != "keys"]
     folder = state_dir / "keys"
     key_files = sorted(folder.glob("*.key")) if folder.is_dir() else []
     if history or key_files:

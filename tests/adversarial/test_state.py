@@ -374,3 +374,23 @@ async def test_keys_init_is_the_explicit_way_back(
 
 
 assert sys.platform != "win32"  # flock and file modes are POSIX
+
+
+BAD_CONFIGS = sorted((Path(__file__).parent / "bad_configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("config", BAD_CONFIGS, ids=[p.stem for p in BAD_CONFIGS])
+async def test_bad_configuration_refuses_to_start_with_one_line(
+    tmp_path: Path, pki: Pki, config: Path
+) -> None:
+    first = config.read_text().splitlines()[0]
+    assert first.startswith("# expect: "), config
+    (tmp_path / "certs").mkdir()
+    shutil.copy(pki.cert, tmp_path / "certs" / "server.crt")
+    shutil.copy(pki.key, tmp_path / "certs" / "server.key")
+    shutil.copy(config, tmp_path / config.name)
+    line = await refused(tmp_path, ["serve", "--config", config.name])
+    expected = first.removeprefix("# expect: ").format(config=config.name)
+    assert line.startswith(expected), line
+    # A refused start leaves no state behind to be mistaken for a history later.
+    assert not (tmp_path / "state" / "keys").exists()
