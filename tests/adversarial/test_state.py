@@ -377,13 +377,15 @@ assert sys.platform != "win32"  # flock and file modes are POSIX
 
 
 BAD_CONFIGS = sorted((Path(__file__).parent / "bad_configs").glob("*.toml"))
+# The first line of each file: "# expect: <how serve's one line must start>".
+EXPECTED = {p: p.read_text().splitlines()[0] for p in BAD_CONFIGS}
 
 
 @pytest.mark.parametrize("config", BAD_CONFIGS, ids=[p.stem for p in BAD_CONFIGS])
 async def test_bad_configuration_refuses_to_start_with_one_line(
     tmp_path: Path, pki: Pki, config: Path
 ) -> None:
-    first = config.read_text().splitlines()[0]
+    first = EXPECTED[config]
     assert first.startswith("# expect: "), config
     (tmp_path / "certs").mkdir()
     shutil.copy(pki.cert, tmp_path / "certs" / "server.crt")
