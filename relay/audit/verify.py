@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from relay.audit.chain import GENESIS, Record, chain_key, parse, record_hash
+from relay.audit.head import rotated_files
 
 # A gap wider than this is reported by its size alone; looking each seq up adds nothing.
 _GAP_LOOKUP_LIMIT = 1000
@@ -88,7 +90,9 @@ class _Walker:
 
     def walk_file(self, path: Path) -> None:
         file_start = True
-        with path.open("rb") as fh:
+        # logrotate's `compress` leaves older files gzipped; they are part of the chain.
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as fh:
             for lineno, raw in enumerate(fh, start=1):
                 if self.line(path, lineno, raw, file_start):
                     file_start = False
@@ -259,6 +263,11 @@ class _Walker:
                     f"{prefix}{span} should come before this line but is out of place "
                     f"({places}{more}){tail}"
                 )
+
+
+def with_rotated(path: Path) -> list[Path]:
+    """`path` and the files rotation made from it (`.1`, `-DATE`, `.gz`), oldest first."""
+    return [*reversed(rotated_files(path)), path]
 
 
 def verify(paths: Sequence[Path], key: bytes | None) -> VerifyReport:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from relay import keys
-from relay.audit.verify import verify
+from relay.audit.verify import verify, with_rotated
 from relay.cli import EXIT_OK, EXIT_REFUSED, CliError, loader
 
 KEY_NAME = "audit"
@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         nargs="*",
         type=Path,
         metavar="FILE",
-        help="default: audit.file from the configuration and its rotations (FILE.N ... FILE.1)",
+        help="default: audit.file from the configuration and its rotations (FILE.N ... FILE.1, "
+        "FILE-DATE, .gz), oldest first",
     )
     loader.add_state_dir_argument(check)
     loader.add_config_argument(check)
@@ -64,12 +65,8 @@ def configured_files(audit_file: Path | None) -> list[Path]:
             f"no audit log at {audit_file} (audit.file): name the FILEs, or give --config "
             "or $PHI_RELAY_AUDIT_FILE as serve has them"
         )
-    rotated = []
-    index = 1
-    while Path(f"{audit_file}.{index}").exists():
-        rotated.append(Path(f"{audit_file}.{index}"))
-        index += 1
-    return [*reversed(rotated), audit_file]
+    # FILE.N .. FILE.1, FILE-DATE, and logrotate's compressed .gz ones, oldest first.
+    return with_rotated(audit_file)
 
 
 def run_verify(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gzip
 import json
 import os
 import shutil
@@ -46,8 +47,9 @@ async def deliver(port: int, pki: Pki, n: int) -> str:
     return answer
 
 
-async def run(*args: str) -> tuple[int, str, str]:
+async def run(*args: str, **extra_env: str) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHI_RELAY_")}
+    env |= extra_env
     proc = await asyncio.create_subprocess_exec(
         *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
@@ -61,7 +63,10 @@ async def verify(state: Path, *files: Path) -> tuple[int, str, str]:
 
 
 def seqs(*files: Path) -> list[int]:
-    return [json.loads(line)["seq"] for f in files for line in f.read_text().splitlines()]
+    def text(f: Path) -> str:
+        return gzip.decompress(f.read_bytes()).decode() if f.suffix == ".gz" else f.read_text()
+
+    return [json.loads(line)["seq"] for f in files for line in text(f).splitlines()]
 
 
 async def serve(tmp: Path, name: str, state: Path, pki: Pki, sink: Sink) -> Service:
@@ -77,7 +82,10 @@ async def test_logrotate_create_then_restart_continues_one_chain(
 ) -> None:
     state = tmp_path / "state"
     conf = tmp_path / "logrotate.conf"
-    conf.write_text(f"{state}/audit.log {{\n    create 0600\n    rotate 5\n    missingok\n}}\n")
+    conf.write_text(
+        f"{state}/audit.log {{\n    create 0600\n    rotate 5\n    missingok\n"
+        "    compress\n    delaycompress\n}\n"
+    )
     rotate = (LOGROTATE, "-f", "-s", str(tmp_path / "logrotate.status"), str(conf))
 
     first = await serve(tmp_path, "run1", state, pki, sink)
@@ -96,10 +104,17 @@ async def test_logrotate_create_then_restart_continues_one_chain(
     assert (await deliver(third.smtp_port, pki, 4)).startswith("250 ")
     assert await third.stop() == 0
 
-    files = [state / "audit.log.2", state / "audit.log.1", state / "audit.log"]
+    # The oldest was compressed by logrotate (compress + delaycompress).
+    files = [state / "audit.log.2.gz", state / "audit.log.1", state / "audit.log"]
     numbers = seqs(*files)
     assert numbers == list(range(len(numbers)))
     code, out, err = await verify(state, *files)
+    assert (code, out) == (0, f"OK: {len(numbers)} records, chain intact\n"), err
+    # Without FILEs, verify finds the configured log and every rotation of it.
+    code, out, err = await run(
+        str(PHI_RELAY), "audit", "verify", "--state-dir", str(state),
+        PHI_RELAY_AUDIT_FILE=str(state / "audit.log"),
+    )  # fmt: skip
     assert (code, out) == (0, f"OK: {len(numbers)} records, chain intact\n"), err
     assert len(sink.received) == 4
 

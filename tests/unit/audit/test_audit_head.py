@@ -72,3 +72,17 @@ def test_a_record_under_another_key_is_not_continued(tmp_path: Path) -> None:
     with AuditLog(path, key=KEY) as log:
         log.event("tick", n=1)
     assert json.loads(path.read_text())["seq"] == 0
+
+
+def test_rotations_are_found_oldest_first_whatever_their_names(tmp_path: Path) -> None:
+    from relay.audit.verify import with_rotated
+
+    path = tmp_path / "audit.log"
+    names = ["audit.log-20261101.gz", "audit.log.2", "audit.log.1"]
+    for age, name in enumerate(names):
+        (tmp_path / name).write_bytes(b"x\n")
+        os.utime(tmp_path / name, (1_700_000_000 + age, 1_700_000_000 + age))
+    (tmp_path / ".audit.log.lock").write_bytes(b"1\n")
+    (tmp_path / "audit.head").write_bytes(b"1\n")
+    path.write_bytes(b"")
+    assert with_rotated(path) == [*(tmp_path / n for n in names), path]
