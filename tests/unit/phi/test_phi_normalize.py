@@ -226,6 +226,10 @@ def test_normalize_is_linear_on_a_64k_folded_subject() -> None:
     import time
 
     raw = "\r\n ".join(["d i a b e t e s Jane Okafor =?UTF-8?Q?H=C3=A9?="] * 1400)[:65536]
-    started = time.perf_counter()
-    subject_texts(raw)
-    assert time.perf_counter() - started < 0.05
+    # Best of three: the machine is shared, and a linear cost is the least one seen.
+    best = 1.0
+    for _ in range(3):
+        started = time.perf_counter()
+        subject_texts(raw)
+        best = min(best, time.perf_counter() - started)
+    assert best < 0.05

@@ -208,6 +208,10 @@ def test_a_64k_folded_subject_decides_in_under_50_ms(unit: str) -> None:
 
     detector = default_detector()
     raw = "\r\n ".join([unit * 8] * 1400)[:65536]
-    started = time.perf_counter()
-    detector.judge(subject_texts(raw))
-    assert time.perf_counter() - started < 0.05
+    # Best of three: the machine is shared, and a linear cost is the least one seen.
+    best = 1.0
+    for _ in range(3):
+        started = time.perf_counter()
+        detector.judge(subject_texts(raw))
+        best = min(best, time.perf_counter() - started)
+    assert best < 0.05
