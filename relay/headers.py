@@ -96,6 +96,18 @@ def read(raw: bytes) -> HeaderBlock:
     return HeaderBlock(tuple(fields), body_start, canonical)
 
 
+def starts_with_fields(text: str) -> bool:
+    """True when lines a lenient reader takes for header fields open this text.
+
+    For a MIME part whose header block Python's parser cut short (a field with
+    whitespace before the colon, or a stray line before more fields): what it then
+    reads as body text, a mail client reads as that part's headers.
+    """
+    end = text.find("\r\n\r\n")
+    head = text[: len(text) if end < 0 else end + 2].encode("ascii", "surrogateescape")
+    return _LATER_FIELD.search(head) is not None
+
+
 def _close(fields: list[Field], current: list[bytes]) -> None:
     if not current:
         return

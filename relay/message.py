@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from email.errors import (
     CloseBoundaryNotFoundDefect,
     MessageDefect,
+    MissingHeaderBodySeparatorDefect,
     MultipartInvariantViolationDefect,
     StartBoundaryNotFoundDefect,
 )
@@ -126,6 +127,11 @@ def _depth(part: EmailMessage, limit: int, level: int = 1) -> None:
     defects: list[MessageDefect] = list(part.defects)
     if any(isinstance(d, _BROKEN_MIME) for d in defects):
         raise ShapeError("message.mime-broken")
+    if any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in defects):
+        payload = part.get_payload()
+        if isinstance(payload, str) and headers.starts_with_fields(payload):
+            # Clients read these lines as the part's fields (its type, its disposition).
+            raise ShapeError("message.header-ambiguous")
     if part.is_multipart():
         payload = part.get_payload()
         assert isinstance(payload, list)

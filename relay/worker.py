@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import signal
+import threading
 import types
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -185,6 +186,10 @@ def _serve(conn: Connection, log_json: bool) -> None:
             else:
                 raise WorkerError("worker.unknown-job")
             answer: tuple[str, Any] = ("ok", value)
+            if isinstance(value, Decided) and _left_running(value):
+                # A policy that timed out while awaiting a thread left that thread running;
+                # it cannot be stopped, so this worker retires after answering.
+                answer = ("retire", value)
         except WorkerError as err:
             answer = ("error", err.reason)
         except Exception as exc:
@@ -194,7 +199,15 @@ def _serve(conn: Connection, log_json: bool) -> None:
             conn.send(answer)
         except (EOFError, OSError):
             break
+        if answer[0] == "retire":
+            break
     loop.close()
+
+
+def _left_running(decided: Decided) -> bool:
+    return any(v.reason == "policy.timeout" for v in decided.outcome.verdicts) and any(
+        t is not threading.main_thread() and t.is_alive() for t in threading.enumerate()
+    )
 
 
 def _render(job: RenderJob) -> bytes | tuple[str, bool]:
@@ -315,6 +328,10 @@ class Pool:
             await self._kill(worker)
             await self._gone()
             raise
+        if kind == "retire":
+            await self._kill(worker)
+            await self._gone()
+            return value
         await self._release(worker)
         if kind != "ok":
             raise WorkerError(str(value))

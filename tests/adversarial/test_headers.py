@@ -219,3 +219,33 @@ async def test_mime_nesting_limit_configurable(tmp_path: Path, pki: Pki, sink: S
         assert (await send(r, nested(5))).startswith("250 2.0.0 Delivered")
     finally:
         await r.stop()
+
+
+@pytest.mark.parametrize(
+    "part_head",
+    [
+        b"Content-Type : text/html; charset=us-ascii\r\n",
+        b"X-Junk line without colon\r\nContent-Disposition: attachment\r\n",
+    ],
+    ids=["spaced-content-type", "junk-then-disposition"],
+)
+async def test_ambiguous_mime_part_header_refused(
+    relay: RunningRelay, sink: Sink, part_head: bytes
+) -> None:
+    body = (
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nHello.\r\n"
+        b"--b\r\n" + part_head + b"\r\n<p>Results for MRN 4451234</p>\r\n--b--\r\n"
+    )
+    assert await send(relay, base(body)) == AMBIGUOUS
+    assert sink.received == []
+
+
+async def test_part_without_headers_is_still_fine(relay: RunningRelay, sink: Sink) -> None:
+    # A part that starts with its text (no blank line) is sloppy but unambiguous.
+    body = (
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        b"--b\r\nHello, see you on Saturday.\r\n--b--\r\n"
+    )
+    answer = await send(relay, base(body))
+    assert answer.startswith("250 2.0.0 Delivered"), answer
