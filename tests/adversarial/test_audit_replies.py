@@ -38,7 +38,7 @@ async def send(relay: RunningRelay) -> str:
     [
         (
             "554 5.7.1 DLP: message for patient Jane Doe SSN 123-45-6789 blocked",
-            ["123-45-6789", "6789"],
+            ["123-45-6789", "Jane Doe"],
         ),
         ("550 5.7.1 Blocked: MRN 4451234 found in content", ["4451234"]),
         ("554 5.6.0 Content refused: HIV test results for DOB 03/14/1961", ["03/14/1961", "HIV"]),
