@@ -32,6 +32,7 @@ class Decided:
     category: str  # "unknown" when the message never got one
     raw: bytes | None  # the message as it goes on, when it differs from the bytes received
     judged: bool  # False when the shape checks refused it before any policy ran
+    category_source: str = ""  # header | sender | sender-domain | user | default
 
 
 async def decide(
@@ -68,7 +69,7 @@ async def decide(
     )
     category = ctx.category_name if ctx.category else "unknown"
     changed = parsed.raw if parsed.raw != request.raw else None
-    return Decided(outcome, category, changed, True)
+    return Decided(outcome, category, changed, True, ctx.category_source)
 
 
 # Beyond these a message is not "small and ordinary" whatever its size: the PHI scan of

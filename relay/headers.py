@@ -49,6 +49,16 @@ class HeaderBlock:
         key = name.lower()
         return sum(1 for f in self.fields if f.name == key)
 
+    def values(self, name: str) -> list[str]:
+        """Unfolded values of every field with this name, undecoded (RFC 2047 stays)."""
+        key = name.lower()
+        out = []
+        for f in self.fields:
+            if f.name == key:
+                value = f.raw.split(b":", 1)[1].decode("ascii", "surrogateescape")
+                out.append("".join(value.splitlines()).strip())
+        return out
+
 
 def read(raw: bytes) -> HeaderBlock:
     """Split `raw` (CRLF line endings) into its header fields and body. Raises HeaderError."""

@@ -8,11 +8,12 @@ import email.utils
 from pathlib import Path
 from typing import Any
 
-from relay import pipeline, replies
+from relay import headers, replies
 from relay.cli import EXIT_OK, EXIT_REFUSED, CliError
 from relay.cli.serve import load_config
 from relay.consent import open_store
-from relay.message import SessionFacts, ShapeError, ShapeLimits, build_context, check_raw, parse
+from relay.decide import Request, decide
+from relay.message import SessionFacts, ShapeError, ShapeLimits, check_raw, parse
 from relay.model import Action, Envelope, Peer, TlsInfo, Verdict
 from relay.phi import default_detector
 from relay.phi.roster import Roster
@@ -37,8 +38,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _addresses(msg: Any, *names: str) -> list[str]:
-    values = [str(v) for n in names for v in (msg.get_all(n) or [])]
+def _addresses(block: headers.HeaderBlock, *names: str) -> list[str]:
+    values = [v for n in names for v in block.values(n)]
     return [addr for _, addr in email.utils.getaddresses(values) if addr]
 
 
@@ -64,7 +65,7 @@ async def _check(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             raise CliError(str(exc)) from exc
         try:
-            parsed = parse(check_raw(raw, Envelope("", (), (), True), limits), limits)
+            block = parse(check_raw(raw, Envelope("", (), (), True), limits), limits).block
         except ShapeError as err:
             verdict = Verdict(
                 rule="message", action=Action.REJECT, reason=err.reason, kinds=err.kinds
@@ -72,33 +73,27 @@ async def _check(args: argparse.Namespace) -> int:
             print(f"message\treject\t{err.reason}")
             print(f"decision: reject\t{replies.for_verdict(verdict)}")
             return EXIT_REFUSED
-        msg, raw = parsed.message, parsed.raw
-        sender = args.mail_from or next(iter(_addresses(msg, "From")), "")
-        rcpts = tuple(args.rcpt or _addresses(msg, "To", "Cc"))
+        sender = args.mail_from or next(iter(_addresses(block, "From")), "")
+        rcpts = tuple(args.rcpt or _addresses(block, "To", "Cc"))
         if not rcpts:
             raise CliError("no recipients: pass --rcpt ADDRESS or give the message a To header")
         envelope = Envelope(sender, rcpts, (), True)
         facts = SessionFacts(
             "check", Peer("127.0.0.1", 0), TlsInfo("TLSv1.3", "check"), args.auth_user, True, False
         )
-        ctx = build_context(
-            raw=raw,
-            msg=msg,
-            envelope=envelope,
-            facts=facts,
-            decision_id="check",
-            categories=ruleset.categories,
-        )
-        outcome = await pipeline.run(
-            ruleset.policies,
-            ctx,
-            timeout=s.policy_timeout,
+        # The very function `serve` runs, so `check` cannot disagree with the relay.
+        decided = await decide(
+            Request(raw, envelope, facts, "check"),
+            ruleset,
+            limits,
+            policy_timeout=s.policy_timeout,
             mode=s.mode,
-            pre=pipeline.builtin_verdicts(ctx),
         )
     finally:
         await store.close()
-    print(f"category\t{ctx.category_name}\t(from {ctx.category_source})")
+    outcome = decided.outcome
+    if decided.judged:
+        print(f"category\t{decided.category}\t(from {decided.category_source})")
     for v in outcome.verdicts:
         detail = f" ({', '.join(v.kinds)})" if v.kinds else ""
         dropped = f"\tdrops {len(v.drop)} recipient(s)" if v.drop else ""
