@@ -1,9 +1,11 @@
-"""`phi-relay audit verify FILE...`: prove the audit log's hash chain is intact."""
+"""`phi-relay audit verify FILE...` proves the audit chain is intact; `audit report` sums it up."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from relay import keys
@@ -41,6 +43,74 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="without the key: check only that records link up, not their content",
     )
     check.set_defaults(func=run_verify)
+    _register_report(sub)
+
+
+def _register_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    report = sub.add_parser(
+        "report",
+        help="write the compliance report for a period (HTML, JSON or CSV)",
+        description=(
+            "Verify every audit chain in PATHs (a file and its rotations, or a directory "
+            "of *.log chains) and count what an auditor asks for over the period: messages "
+            "by category and decision, refusals and subject replacements by rule and PHI "
+            "kind, recipients suppressed, opt-outs recorded (from the consent store), TLS "
+            "versions, upstream failures, monitor-mode 'would have refused'. No PHI. "
+            "Exits 0, or 1 when a chain fails verification (the report says so)."
+        ),
+    )
+    report.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="audit log files or directories; default: audit.file from the configuration",
+    )
+    report.add_argument(
+        "--since",
+        type=_moment,
+        help="start of the period, UTC: 2026-11-01 or 2026-11-01T08:00 (default: the start)",
+    )
+    report.add_argument(
+        "--until",
+        type=_until,
+        help="end of the period, UTC, exclusive; a date alone includes that whole day "
+        "(default: now)",
+    )
+    report.add_argument("--format", choices=("html", "json", "csv"), default="html")
+    report.add_argument("--output", "-o", type=Path, help="write here (default: stdout)")
+    report.add_argument(
+        "--no-optouts",
+        action="store_true",
+        help="do not read opt-outs from the consent store (the report says they are missing)",
+    )
+    report.add_argument(
+        "--links-only",
+        action="store_true",
+        help="without the key: verify only that records link up, not their content",
+    )
+    loader.add_state_dir_argument(report)
+    loader.add_config_argument(report)
+    report.set_defaults(func=run_report)
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date or time; expected 2026-11-01 or 2026-11-01T08:00 (UTC)"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _until(text: str) -> datetime:
+    moment = _moment(text)
+    try:
+        date.fromisoformat(text.strip())
+    except ValueError:
+        return moment
+    return moment + timedelta(days=1)  # a date alone: to the end of that day
 
 
 def _load_key(directory: Path) -> bytes:
@@ -89,3 +159,62 @@ def run_verify(args: argparse.Namespace) -> int:
     else:
         print(f"OK: {report.records} records, chain intact")
     return EXIT_OK
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from relay.audit import report as report_mod
+    from relay.consent import open_store
+    from relay.consent.api import OptOut
+
+    cfg = loader.load_admin(args, {"state_dir": ("--state-dir", args.state_dir)})
+    since, until = args.since, args.until or datetime.now(UTC)
+    if since is not None and since >= until:
+        raise CliError("--since must be before --until")
+    for path in args.paths:
+        if not path.exists():
+            raise CliError(f"{path}: no such audit log file or directory")
+    paths = args.paths or [configured_files(cfg.audit.file)[-1]]
+    chains, notes = report_mod.find_chains(paths)
+    if not chains:
+        raise CliError(f"no audit log (*.log) found in {', '.join(map(str, paths))}")
+    key = None if args.links_only else _load_key(cfg.state_dir)
+    optouts = None
+    if not args.no_optouts:
+
+        async def read() -> list[OptOut]:
+            store = await open_store(cfg.store_url)
+            try:
+                return await store.list_optouts(include_removed=True)
+            finally:
+                await store.close()
+
+        try:
+            optouts = asyncio.run(read())
+        except Exception as exc:
+            raise CliError(
+                f"cannot read opt-outs from the consent store ({type(exc).__name__}: {exc}); "
+                "give --config or --state-dir as serve has them, or --no-optouts"
+            ) from exc
+    try:
+        result = report_mod.build(
+            chains, key, since=since, until=until, optouts=optouts, notes=notes
+        )
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else "audit log"
+        raise CliError(f"cannot read {where}: {exc.strerror or exc}") from exc
+    text = {"html": result.to_html, "json": result.to_json, "csv": result.to_csv}[args.format]()
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            args.output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+    for chain in result.chains:
+        if not chain.ok:
+            print(
+                f"verification FAILED: {chain.name}: {chain.problem_count} problem(s); "
+                "run `phi-relay audit verify` on its files for every line",
+                file=sys.stderr,
+            )
+    return EXIT_OK if result.verified else EXIT_REFUSED
