@@ -354,7 +354,8 @@ class RelaySMTP(SMTP):
             return
         self.shared.runtime.metrics.auth_failure()
         try:
-            self.shared.runtime.audit.event(
+            # Off the loop: a guesser must not stall every session behind a slow audit sink.
+            await self.shared.runtime.audit.event_async(
                 "auth-failure",
                 session_id=self.session_id,
                 peer=self.peer_host,
