@@ -1,0 +1,94 @@
+"""Subject tiers end to end: real relay, TLS and upstream; what arrived and what was logged."""
+
+from __future__ import annotations
+
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+
+import aiosmtplib
+import pytest
+
+from tests.support.relay import RunningRelay
+from tests.support.upstream import Sink
+
+
+def message(subject: str, **headers: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "app@clinic.example"
+    msg["To"] = "pat.doe@example.org"
+    msg["Subject"] = subject
+    for name, value in headers.items():
+        msg[name.replace("_", "-")] = value
+    msg.set_content("We hope you are well.\n")
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
+async def test_uncertain_subject_is_replaced_and_moved_to_the_body(
+    relay: RunningRelay, sink: Sink
+) -> None:
+    # The shipped scorer puts this subject in its middle band (no rule decides alone).
+    original = "Checking in after your procedure"
+    client = await relay.client()
+    errors, _ = await client.sendmail(
+        "app@clinic.example", ["pat.doe@example.org"], message(original)
+    )
+    await client.quit()
+    assert errors == {}
+    [got] = sink.received
+    delivered = message_from_bytes(got.data, policy=policy.default)
+    assert delivered["Subject"] == "A message from your care team"
+    body = delivered.get_body(("plain",))
+    assert body is not None
+    assert body.get_content().replace("\r\n", "\n") == (
+        f"Subject: {original}\n\nWe hope you are well.\n"
+    )
+    [decision] = relay.decisions()
+    verdict = next(v for v in decision["verdicts"] if v["rule"] == "subject-phi")
+    assert verdict == {
+        "rule": "subject-phi",
+        "action": "modify",
+        "reason": "phi.subject.uncertain",
+        "kinds": ["health"],
+        "rules": ["model.health"],
+    }
+    assert "procedure" not in relay.audit_path.read_text()
+
+
+@pytest.mark.parametrize(
+    "topic", ["SSN 286-41-7395 on file", "=?UTF-8?B?U1NOIDI4Ni00MS03Mzk1IG9uIGZpbGU=?="]
+)
+async def test_thread_topic_is_judged_as_the_subject(
+    relay: RunningRelay, sink: Sink, topic: str
+) -> None:
+    client = await relay.client()
+    with pytest.raises(aiosmtplib.SMTPDataError) as info:
+        await client.sendmail(
+            "app@clinic.example", ["pat.doe@example.org"], message("Hello", Thread_Topic=topic)
+        )
+    await client.quit()
+    assert info.value.code == 550
+    assert info.value.message == (
+        "5.7.1 Subject line contains protected health information (social security number); "
+        "put details in the message body"
+    )
+    assert sink.received == []
+    [decision] = relay.decisions()
+    verdict = next(v for v in decision["verdicts"] if v["rule"] == "subject-phi")
+    assert (verdict["kinds"], verdict["rules"]) == (["ssn"], ["id.ssn"])
+    assert "7395" not in relay.audit_path.read_text()
+
+
+async def test_identifier_in_a_display_name_is_refused(relay: RunningRelay, sink: Sink) -> None:
+    data = message("Hello").replace(
+        b"To: pat.doe@example.org", b'To: "Pat Doe MRN 00482913" <pat.doe@example.org>'
+    )
+    client = await relay.client()
+    with pytest.raises(aiosmtplib.SMTPDataError) as info:
+        await client.sendmail("app@clinic.example", ["pat.doe@example.org"], data)
+    await client.quit()
+    assert (info.value.code, info.value.message) == (
+        550,
+        "5.7.1 A display name or attachment file name contains identifiers (medical record "
+        "number); remove them and send again",
+    )
+    assert sink.received == []
