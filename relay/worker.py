@@ -256,13 +256,21 @@ class Pool:
         proc = self._ctx.Process(
             target=_serve, args=(child, self._log_json), daemon=True, name="phi-relay-worker"
         )
-        await self._io_call(proc.start)
+        try:
+            await self._io_call(proc.start)
+        except Exception as exc:
+            log.error("decision worker did not start", error=type(exc).__name__)
+            parent.close()
+            child.close()
+            raise WorkerError("worker.start-failed") from exc
         child.close()
         worker = _Worker(proc, parent)
         try:
             async with asyncio.timeout(START_TIMEOUT):
                 kind, _ = await self._io_call(parent.recv)
-        except (TimeoutError, EOFError, OSError) as exc:
+        except Exception as exc:
+            # EOF, a reset, a timeout or garbage: a worker that cannot start is not used.
+            log.error("decision worker did not start", error=type(exc).__name__)
             await self._kill(worker)
             raise WorkerError("worker.start-failed") from exc
         if kind != "ready":
