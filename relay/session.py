@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import ipaddress
 import re
@@ -63,9 +64,16 @@ _AIOSMTPD_REPLIES = {
 class _CrlfLineReader(asyncio.StreamReader):
     """Command lines end at CRLF only: a bare LF inside one cannot start a second command."""
 
+    overlong_auth = False  # the last overlong line was an AUTH command (RFC 4954: 5.5.6)
+
     async def readuntil(self, separator: _ReaduntilBuffer = b"\r\n") -> bytes:
         # aiosmtpd reads commands with the default separator (LF); DATA and AUTH pass theirs.
-        return await super().readuntil(separator)
+        try:
+            return await super().readuntil(separator)
+        except asyncio.LimitOverrunError:
+            if not self.overlong_auth:
+                self.overlong_auth = bytes(self._buffer[:5]).upper() == b"AUTH "  # type: ignore[attr-defined]
+            raise
 
 
 def in_networks(host: str, networks: Iterable[IPNetwork]) -> bool:
@@ -125,6 +133,11 @@ class RelaySMTP(SMTP):
             timeout=cfg.client_timeout,
             auth_required=False,
             auth_require_tls=True,
+        )
+        # Per session (aiosmtpd's is one dict shared by every session): an AUTH initial
+        # response may use the whole line (RFC 4954 4 allows long ones), others the 512.
+        self.command_size_limits = collections.defaultdict(
+            lambda: SMTP.command_size_limit, {"AUTH": self.line_length_limit}
         )
         # aiosmtpd builds its own reader; giving it our line rule keeps the rest of aiosmtpd.
         reader = getattr(self, "_stream_reader", None)
@@ -239,6 +252,11 @@ class RelaySMTP(SMTP):
         if text.startswith('500 Error: command "') and text.endswith('" not recognized'):
             # aiosmtpd would echo the client's word back (control characters and all).
             text = "500 5.5.1 Command not recognized"
+        reader = getattr(self, "_stream_reader", None)
+        if text == "500 Command line too long" and isinstance(reader, _CrlfLineReader):
+            if reader.overlong_auth:
+                reader.overlong_auth = False
+                text = "500 5.5.6 Authentication exchange line is too long"
         mapped = _AIOSMTPD_REPLIES.get(text)
         if mapped is not None:
             text = mapped.format(line=cfg.max_line_length, size=cfg.max_message_size)
@@ -400,6 +418,8 @@ class RelaySMTP(SMTP):
                     await self._reader.readexactly(more.consumed)
         except asyncio.IncompleteReadError:
             return None  # the client went away mid-exchange
+        if isinstance(self._reader, _CrlfLineReader):
+            self._reader.overlong_auth = False  # answered here, not by aiosmtpd
         await self.push("500 5.5.6 Authentication exchange line is too long")
         return None
 

@@ -139,6 +139,16 @@ async def test_overlong_auth_line_is_refused_and_the_session_stays_in_step(
             await conn.send(b"QUIT" * 1250 + b"\r\n")
             assert await conn.reply() == "500 5.5.6 Authentication exchange line is too long"
             assert await conn.cmd("NOOP") == "250 2.0.0 OK"
+        # The initial response on the AUTH line itself: too long is 5.5.6 too (RFC 4954 4).
+        await conn.send(b"AUTH PLAIN " + b"QUJD" * 1250 + b"\r\n")
+        assert await conn.reply() == "500 5.5.6 Authentication exchange line is too long"
+        assert await conn.cmd("NOOP") == "250 2.0.0 OK"
+        # A long but legal initial response is read, not refused as a long command.
+        long_secret = base64.b64encode(b"\0postfix\0" + b"x" * 600).decode()
+        assert await conn.cmd(f"AUTH PLAIN {long_secret}") == WRONG
+        assert await conn.cmd("MAIL FROM:<" + "a" * 600 + "@b.example>") == (
+            "500 5.5.2 Command line too long"
+        )
         assert await conn.cmd(plain("postfix", secrets["postfix"])) == OK
         assert await conn.cmd("NOOP") == "250 2.0.0 OK"
         await conn.close()
