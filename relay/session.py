@@ -253,10 +253,13 @@ class RelaySMTP(SMTP):
             # aiosmtpd would echo the client's word back (control characters and all).
             text = "500 5.5.1 Command not recognized"
         reader = getattr(self, "_stream_reader", None)
-        if text == "500 Command line too long" and isinstance(reader, _CrlfLineReader):
-            if reader.overlong_auth:
-                reader.overlong_auth = False
-                text = "500 5.5.6 Authentication exchange line is too long"
+        if (
+            text == "500 Command line too long"
+            and isinstance(reader, _CrlfLineReader)
+            and reader.overlong_auth
+        ):
+            reader.overlong_auth = False
+            text = "500 5.5.6 Authentication exchange line is too long"
         mapped = _AIOSMTPD_REPLIES.get(text)
         if mapped is not None:
             text = mapped.format(line=cfg.max_line_length, size=cfg.max_message_size)
