@@ -68,6 +68,12 @@ MEANINGS: dict[str, str] = {
     "server.shutdown_timeout": "Seconds SIGTERM waits for transactions in flight.",
     "server.policy_timeout": "Seconds all policies together may take for one message "
     "(then `451`, fail closed).",
+    "server.decision_timeout": "Seconds a whole decision may take in a worker process; then "
+    "the worker is killed and the client gets `451 4.3.0` (`554 5.6.0` if the same message "
+    "times out again).",
+    "server.decision_workers": "Worker processes that decide large or unusual messages.",
+    "server.inline_max_bytes": "Ordinary messages up to this many bytes are decided in the "
+    "event loop; larger or unusual ones in a worker process under `decision_timeout`.",
     "server.mode": "`enforce`, or `monitor`: audit every verdict, enforce only TLS.",
     "upstream.host": "Upstream provider host; empty: capture to `<state_dir>/captured` "
     "(development only).",

@@ -1,12 +1,15 @@
 """`phi-relay healthcheck`: GET /healthz on the configured HTTP listener (container probes).
 
-The port comes from the same configuration `serve` reads (--config, PHI_RELAY_CONFIG,
-PHI_RELAY_HTTP_LISTEN), so a Docker HEALTHCHECK keeps working when the port changes.
+The port and scheme come from the same configuration `serve` reads (--config,
+PHI_RELAY_CONFIG, PHI_RELAY_HTTP_LISTEN, PHI_RELAY_HTTP_TLS), so a Docker HEALTHCHECK
+keeps working when they change. Over TLS the certificate is not verified: the probe
+talks to its own container on loopback, with a certificate issued for other names.
 """
 
 from __future__ import annotations
 
 import argparse
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -29,9 +32,11 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def url(host: str, port: int) -> str:
+def url(host: str, port: int, tls: bool) -> str:
     host = _WILDCARDS.get(host, host)
-    return f"http://[{host}]:{port}/healthz" if ":" in host else f"http://{host}:{port}/healthz"
+    scheme = "https" if tls else "http"
+    where = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{where}:{port}/healthz"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,10 +44,12 @@ def run(args: argparse.Namespace) -> int:
     listen = cfg.http.listen
     if listen is None:
         raise CliError("http.listen is empty: there is no /healthz to check")
-    target = url(listen.host, listen.port)
+    target = url(listen.host, listen.port, cfg.http.tls)
+    # Loopback to this container's own listener: liveness, not identity, is checked.
+    context = ssl._create_unverified_context() if cfg.http.tls else None  # noqa: S323
     try:
-        # Only http:// to the relay's own configured listener, never a user-supplied URL.
-        with urllib.request.urlopen(target, timeout=args.timeout) as reply:  # noqa: S310
+        # Only the relay's own configured listener, never a user-supplied URL.
+        with urllib.request.urlopen(target, timeout=args.timeout, context=context) as reply:  # noqa: S310
             status = int(reply.status)
     except urllib.error.HTTPError as exc:
         status = exc.code

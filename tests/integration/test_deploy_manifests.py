@@ -107,8 +107,10 @@ def test_relay_pod_matches_the_image_and_the_configuration(
     assert cfg.http.listen is not None
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == cfg.http.listen.port
+    scheme = "HTTPS" if cfg.http.tls else "HTTP"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["port"] == "http"
+        assert container[probe]["httpGet"].get("scheme", "HTTP") == scheme, probe
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert str(cfg.policy_file.parent) == mounts["policies"]
