@@ -47,7 +47,12 @@ class Judgement:
         return self.tier != CLEAN
 
     def worse(self, other: Judgement) -> Judgement:
-        return other if TIERS.index(other.tier) > TIERS.index(self.tier) else self
+        """The graver of two judgements; of two clean ones, the higher score (for tools)."""
+        if TIERS.index(other.tier) > TIERS.index(self.tier):
+            return other
+        if other.tier == self.tier == CLEAN and other.score > self.score:
+            return other
+        return self
 
 
 class Detector(Protocol):
