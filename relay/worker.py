@@ -302,6 +302,11 @@ class Pool:
             self._free.notify()
 
     async def _release(self, worker: _Worker) -> None:
+        if self._closed:
+            # A job that finished after close(): its worker is not kept.
+            await self._kill(worker)
+            await self._gone()
+            return
         async with self._free:
             self._idle.append(worker)
             self._free.notify()
