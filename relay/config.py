@@ -82,6 +82,9 @@ class UpstreamConfig:
     username: str = ""
     password_file: Path | None = None
     hostname: str = ""
+    pool_size: int = 20
+    pool_idle_timeout: float = 30.0
+    pool_check_after: float = 5.0
 
     @property
     def capture(self) -> bool:
@@ -272,6 +275,9 @@ _KINDS: dict[str, dict[str, str]] = {
         "username": "str",
         "password_file": "opt_path",
         "hostname": "str",
+        "pool_size": "int",
+        "pool_idle_timeout": "float",
+        "pool_check_after": "float",
     },
     "audit": {
         "file": "opt_path",
@@ -429,6 +435,11 @@ def validate(cfg: Config) -> Config:
             "upstream.username",
             "set upstream.password_file or PHI_RELAY_UPSTREAM_PASSWORD for upstream AUTH",
         )
+    if u.pool_size < 0:
+        raise ConfigError(where, "upstream.pool_size", "expected a whole number >= 0")
+    for key in ("pool_idle_timeout", "pool_check_after"):
+        if getattr(u, key) <= 0:
+            raise ConfigError(where, f"upstream.{key}", "expected a number of seconds > 0")
     if s.max_message_size > 2**31:
         raise ConfigError(where, "server.max_message_size", "expected at most 2 GiB")
     return cfg

@@ -86,6 +86,12 @@ MEANINGS: dict[str, str] = {
     "upstream.password_file": "File holding the upstream AUTH password, read at each "
     "connection so a rotated secret is picked up.",
     "upstream.hostname": "Name the relay gives in EHLO to the upstream; empty: `server.hostname`.",
+    "upstream.pool_size": "Idle upstream connections kept open for reuse (verified TLS, `RSET` "
+    "between transactions); 0: a new connection for every transaction.",
+    "upstream.pool_idle_timeout": "Seconds an idle upstream connection is kept before it is "
+    "closed.",
+    "upstream.pool_check_after": "Idle seconds after which a pooled connection is asked `NOOP` "
+    "before it is used again.",
     "audit.file": "Audit log file (hash-chained JSON lines); empty: none.",
     "audit.stdout": "Also write audit records to standard output for a log pipeline.",
     "audit.fsync": "fsync after every audit record.",

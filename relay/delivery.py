@@ -13,12 +13,14 @@ import re
 import ssl
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import aiosmtplib
 import structlog
+from aiosmtplib.response import SMTPResponse
 
 from relay.model import Reply, TlsInfo
 
@@ -39,8 +41,16 @@ class UpstreamError(Exception):
 
 
 class Connection(Protocol):
+    """One open upstream session (TLS verified, EHLO and AUTH done), one command at a time."""
+
     name: str
     tls: TlsInfo
+    # True once any byte of a message body went out: from then on a lost connection
+    # leaves the outcome unknown and nothing may be sent again.
+    body_started: bool
+
+    @property
+    def is_open(self) -> bool: ...
 
     async def mail(self, sender: str, options: list[str]) -> None: ...
 
@@ -50,15 +60,17 @@ class Connection(Protocol):
 
     async def rset(self) -> None: ...
 
+    async def noop(self) -> None: ...
+
     async def close(self) -> None: ...
 
 
-class Upstream(Protocol):
+class Connector(Protocol):
+    """Opens new upstream connections; the pool (relay.pool) decides when."""
+
     name: str
 
     async def connect(self) -> Connection: ...
-
-    async def ping(self) -> None: ...
 
 
 def is_null_sender(sender: str) -> bool:
@@ -156,8 +168,15 @@ class SmtpConnection:
     name: str
     tls: TlsInfo
     timeout: float
+    body_started: bool = False
+
+    @property
+    def is_open(self) -> bool:
+        # An upstream that closed an idle connection is seen here without a round trip.
+        return self.client.is_connected
 
     async def mail(self, sender: str, options: list[str]) -> None:
+        self.body_started = False  # a new transaction: nothing of its message has gone out
         try:
             if is_null_sender(sender):
                 await self._mail_null(options)
@@ -185,15 +204,28 @@ class SmtpConnection:
         return Reply(250, "2.1.5", "OK")
 
     async def data(self, message: bytes) -> Reply:
+        """DATA, then the message. A failure before the 354 has sent nothing of it."""
+        self.body_started = False
         try:
-            resp = await self.client.data(message)
+            start = await self.client.execute_command(b"DATA")
+            if start.code != 354:
+                return reply_from_upstream(start.code, start.message)
+            self.body_started = True
+            resp = await _send_body(self.client, message, self.timeout)
         except Exception as exc:
+            self.client.close()  # a half-sent body leaves the session out of step
             raise map_error(exc) from exc
         return reply_from_upstream(resp.code, resp.message)
 
     async def rset(self) -> None:
         try:
             await self.client.rset()
+        except Exception as exc:
+            raise map_error(exc) from exc
+
+    async def noop(self) -> None:
+        try:
+            await self.client.noop()
         except Exception as exc:
             raise map_error(exc) from exc
 
@@ -205,6 +237,44 @@ class SmtpConnection:
                 await self.client.quit()
         except Exception:
             self.client.close()
+
+
+_CHUNK = 64 * 1024
+_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def dot_stuffed(message: bytes, chunk: int = _CHUNK) -> Iterator[bytes]:
+    """The message as DATA carries it (CRLF lines, leading dots doubled, RFC 5321 4.5.2),
+    in pieces of about `chunk` bytes cut after a line end, so no whole copy is made."""
+    start, size = 0, len(message)
+    ended = False
+    while start < size:
+        cut = message.find(b"\n", start + chunk)
+        end = size if cut == -1 else cut + 1
+        piece = _LEADING_DOT.sub(b"..", _LINE_ENDINGS.sub(b"\r\n", message[start:end]))
+        ended = piece.endswith(b"\r\n")
+        yield piece
+        start = end
+    if not ended:
+        yield b"\r\n"
+
+
+async def _send_body(client: aiosmtplib.SMTP, message: bytes, timeout: float) -> SMTPResponse:
+    # aiosmtplib's data() builds three whole copies of the message before it writes; here
+    # it goes out in pieces with the transport's flow control, then the final dot.
+    proto = client.protocol
+    if proto is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    async with asyncio.timeout(timeout):
+        # As aiosmtplib does before a write that expects a reply: an early answer (552
+        # mid-body) must not be dropped as unsolicited.
+        proto._response_pending = True
+        for piece in dot_stuffed(message):
+            proto.write(piece)
+            await proto._drain_helper()
+        proto.write(b".\r\n")
+    return await proto.read_response(timeout=timeout)
 
 
 @dataclass
@@ -262,10 +332,6 @@ class SmtpUpstream:
             raise err from exc
         return SmtpConnection(client, self.name, _tls_of(client), self.timeout)
 
-    async def ping(self) -> None:
-        conn = await self.connect()
-        await conn.close()
-
 
 def _tls_of(client: aiosmtplib.SMTP) -> TlsInfo:
     obj = client.get_transport_info("ssl_object")
@@ -280,6 +346,8 @@ class CaptureConnection:
     folder: Path
     name: str = "capture"
     tls: TlsInfo = field(default_factory=lambda: TlsInfo("local", "none"))
+    body_started: bool = False
+    is_open: bool = True
     sender: str = ""
     recipients: list[str] = field(default_factory=list)
 
@@ -302,8 +370,11 @@ class CaptureConnection:
     async def rset(self) -> None:
         self.sender, self.recipients = "", []
 
-    async def close(self) -> None:
+    async def noop(self) -> None:
         return None
+
+    async def close(self) -> None:
+        self.is_open = False
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -325,7 +396,5 @@ class CaptureUpstream:
     name: str = "capture"
 
     async def connect(self) -> Connection:
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         return CaptureConnection(self.folder)
-
-    async def ping(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)

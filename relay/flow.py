@@ -2,10 +2,11 @@
 
 parse -> policies -> decision -> audit -> rewrite -> deliver -> audit.
 
-A `Transaction` follows one client transaction (MAIL .. DATA). It holds the upstream
-connection open from MAIL onwards so that the upstream's per-recipient answers reach
-the client at RCPT time ("250 means the upstream accepted it"), and only after the
-decision is written to the audit log does the message itself go upstream.
+A `Transaction` follows one client transaction (MAIL .. DATA). From MAIL onwards it holds
+an upstream envelope leased from the delivery layer's pool (relay.pool), so that the
+upstream's per-recipient answers reach the client at RCPT time ("250 means the upstream
+accepted it"), and only after the decision is written to the audit log does the message
+itself go upstream. The envelope is the transaction's alone; the session never sees it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from relay.address import domain_of
 from relay.category import HEADER
 from relay.decide import Decided, Request, Strikes, decide, ordinary
 from relay.dedup import Claim, DedupError
-from relay.delivery import Connection, Upstream, UpstreamError
+from relay.delivery import UpstreamError
 from relay.message import SessionFacts, ShapeLimits
 from relay.model import (
     Action,
@@ -40,6 +41,7 @@ from relay.model import (
     TlsInfo,
     Verdict,
 )
+from relay.pool import Pool, UpstreamEnvelope
 from relay.rewrite import RewriteError, has_footer, links_for, per_recipient, render_with
 from relay.worker import Decisions, JobTimeout, RenderJob, Spec, WorkerError
 
@@ -62,7 +64,7 @@ class Runtime:
     rules: RuleSet
     audit: AuditLog
     metrics: Metrics
-    upstream: Upstream
+    upstream: Pool
     links: LinkMaker | None
     dedup: DedupStore | None
     # The policies' detector (with the roster), also used to keep PHI in upstream reply
@@ -105,37 +107,11 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-class Link:
-    """A session's upstream connection, reused across its transactions."""
-
-    def __init__(self) -> None:
-        self.conn: Connection | None = None
-
-    async def get(self, upstream: Upstream) -> Connection:
-        if self.conn is None:
-            self.conn = await upstream.connect()
-        return self.conn
-
-    async def drop(self) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            await conn.close()
-
-    async def reset(self) -> None:
-        if self.conn is None:
-            return
-        try:
-            await self.conn.rset()
-        except UpstreamError:
-            await self.drop()
-
-
 class Transaction:
     def __init__(
         self,
         runtime: Runtime,
         facts: SessionFacts,
-        link: Link,
         mail_from: str,
         mail_options: Sequence[str],
         smtputf8: bool,
@@ -143,7 +119,6 @@ class Transaction:
     ) -> None:
         self.rt = runtime
         self.facts = facts
-        self.link = link
         self.mail_from = mail_from
         self.options = tuple(mail_options)
         # Only BODY and SMTPUTF8 describe the message itself; SIZE is ours to re-declare.
@@ -153,7 +128,7 @@ class Transaction:
         self.smtputf8 = smtputf8
         self.helo = helo
         self.recipients: list[str] = []
-        self.upstream_mail_sent = False
+        self.upstream: UpstreamEnvelope = runtime.upstream.begin()
         self._unsettled: list[str] = []  # claimed recipients not yet confirmed or released
         # For the service log's one line per message.
         self.decision_id = ""
@@ -162,26 +137,28 @@ class Transaction:
     # --- envelope phase: proxied to the upstream so its answers reach the client ---------
 
     async def open(self) -> Reply | None:
-        """Connect and send MAIL upstream. None means OK; a Reply is the client's refusal."""
+        """Lease an upstream envelope and send MAIL. None means OK; a Reply is the refusal."""
         try:
-            conn = await self.link.get(self.rt.upstream)
-            await conn.mail(self.mail_from, self.upstream_options)
+            await self.upstream.mail(self.mail_from, self.upstream_options)
         except UpstreamError as err:
-            await self.link.drop()
             await self._upstream_event("mail", err)
             return err.reply
-        self.upstream_mail_sent = True
         return None
 
     async def add_recipient(self, rcpt: str) -> Reply | None:
+        if not self.upstream.open:
+            # The upstream dropped this transaction at an earlier RCPT; a fresh upstream
+            # session has no MAIL, and its "503" would refuse a good recipient for good.
+            return Reply(
+                451,
+                "4.4.2",
+                "Upstream connection lost during this transaction; send RSET and try again",
+            )
         if len(self.recipients) >= self.rt.config.server.max_recipients:
             return Reply(452, "4.5.3", "Too many recipients; send the rest in another message")
         try:
-            conn = await self.link.get(self.rt.upstream)
-            reply = await conn.rcpt(rcpt)
+            reply = await self.upstream.rcpt(rcpt)
         except UpstreamError as err:
-            await self.link.drop()
-            self.upstream_mail_sent = False
             await self._upstream_event("rcpt", err)
             return err.reply
         if not reply.success:
@@ -190,9 +167,7 @@ class Transaction:
         return None
 
     async def abort(self) -> None:
-        if self.upstream_mail_sent:
-            await self.link.reset()
-            self.upstream_mail_sent = False
+        await self.upstream.abort()
 
     def _failure(
         self, what: str, *, error: bool = False, detail: str | None = None, **fields: maillog.Field
@@ -540,40 +515,35 @@ class Transaction:
         self, group: tuple[str, ...], data: bytes, first: bool, decision_id: str
     ) -> tuple[Reply, dict[str, Reply]]:
         """One upstream transaction. The first may reuse the envelope opened at MAIL/RCPT."""
-        rt = self.rt
         started = time.monotonic()
         tls = TlsInfo()
         refused: dict[str, Reply] = {}
         try:
-            reuse = first and self.upstream_mail_sent and tuple(self.recipients) == group
+            envelope = self.upstream
+            reuse = first and envelope.open and tuple(self.recipients) == group
             if not reuse:
-                if self.upstream_mail_sent:
-                    await self.link.reset()
-                conn = await self.link.get(rt.upstream)
-                await conn.mail(self.mail_from, self.upstream_options)
-                self.upstream_mail_sent = True
+                await envelope.abort()
+                envelope = self.upstream = self.rt.upstream.begin()
+                await envelope.mail(self.mail_from, self.upstream_options)
                 for rcpt in group:
-                    answer = await conn.rcpt(rcpt)
+                    answer = await envelope.rcpt(rcpt)
                     if not answer.success:
                         refused[rcpt] = answer
                 if len(refused) == len(group):
-                    await self.abort()
+                    await envelope.abort()
                     reply = next(iter(refused.values()))
                     outcome = "deferred" if reply.transient else "refused"
                     await self._delivery(decision_id, group, reply, outcome, started, refused, tls)
                     return reply, refused
-            conn = await self.link.get(rt.upstream)
-            tls = conn.tls
-            reply = await conn.data(data)
+            reply = await envelope.data(data)
+            tls = envelope.tls
         except UpstreamError as err:
-            await self.link.drop()
-            self.upstream_mail_sent = False
+            tls = self.upstream.tls
             # After DATA was sent, a lost reply leaves the outcome unknown: the one window SMTP
             # cannot close. It is counted as "ambiguous" in the audit log.
             outcome = "ambiguous" if err.outcome in ("timeout", "disconnected") else err.outcome
             await self._delivery(decision_id, group, err.reply, outcome, started, refused, tls)
             return err.reply, refused
-        self.upstream_mail_sent = False
         outcome = "delivered" if reply.success else ("deferred" if reply.transient else "refused")
         await self._delivery(decision_id, group, reply, outcome, started, refused, tls)
         return reply, refused

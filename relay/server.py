@@ -22,8 +22,8 @@ from relay.consent.api import ConsentStore, StoreError
 from relay.dedup import Dedup
 from relay.delivery import (
     CaptureUpstream,
+    Connector,
     SmtpUpstream,
-    Upstream,
     UpstreamError,
     client_tls_context,
 )
@@ -33,6 +33,7 @@ from relay.metrics import Metrics
 from relay.phi import default_detector
 from relay.phi.roster import Roster
 from relay.policy.base import ConfigError, PolicyDeps
+from relay.pool import Pool, PoolKey, PoolLimits
 from relay.session import Shared, factory
 from relay.startup import StartupError as StartupError  # re-exported for the CLI
 from relay.startup import StateLock
@@ -50,7 +51,23 @@ def _key(cfg: Config, name: str) -> bytes:
         raise StartupError(f"key: {exc}") from exc
 
 
-def make_upstream(cfg: Config) -> Upstream:
+def pool_key(cfg: Config) -> PoolKey:
+    u = cfg.upstream
+    if u.capture:
+        return PoolKey("capture", 0, "local", str(cfg.capture_dir), "", "", "")
+    password = str(u.password_file) if u.password_file else "env" if u.username else ""
+    return PoolKey(
+        u.host,
+        u.port,
+        u.tls,
+        str(u.ca_file or ""),
+        u.hostname or cfg.server.hostname,
+        u.username,
+        password,
+    )
+
+
+def make_connector(cfg: Config) -> Connector:
     u = cfg.upstream
     if u.capture:
         return CaptureUpstream(cfg.capture_dir)
@@ -93,6 +110,26 @@ class Services:
     dedup: Dedup
     audit_key: bytes
     decisions: Decisions
+    # Upstream connection pools by upstream and credentials: a reload that keeps the
+    # upstream keeps its open connections.
+    pools: dict[tuple[PoolKey, PoolLimits], Pool] = field(default_factory=dict)
+    retiring: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def pool(self, cfg: Config) -> Pool:
+        u = cfg.upstream
+        limits = PoolLimits(u.pool_size, u.pool_idle_timeout, u.pool_check_after)
+        key = (pool_key(cfg), limits)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = Pool(make_connector(cfg), limits)
+        return pool
+
+    async def retire_pools(self, keep: Pool | None) -> None:
+        """Close the pools a reload left behind (in-flight leases finish on their own)."""
+        for key, pool in list(self.pools.items()):
+            if pool is not keep:
+                del self.pools[key]
+                await pool.close()
 
 
 def build_runtime(cfg: Config, services: Services) -> Runtime:
@@ -122,7 +159,7 @@ def build_runtime(cfg: Config, services: Services) -> Runtime:
         rules=ruleset,
         audit=services.audit,
         metrics=services.metrics,
-        upstream=make_upstream(cfg),
+        upstream=services.pool(cfg),
         links=links,
         dedup=services.dedup,
         detector=deps.detector,
@@ -392,6 +429,10 @@ class Relay:
             self.services.audit.event("config-reload", ok=False, error=type(exc).__name__)
             return False
         self.shared.runtime = runtime
+        # The old pool's leases finish on their connections; then those connections close.
+        task = asyncio.get_running_loop().create_task(self.services.retire_pools(runtime.upstream))
+        self.services.retiring.add(task)
+        task.add_done_callback(self.services.retiring.discard)
         self.shared.users = users
         self.config = cfg
         self.services.audit.reopen()
@@ -443,6 +484,7 @@ class Relay:
         if self.http_runner is not None:
             await self.http_runner.cleanup()  # type: ignore[attr-defined]
         if self.services is not None:
+            await self.services.retire_pools(None)
             try:
                 self.services.audit.event("relay-stop")
             except AuditError as exc:

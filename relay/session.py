@@ -29,7 +29,7 @@ import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay.config import IPNetwork
-from relay.flow import Link, Runtime, Transaction, new_id
+from relay.flow import Runtime, Transaction, new_id
 from relay.limits import AuthThrottle, DataPace, SessionLimiter
 from relay.message import SessionFacts
 from relay.model import Peer, Reply, TlsInfo
@@ -154,7 +154,6 @@ class RelaySMTP(SMTP):
         self.busy = False
         self.in_data = False
         self.auth_user: str | None = None
-        self.link = Link()
         self.txn: Transaction | None = None
 
     # --- connection lifecycle ------------------------------------------------------------
@@ -211,7 +210,6 @@ class RelaySMTP(SMTP):
         if self.txn is not None:
             await self.txn.abort()
             self.txn = None
-        await self.link.drop()
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         if duration is None:
@@ -480,7 +478,6 @@ class RelaySMTP(SMTP):
             txn = Transaction(
                 self.shared.runtime,
                 self.facts(),
-                self.link,
                 address,
                 options,
                 smtputf8,
@@ -502,13 +499,6 @@ class RelaySMTP(SMTP):
             return "503 5.5.1 Need a MAIL command first"
         if _CONTROL.search(address) or any(_CONTROL.search(o) for o in options):
             return "501 5.5.2 Control characters in RCPT command"
-        if not self.txn.upstream_mail_sent:
-            # The upstream dropped this transaction at an earlier RCPT; a fresh upstream
-            # session has no MAIL, and its "503" would refuse a good recipient for good.
-            return (
-                "451 4.4.2 Upstream connection lost during this transaction; "
-                "send RSET and try again"
-            )
         self.busy = True
         try:
             reply = await self.txn.add_recipient(address)

@@ -48,9 +48,27 @@ class Faults:
 
 
 class _Handler:
-    def __init__(self, sink: Sink, faults: Faults | None = None) -> None:
+    def __init__(self, sink: Sink, faults: Faults | None = None, number: int = 0) -> None:
         self.sink = sink
         self.own_faults = faults  # this session's faults (Sink.session_faults), else the sink's
+        self.number = number  # which upstream session (1, 2, ...), for Sink.commands
+
+    def _log(self, verb: str) -> None:
+        self.sink.commands.append((self.number, verb))
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self._log("RSET")
+        return "250 OK"
+
+    async def handle_NOOP(
+        self, server: SMTP, session: Session, envelope: Envelope, arg: str
+    ) -> str:
+        self._log("NOOP")
+        return "250 OK"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self._log("QUIT")
+        return "221 Bye"
 
     @property
     def faults(self) -> Faults:
@@ -71,6 +89,7 @@ class _Handler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        self._log("MAIL")
         fault = await self._fault(server, "MAIL")
         if fault:
             return fault
@@ -94,6 +113,7 @@ class _Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self._log("DATA")
         fault = await self._fault(server, "DATA")
         if fault:
             return fault
@@ -131,6 +151,8 @@ class Sink:
         self.server: asyncio.Server | None = None
         self.port = 0
         self.connections = 0
+        # (upstream session number, verb) for MAIL, DATA, RSET, NOOP and QUIT, in order.
+        self.commands: list[tuple[int, str]] = []
         # Called once per upstream session; returns that session's faults (None: the sink's).
         self.session_faults: Callable[[], Faults | None] | None = None
 
@@ -145,7 +167,7 @@ class Sink:
             kwargs["tls_context"] = self.tls_context
             kwargs["require_starttls"] = True
         own = self.session_faults() if self.session_faults is not None else None
-        return SMTP(_Handler(self, own), **kwargs)
+        return SMTP(_Handler(self, own, self.connections), **kwargs)
 
     async def start(self, port: int = 0) -> Sink:
         """Listen on `port` (0: a free one); a stopped sink restarts on its old port."""
@@ -165,6 +187,9 @@ class Sink:
             if hasattr(self.server, "close_clients"):  # Python >= 3.13
                 self.server.close_clients()
             await self.server.wait_closed()
+
+    def session_commands(self, number: int) -> list[str]:
+        return [verb for n, verb in self.commands if n == number]
 
     def all_rcpts(self) -> list[str]:
         return [r for m in self.received for r in m.rcpt_tos]
