@@ -160,8 +160,10 @@ class Pool:
         task.add_done_callback(self._tasks.discard)
 
     async def ping(self) -> None:
-        """Readiness: a connection that answers NOOP (raises UpstreamError otherwise)."""
-        conn, _ = await self.acquire()
+        """Readiness: a new connection can be opened now (connect, TLS verified, AUTH) and
+        answers NOOP; raises UpstreamError otherwise. A pooled one would prove less: an
+        expired certificate or a revoked login shows only on a new connection."""
+        conn = await self.open()
         try:
             await conn.noop()
         except UpstreamError:
