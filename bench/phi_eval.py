@@ -1360,7 +1360,9 @@ def main() -> int:
     ap.add_argument("--presidio-threshold", type=float, default=0.3)
     ap.add_argument("--seconds", type=float, default=2.0, help="throughput measuring time")
     ap.add_argument(
-        "--split", choices=("train", "validation", "test", "fresh"), help="score the writers' corpora"
+        "--split",
+        choices=("train", "validation", "test", "fresh"),
+        help="score the writers' corpora",
     )
     ap.add_argument("--old", type=Path, help="checkout of an older detector to compare")
     args = ap.parse_args()
