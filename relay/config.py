@@ -45,6 +45,8 @@ class ServerConfig:
     users_file: Path | None = None
     trusted_networks: tuple[IPNetwork, ...] = ()
     plaintext_networks: tuple[IPNetwork, ...] = ()
+    proxy_protocol_from: tuple[IPNetwork, ...] = ()
+    proxy_protocol_timeout: float = 10.0
     max_message_size: int = 25 * 1024 * 1024
     max_recipients: int = 100
     max_line_length: int = 998
@@ -240,6 +242,8 @@ _KINDS: dict[str, dict[str, str]] = {
         "users_file": "opt_path",
         "trusted_networks": "networks",
         "plaintext_networks": "networks",
+        "proxy_protocol_from": "networks",
+        "proxy_protocol_timeout": "float",
         "max_message_size": "int",
         "max_recipients": "int",
         "max_line_length": "int",

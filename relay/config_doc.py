@@ -37,6 +37,11 @@ MEANINGS: dict[str, str] = {
     "Empty and no users file: loopback only.",
     "server.plaintext_networks": "Networks that are trusted and may also skip STARTTLS "
     "(they cannot AUTH without TLS; warned at start).",
+    "server.proxy_protocol_from": "Load balancer networks whose connections must start with a "
+    "PROXY v1/v2 header giving the real client address (`--proxy-protocol-from`, repeatable); "
+    "a header from any other address is refused with `554 5.7.0`.",
+    "server.proxy_protocol_timeout": "Seconds a listed balancer has to send its PROXY header "
+    "(then `554 5.5.0` and the connection closes).",
     "server.max_message_size": "Largest message in bytes; above it `552 5.3.4`.",
     "server.max_recipients": "Recipients per message; above it `452 4.5.3`.",
     "server.max_line_length": "Longest line in bytes (at most 998, RFC 5322); above it "

@@ -307,14 +307,22 @@ class Relay:
         self.servers.append(smtp)
         self.smtp_port = smtp.sockets[0].getsockname()[1]
         if s.implicit_tls_listen is not None:
+            # Behind a balancer the PROXY header precedes the TLS handshake: the session
+            # reads it, then starts TLS itself.
+            proxied = bool(s.proxy_protocol_from)
             try:
                 implicit = await loop.create_server(
-                    factory(self.shared, implicit_tls=True, hostname=s.hostname),
+                    factory(
+                        self.shared,
+                        implicit_tls=True,
+                        hostname=s.hostname,
+                        tls_after_accept=proxied,
+                    ),
                     host=s.implicit_tls_listen.host,
                     port=s.implicit_tls_listen.port,
-                    ssl=self.tls_context,
+                    ssl=None if proxied else self.tls_context,
                     reuse_address=True,
-                    ssl_handshake_timeout=s.client_timeout,
+                    ssl_handshake_timeout=None if proxied else s.client_timeout,
                 )
             except OSError as exc:
                 raise _bind_error(

@@ -22,6 +22,7 @@ import ipaddress
 import re
 import ssl
 import time
+from asyncio import sslproto
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from relay.flow import Runtime, Transaction, new_id
 from relay.limits import AuthThrottle, DataPace, SessionLimiter
 from relay.message import SessionFacts
 from relay.model import Peer, Reply, TlsInfo
+from relay.proxy import BAD_HEADER, NOT_LISTED, read_header, sniff
 from relay.users import Users
 
 if TYPE_CHECKING:
@@ -114,10 +116,14 @@ class Shared:
 
 
 class RelaySMTP(SMTP):
-    def __init__(self, shared: Shared, *, implicit_tls: bool, hostname: str) -> None:
+    def __init__(
+        self, shared: Shared, *, implicit_tls: bool, hostname: str, tls_after_accept: bool = False
+    ) -> None:
         cfg = shared.runtime.config.server
         self.shared = shared
         self.implicit_tls = implicit_tls
+        # Implicit TLS on a plain listener: behind a balancer the PROXY header comes first.
+        self.tls_after_accept = implicit_tls and tls_after_accept
         # +2 for CRLF, +1 for the transparency dot (RFC 5321 4.5.2).
         self.line_length_limit = cfg.max_line_length + 3
         super().__init__(
@@ -145,6 +151,14 @@ class RelaySMTP(SMTP):
             reader.__class__ = _CrlfLineReader
         self.session_id = new_id()
         self.peer_host = ""
+        self.peer_port = 0
+        # PROXY protocol: a listed balancer must send a header (read before the greeting);
+        # anyone else's first bytes are checked so a header cannot pose as a command.
+        self.expect_proxy = False
+        self.sniffing = False
+        self.sniffed = b""
+        self.balancer: str | None = None
+        self.admit_later = False
         self.refusal: str | None = None
         self.registered = False
         self.holds_slot = False
@@ -164,8 +178,24 @@ class RelaySMTP(SMTP):
         if not first:
             return  # the STARTTLS upgrade of a connection already counted
         peer = transport.get_extra_info("peername")
-        self.peer_host = str(peer[0]) if peer else ""
-        self.peer_port = int(peer[1]) if peer else 0
+        host, port = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+        cfg = self.shared.runtime.config.server
+        self.peer_host, self.peer_port = host, port
+        # Implicit TLS is admitted after its handshake, as on a TLS listener.
+        self.admit_later = self.tls_after_accept
+        if cfg.proxy_protocol_from and in_networks(host, cfg.proxy_protocol_from):
+            # Who the client is, and so every address rule, waits for the header.
+            self.expect_proxy = self.admit_later = True
+            # The header's own deadline answers first, with a reply that says what is wrong.
+            self._reset_timeout(cfg.proxy_protocol_timeout + 1)
+            return
+        self.sniffing = bool(cfg.proxy_protocol_from) and not self.implicit_tls
+        if not self.admit_later:
+            self._admit(host, port)
+
+    def _admit(self, host: str, port: int) -> None:
+        """The client's address is known: apply the address rules and take a session slot."""
+        self.peer_host, self.peer_port = host, port
         cfg = self.shared.runtime.config.server
         self.plaintext_ok = in_networks(self.peer_host, cfg.plaintext_networks)
         # A plaintext network cannot AUTH (AUTH needs TLS), so it is trusted or it is useless.
@@ -185,6 +215,59 @@ class RelaySMTP(SMTP):
         else:
             self.shared.runtime.metrics.refused_reply(self.refusal)
         self._reset_timeout()  # aiosmtpd started it before we knew whether the peer is trusted
+
+    async def _read_proxy(self) -> bool:
+        """The header from a listed balancer; False (after a refusal) if it is not usable."""
+        cfg = self.shared.runtime.config.server
+        balancer = (self.peer_host, self.peer_port)
+        origin = await read_header(self._reader, cfg.proxy_protocol_timeout, balancer)
+        if origin is None:
+            log.warning("PROXY header missing or malformed", balancer=self.peer_host)
+            self.shared.runtime.metrics.refused_session("proxy-header")
+            await self._refuse(BAD_HEADER)
+            return False
+        self.balancer = self.peer_host
+        self.expect_proxy = False
+        self.peer_host, self.peer_port = origin.host, origin.port
+        return True
+
+    async def _start_implicit_tls(self) -> bool:
+        """Implicit TLS behind a balancer: the handshake starts after the PROXY header.
+
+        Bytes of the ClientHello that arrived with the header are already in the reader;
+        they are handed to the TLS layer before any more can arrive (no await between).
+        """
+        assert self.transport is not None
+        early = bytes(self._reader._buffer)  # type: ignore[attr-defined]
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        waiter = self.loop.create_future()
+        self._tls_protocol = sslproto.SSLProtocol(
+            self.loop, self, self.shared.tls_context, waiter, server_side=True
+        )
+        self._original_transport = self.transport
+        self._original_transport.set_protocol(self._tls_protocol)
+        self.transport = self._tls_protocol._app_transport
+        self._tls_protocol.connection_made(self._original_transport)
+        while early:
+            buf = self._tls_protocol.get_buffer(len(early))
+            n = min(len(buf), len(early))
+            buf[:n] = early[:n]
+            self._tls_protocol.buffer_updated(n)
+            early = early[n:]
+        try:
+            async with asyncio.timeout(self.shared.runtime.config.server.client_timeout):
+                await waiter
+        except (TimeoutError, OSError, ssl.SSLError):
+            # Never admitted, so there is no slot to give back; close both layers.
+            self._original_transport.close()
+            return False
+        return True
+
+    async def _refuse(self, reply: str) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.push(reply)
+        if self.transport is not None:
+            self.transport.close()
 
     def _release_slot(self) -> None:
         if self.holds_slot:
@@ -220,6 +303,19 @@ class RelaySMTP(SMTP):
         super()._reset_timeout(duration)
 
     def data_received(self, data: bytes) -> None:
+        if self.sniffing:
+            self.sniffed += data
+            verdict = sniff(self.sniffed)
+            if verdict is None:
+                return
+            self.sniffing = False
+            data, self.sniffed = self.sniffed, b""
+            if verdict:
+                # A PROXY header from an address that is not a listed balancer: a spoof.
+                log.warning("PROXY header from an unlisted address", peer=self.peer_host)
+                self.shared.runtime.metrics.refused_session("proxy-not-listed")
+                self.loop.create_task(self._refuse(NOT_LISTED))
+                return
         super().data_received(data)
         pace = self.pace
         if pace is not None:
@@ -237,6 +333,12 @@ class RelaySMTP(SMTP):
         transport.close()
 
     async def _handle_client(self) -> None:
+        if self.expect_proxy and not await self._read_proxy():
+            return
+        if self.tls_after_accept and not await self._start_implicit_tls():
+            return
+        if self.admit_later:
+            self._admit(self.peer_host, self.peer_port)
         if self.refusal is not None:
             await self.push(self.refusal)
             assert self.transport is not None
@@ -662,5 +764,9 @@ _unknown = {n for n in dir(Handler) if n.startswith("handle_")} - KNOWN_HOOKS
 assert not _unknown, f"unknown aiosmtpd hooks: {_unknown}"
 
 
-def factory(shared: Shared, *, implicit_tls: bool, hostname: str) -> Callable[[], RelaySMTP]:
-    return lambda: RelaySMTP(shared, implicit_tls=implicit_tls, hostname=hostname)
+def factory(
+    shared: Shared, *, implicit_tls: bool, hostname: str, tls_after_accept: bool = False
+) -> Callable[[], RelaySMTP]:
+    return lambda: RelaySMTP(
+        shared, implicit_tls=implicit_tls, hostname=hostname, tls_after_accept=tls_after_accept
+    )

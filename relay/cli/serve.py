@@ -36,6 +36,11 @@ FLAGS: dict[str, tuple[str, str, str]] = {
 LIST_FLAGS = {
     "--trusted-network": ("server", "trusted_networks", "CIDR that may relay without AUTH"),
     "--plaintext-network": ("server", "plaintext_networks", "CIDR that may also skip STARTTLS"),
+    "--proxy-protocol-from": (
+        "server",
+        "proxy_protocol_from",
+        "load balancer CIDR whose connections start with a PROXY v1/v2 header",
+    ),
 }
 
 
