@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -39,10 +38,10 @@ def message() -> bytes:
 
 
 @pytest.fixture
-def haproxy_dir(tmp_path: Path) -> Iterator[Path]:
+def haproxy_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "haproxy"
     folder.mkdir()
-    yield folder
+    return folder
 
 
 async def proxied_relay(tmp_path: Path, pki: Pki, sink: Sink, **server: object) -> RunningRelay:
