@@ -110,6 +110,12 @@ class DedupConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DkimConfig:
+    keys: tuple[str, ...] = ()  # DOMAIN:SELECTOR:KEYFILE
+    stale_signature: str = "remove"
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig:
     listen: HostPort | None = HostPort("127.0.0.1", 8025)
     base_url: str = ""
@@ -129,6 +135,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
     state_dir: Path = Path("state")
     policy_file: Path = DEFAULT_POLICY_FILE  # shipped in the package; `phi-relay init` copies it
     consent_store: str = ""
@@ -225,6 +232,11 @@ def _convert(where: str, key: str, kind: str, value: object) -> object:
         if not isinstance(items, list | tuple):
             raise ConfigError(where, key, "expected a list of CIDR networks")
         return tuple(parse_network(where, key, v) for v in items if str(v).strip())
+    if kind == "strs":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(where, key, "expected a list of strings")
+        return tuple(v.strip() for v in items if v.strip())
     if kind == "str":
         if not isinstance(value, str):
             raise ConfigError(where, key, "expected a string")
@@ -299,6 +311,7 @@ _KINDS: dict[str, dict[str, str]] = {
         "readiness_ttl": "float",
     },
     "dedup": {"busy_timeout": "float", "ttl": "float", "claim_lease": "float"},
+    "dkim": {"keys": "strs", "stale_signature": "str"},
     "": {"state_dir": "path", "policy_file": "path", "consent_store": "str"},
 }
 _SECTION_TYPES: dict[str, type[Any]] = {
@@ -307,6 +320,7 @@ _SECTION_TYPES: dict[str, type[Any]] = {
     "audit": AuditConfig,
     "http": HttpConfig,
     "dedup": DedupConfig,
+    "dkim": DkimConfig,
 }
 
 
@@ -444,6 +458,14 @@ def validate(cfg: Config) -> Config:
     for key in ("pool_idle_timeout", "pool_check_after"):
         if getattr(u, key) <= 0:
             raise ConfigError(where, f"upstream.{key}", "expected a number of seconds > 0")
+    if cfg.dkim.stale_signature not in ("remove", "keep", "refuse"):
+        raise ConfigError(where, "dkim.stale_signature", "expected remove, keep or refuse")
+    for spec in cfg.dkim.keys:
+        parts = spec.split(":", 2)
+        if len(parts) != 3 or not all(p.strip() for p in parts):
+            raise ConfigError(
+                where, "dkim.keys", "expected DOMAIN:SELECTOR:KEYFILE, e.g. clinic.example:s1:k.pem"
+            )
     if s.max_message_size > 2**31:
         raise ConfigError(where, "server.max_message_size", "expected at most 2 GiB")
     return cfg

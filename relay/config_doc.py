@@ -109,6 +109,10 @@ MEANINGS: dict[str, str] = {
     "retry schedule).",
     "dedup.claim_lease": "Seconds a recipient claimed for sending stays taken; a claim older "
     "than this was left by a crash and is taken over.",
+    "dkim.keys": "DKIM signing keys, `DOMAIN:SELECTOR:KEYFILE` each (`--dkim`, repeatable): "
+    "mail whose From is in DOMAIN is signed after every change (docs/dkim.md).",
+    "dkim.stale_signature": "A DKIM-Signature that came with a message the relay then "
+    "changes: `remove` it, `keep` it, or `refuse` the message (`550 5.7.0`).",
     "http.listen": "Address for unsubscribe, `/healthz`, `/readyz` and `/metrics`; empty: off.",
     "http.base_url": "Public base URL of unsubscribe links (https only, RFC 8058); empty: "
     "`https://<http.listen>`.",

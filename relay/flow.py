@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from relay.audit import AuditLog
     from relay.config import Config
     from relay.dedup import DedupStore
+    from relay.dkim import Signer
     from relay.metrics import Metrics
     from relay.phi.api import Detector
     from relay.rules import RuleSet
@@ -73,6 +74,8 @@ class Runtime:
 
     # Worker processes for large messages and the record of timed-out ones; None: inline.
     decisions: Decisions | None = None
+    # DKIM: signs after every change and handles signatures the changes made stale.
+    signer: Signer | None = None
 
     @property
     def worker_spec(self) -> Spec:
@@ -463,7 +466,13 @@ class Transaction:
                 await self._release(claim, group, decision_id)
                 continue
             body = rendered
-            reply, refused = await self._send(group, received + body, index == 0, decision_id)
+            signed = await self._sign(raw, body, decision_id)
+            if isinstance(signed, Reply):
+                await self._delivery(decision_id, group, signed, "dkim-refused", 0.0)
+                failures.append((signed, len(group)))
+                await self._release(claim, group, decision_id)
+                continue
+            reply, refused = await self._send(group, received + signed, index == 0, decision_id)
             failures.extend((r, 1) for r in refused.values())
             served = tuple(r for r in group if r not in refused) if reply.success else ()
             delivered.extend(served)
@@ -510,6 +519,28 @@ class Transaction:
             )
         except WorkerError as err:
             return err.reason, False
+
+    async def _sign(self, raw: bytes, body: bytes, decision_id: str) -> bytes | Reply:
+        """The last change: a stale signature handled per dkim.stale_signature, then ours."""
+        signer = self.rt.signer
+        if signer is None:
+            return body
+        from relay.dkim import DkimError, remove_signatures, stale_signatures
+
+        stale = stale_signatures(raw, body) if signer.stale != "keep" else []
+        if stale:
+            # Signed before the relay and changed here: those signatures no longer verify.
+            if signer.stale == "refuse":
+                return replies.by_reason("dkim.stale-signature")
+            body = remove_signatures(body, stale)
+        if not signer.keys:
+            return body
+        try:
+            signed, _ = await asyncio.to_thread(signer.sign, body)
+        except DkimError as err:
+            log.error("DKIM signing failed", decision_id=decision_id, error=str(err))
+            return replies.by_reason("dkim.error")
+        return signed
 
     async def _send(
         self, group: tuple[str, ...], data: bytes, first: bool, decision_id: str

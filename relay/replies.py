@@ -170,6 +170,13 @@ _TEXT: dict[str, tuple[int, str, str]] = {
         "4.3.0",
         "Cannot apply the required changes to the message; try again later",
     ),
+    "dkim.stale-signature": (
+        550,
+        "5.7.0",
+        "Message is DKIM-signed and the relay must change it (footer or headers); sign after "
+        "the relay, or ask the operator to set dkim.stale_signature to remove",
+    ),
+    "dkim.error": (451, "4.3.0", "Cannot DKIM-sign the message; try again later"),
 }
 
 _DEFAULT = {

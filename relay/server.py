@@ -27,6 +27,7 @@ from relay.delivery import (
     UpstreamError,
     client_tls_context,
 )
+from relay.dkim import DkimError, Signer
 from relay.flow import Runtime
 from relay.links import make_link_maker
 from relay.metrics import Metrics
@@ -151,6 +152,12 @@ def build_runtime(cfg: Config, services: Services) -> Runtime:
     )
     ruleset = rules.load(cfg.policy_file, deps)
     try:
+        signer = Signer.load(cfg.dkim.keys, cfg.dkim.stale_signature)
+    except ValueError as exc:
+        raise ConfigError(cfg.source, "dkim.keys", str(exc)) from exc
+    except DkimError as exc:
+        raise StartupError(f"dkim.keys: {exc}") from exc
+    try:
         links = make_link_maker(services.codec, cfg.unsubscribe_base_url, None)
     except ValueError as exc:
         raise ConfigError(cfg.source, "http.base_url", str(exc)) from exc
@@ -164,6 +171,7 @@ def build_runtime(cfg: Config, services: Services) -> Runtime:
         dedup=services.dedup,
         detector=deps.detector,
         decisions=services.decisions,
+        signer=signer,
     )
 
 

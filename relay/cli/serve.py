@@ -36,6 +36,7 @@ FLAGS: dict[str, tuple[str, str, str]] = {
 LIST_FLAGS = {
     "--trusted-network": ("server", "trusted_networks", "CIDR that may relay without AUTH"),
     "--plaintext-network": ("server", "plaintext_networks", "CIDR that may also skip STARTTLS"),
+    "--dkim": ("dkim", "keys", "DOMAIN:SELECTOR:KEYFILE: sign mail From that domain"),
     "--proxy-protocol-from": (
         "server",
         "proxy_protocol_from",
