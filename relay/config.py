@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -139,6 +140,7 @@ class Config:
     state_dir: Path = Path("state")
     policy_file: Path = DEFAULT_POLICY_FILE  # shipped in the package; `phi-relay init` copies it
     consent_store: str = ""
+    replica_id: str = ""
 
     @property
     def capture_dir(self) -> Path:
@@ -312,7 +314,7 @@ _KINDS: dict[str, dict[str, str]] = {
     },
     "dedup": {"busy_timeout": "float", "ttl": "float", "claim_lease": "float"},
     "dkim": {"keys": "strs", "stale_signature": "str"},
-    "": {"state_dir": "path", "policy_file": "path", "consent_store": "str"},
+    "": {"state_dir": "path", "policy_file": "path", "consent_store": "str", "replica_id": "str"},
 }
 _SECTION_TYPES: dict[str, type[Any]] = {
     "server": ServerConfig,
@@ -458,6 +460,10 @@ def validate(cfg: Config) -> Config:
     for key in ("pool_idle_timeout", "pool_check_after"):
         if getattr(u, key) <= 0:
             raise ConfigError(where, f"upstream.{key}", "expected a number of seconds > 0")
+    if cfg.replica_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", cfg.replica_id):
+        raise ConfigError(
+            where, "replica_id", "expected a name of letters, digits, . _ - (at most 64)"
+        )
     if cfg.dkim.stale_signature not in ("remove", "keep", "refuse"):
         raise ConfigError(where, "dkim.stale_signature", "expected remove, keep or refuse")
     for spec in cfg.dkim.keys:

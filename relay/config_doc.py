@@ -23,8 +23,11 @@ MEANINGS: dict[str, str] = {
     "state_dir": "Directory for keys, the SQLite consent store, dedup records and captured mail.",
     "policy_file": "The policy pipeline (docs/policies.md). Its footer templates are read from "
     "the same directory.",
-    "consent_store": "Consent and opt-out store URL: empty means "
-    "`sqlite:///<state_dir>/consent.db`; `postgresql://...` when several replicas run.",
+    "consent_store": "Consent and opt-out store URL (`--consent-store`): empty means "
+    "`sqlite:///<state_dir>/consent.db`; `postgresql://...` when several replicas run, "
+    "and then the retry store (who already got a message) lives there too.",
+    "replica_id": "Name of this replica (`--replica-id`), written as `replica` in every audit "
+    "record; give each replica its own (docs/scaling.md). Empty: not written.",
     "server.listen": "Address for SMTP with STARTTLS.",
     "server.implicit_tls_listen": "Optional address for implicit TLS (port-465 style); empty: off.",
     "server.hostname": "Name in the greeting and EHLO reply, and the first DNS name of "

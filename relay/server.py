@@ -19,7 +19,8 @@ from relay.certs import server_context
 from relay.config import Config, HostPort
 from relay.consent import open_store
 from relay.consent.api import ConsentStore, StoreError
-from relay.dedup import Dedup
+from relay.dedup import Dedup, DedupError, DedupStore
+from relay.dedup_pg import PostgresDedup
 from relay.delivery import (
     CaptureUpstream,
     Connector,
@@ -108,7 +109,7 @@ class Services:
     metrics: Metrics
     codec: TokenCodec
     audit: AuditLog
-    dedup: Dedup
+    dedup: DedupStore
     audit_key: bytes
     decisions: Decisions
     # Upstream connection pools by upstream and credentials: a reload that keeps the
@@ -173,6 +174,23 @@ def build_runtime(cfg: Config, services: Services) -> Runtime:
         decisions=services.decisions,
         signer=signer,
     )
+
+
+async def _open_dedup(cfg: Config) -> DedupStore:
+    """With a PostgreSQL consent store the retry store is there too, shared by replicas."""
+    if not cfg.store_url.startswith(("postgresql:", "postgres:")):
+        return _dedup(cfg)
+    d = cfg.dedup
+    try:
+        return await PostgresDedup.open(
+            cfg.store_url,
+            _key(cfg, "dedup"),
+            d.ttl,
+            lease=d.claim_lease,
+            timeout=d.busy_timeout + 5.0,
+        )
+    except DedupError as exc:
+        raise StartupError(f"consent_store: {exc}; the retry store lives there too") from exc
 
 
 def _dedup(cfg: Config) -> Dedup:
@@ -286,6 +304,7 @@ class Relay:
                 fsync=cfg.audit.fsync,
                 max_bytes=cfg.audit.max_bytes or None,
                 head=cfg.state_dir / "audit.head",
+                replica=cfg.replica_id,
                 write_timeout=cfg.audit.write_timeout,
             )
         except AuditError as exc:
@@ -295,7 +314,7 @@ class Relay:
             metrics=Metrics(),
             codec=_codec(cfg),
             audit=audit,
-            dedup=_dedup(cfg),
+            dedup=await _open_dedup(cfg),
             audit_key=audit_key,
             decisions=Decisions(cfg.server.decision_workers),
         )

@@ -25,7 +25,7 @@ from relay.model import Action, Decision, DeliveryResult, Reply
 FieldValue = str | int | float | bool | None
 _V = TypeVar("_V")
 
-RESERVED = frozenset({"type", "ts", "seq", "prev", "hash", "event"})
+RESERVED = frozenset({"type", "ts", "seq", "prev", "hash", "event", "replica"})
 """Names an event's fields may not take: the chain and record header own them."""
 
 INVALID_CODE = "(invalid)"
@@ -70,6 +70,7 @@ class AuditLog:
         clock: Callable[[], float] = time.time,
         head: Path | None = None,
         write_timeout: float = 10.0,
+        replica: str = "",
     ) -> None:
         """`head`: a file (in the state directory) that keeps the chain's last seq and hash,
         so the chain goes on after a restart with an emptied file or with stdout only."""
@@ -98,6 +99,8 @@ class AuditLog:
         self._closed = False
         self._head = HeadFile(head) if head is not None else None
         self._write_timeout = write_timeout
+        # Names this replica in every record, so chains from many replicas stay apart.
+        self._replica = replica
         self._pool: ThreadPoolExecutor | None = None
         with self._lock:
             if path is not None:
@@ -281,6 +284,8 @@ class AuditLog:
 
     def _render(self, fields: Record) -> tuple[bytes, str]:
         record = dict(fields)
+        if self._replica:
+            record["replica"] = self._replica
         record["seq"] = self._seq
         record["prev"] = self._last
         try:

@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="check that audit log files were not edited",
         description=(
             "Check one chain across FILEs given oldest first "
-            "(audit.log.2 audit.log.1 audit.log). Prints 'OK: N records, chain intact' "
+            "(audit.log.2 audit.log.1 audit.log), or every chain in a DIRECTORY (one file "
+            "and its rotations per replica or worker). Prints 'OK: N records, chain intact' "
             "and exits 0, or one line per problem and exits 1."
         ),
     )
@@ -139,10 +140,43 @@ def configured_files(audit_file: Path | None) -> list[Path]:
     return with_rotated(audit_file)
 
 
+def chains_in(directory: Path) -> list[list[Path]]:
+    """Each chain in a directory (one per replica or worker): FILE.N ... FILE.1 FILE."""
+    bases = sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_file() and not p.suffix[1:].isdigit() and not p.name.startswith(".")
+    )
+    if not bases:
+        raise CliError(f"no audit chains in {directory}: expected files such as a.log, b.log")
+    return [configured_files(base) for base in bases]
+
+
+def _verify_dir(directory: Path, key: bytes | None) -> int:
+    failed = 0
+    for files in chains_in(directory):
+        name = files[-1]
+        try:
+            report = verify(files, key)
+        except OSError as exc:
+            raise CliError(f"cannot read {exc.filename or name}: {exc.strerror or exc}") from exc
+        for note in report.notes:
+            print(f"note: {name}: {note}", file=sys.stderr)
+        if report.ok:
+            print(f"OK: {name}: {report.records} records, chain intact")
+        else:
+            failed += 1
+            for problem in report.problems:
+                print(f"{name}: {problem}")
+    return EXIT_REFUSED if failed else EXIT_OK
+
+
 def run_verify(args: argparse.Namespace) -> int:
     cfg = loader.load_admin(args, {"state_dir": ("--state-dir", args.state_dir)})
-    files = args.files or configured_files(cfg.audit.file)
     key = None if args.links_only else _load_key(cfg.state_dir)
+    if len(args.files) == 1 and args.files[0].is_dir():
+        return _verify_dir(args.files[0], key)
+    files = args.files or configured_files(cfg.audit.file)
     try:
         report = verify(files, key)
     except OSError as exc:

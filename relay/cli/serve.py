@@ -32,6 +32,12 @@ FLAGS: dict[str, tuple[str, str, str]] = {
     "--http-listen": ("http", "listen", "HOST:PORT for unsubscribe, health and metrics"),
     "--mode": ("server", "mode", "enforce or monitor"),
     "--policy-file": ("", "policy_file", "policy file (default policies/default.toml)"),
+    "--consent-store": (
+        "",
+        "consent_store",
+        "sqlite:///PATH or postgresql://... (the retry store follows it)",
+    ),
+    "--replica-id": ("", "replica_id", "name of this replica, written in every audit record"),
 }
 LIST_FLAGS = {
     "--trusted-network": ("server", "trusted_networks", "CIDR that may relay without AUTH"),
