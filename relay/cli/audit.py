@@ -23,9 +23,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="check that audit log files were not edited",
         description=(
             "Check one chain across FILEs given oldest first "
-            "(audit.log.2 audit.log.1 audit.log), or every chain in a DIRECTORY (one file "
-            "and its rotations per replica or worker). Prints 'OK: N records, chain intact' "
-            "and exits 0, or one line per problem and exits 1."
+            "(audit.log.2 audit.log.1 audit.log), or every chain in a DIRECTORY (each "
+            "*.log file and its rotations: one per replica or worker). Prints 'OK: N records, "
+            "chain intact' and exits 0, or one line per problem and exits 1."
         ),
     )
     check.add_argument(
@@ -142,19 +142,18 @@ def configured_files(audit_file: Path | None) -> list[Path]:
 
 def chains_in(directory: Path) -> list[list[Path]]:
     """Each chain in a directory (one per replica or worker): FILE.N ... FILE.1 FILE."""
-    bases = sorted(
-        p
-        for p in directory.iterdir()
-        if p.is_file() and not p.suffix[1:].isdigit() and not p.name.startswith(".")
-    )
+    bases = sorted(p for p in directory.glob("*.log") if p.is_file())
     if not bases:
-        raise CliError(f"no audit chains in {directory}: expected files such as a.log, b.log")
+        raise CliError(
+            f"no audit chains in {directory}: expected files named *.log (a.log, b.log, with "
+            "their rotations a.log.1 ...)"
+        )
     return [configured_files(base) for base in bases]
 
 
-def _verify_dir(directory: Path, key: bytes | None) -> int:
+def _verify_dir(chains: list[list[Path]], key: bytes | None) -> int:
     failed = 0
-    for files in chains_in(directory):
+    for files in chains:
         name = files[-1]
         try:
             report = verify(files, key)
@@ -173,10 +172,11 @@ def _verify_dir(directory: Path, key: bytes | None) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     cfg = loader.load_admin(args, {"state_dir": ("--state-dir", args.state_dir)})
-    key = None if args.links_only else _load_key(cfg.state_dir)
     if len(args.files) == 1 and args.files[0].is_dir():
-        return _verify_dir(args.files[0], key)
+        chains = chains_in(args.files[0])
+        return _verify_dir(chains, None if args.links_only else _load_key(cfg.state_dir))
     files = args.files or configured_files(cfg.audit.file)
+    key = None if args.links_only else _load_key(cfg.state_dir)
     try:
         report = verify(files, key)
     except OSError as exc:

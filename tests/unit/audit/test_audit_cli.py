@@ -75,10 +75,18 @@ def test_unreadable_file_exits_2(state: Path, capsys: pytest.CaptureFixture[str]
     assert err == f"phi-relay audit: cannot read {missing}: No such file or directory\n"
 
 
-def test_directory_given_as_file_exits_2(state: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = run_cli(["audit", "verify", str(state), "--state-dir", str(state)])
+def test_directory_without_chains_exits_2(
+    tmp_path: Path, state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A directory is a set of chains (issue 12: one per replica); one with none is an error.
+    empty = tmp_path / "no-chains"
+    empty.mkdir()
+    code = run_cli(["audit", "verify", str(empty), "--state-dir", str(state)])
     assert code == 2
-    assert capsys.readouterr().err == f"phi-relay audit: cannot read {state}: Is a directory\n"
+    assert capsys.readouterr().err == (
+        f"phi-relay audit: no audit chains in {empty}: expected files named *.log (a.log, "
+        "b.log, with their rotations a.log.1 ...)\n"
+    )
 
 
 def test_missing_key_exits_2_and_creates_none(
