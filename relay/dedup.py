@@ -68,6 +68,21 @@ class Claim:
     stale: tuple[str, ...] = ()  # part of `mine`: a crashed send left them claimed
 
 
+def message_fingerprint(key: bytes, mail_from: str, raw: bytes) -> str:
+    """Keyed fingerprint of sender and exact bytes; every store (and replica) uses this one."""
+    digest = hashlib.sha256(mail_from.encode("utf-8", "surrogateescape") + b"\0" + raw)
+    return hmac.new(key, digest.digest(), hashlib.sha256).hexdigest()
+
+
+def recipient_hash(key: bytes, recipient: str) -> str:
+    """Keyed hash of the canonical recipient, so no store holds an address in clear."""
+    try:
+        value = canonical(recipient)
+    except AddressError:
+        value = recipient
+    return hmac.new(key, value.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+
+
 class DedupStore(Protocol):
     """The retry store as the flow sees it (SQLite here; PostgreSQL for several replicas)."""
 
@@ -151,17 +166,10 @@ class SqliteDedup:
     # --- keys --------------------------------------------------------------------------
 
     def fingerprint(self, mail_from: str, raw: bytes) -> str:
-        digest = hashlib.sha256(mail_from.encode("utf-8", "surrogateescape") + b"\0" + raw)
-        return hmac.new(self.key, digest.digest(), hashlib.sha256).hexdigest()
+        return message_fingerprint(self.key, mail_from, raw)
 
     def _rcpt(self, recipient: str) -> str:
-        try:
-            value = canonical(recipient)
-        except AddressError:
-            value = recipient
-        return hmac.new(
-            self.key, value.encode("utf-8", "surrogateescape"), hashlib.sha256
-        ).hexdigest()
+        return recipient_hash(self.key, recipient)
 
     # --- claim -> confirm | release ------------------------------------------------------
 

@@ -9,16 +9,20 @@ Records hold keyed hashes only (the shared dedup key), never an address.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
 
-from relay.address import AddressError, canonical
-from relay.dedup import DELIVERED, SENDING, Claim, DedupError
+from relay.dedup import (
+    DELIVERED,
+    SENDING,
+    Claim,
+    DedupError,
+    message_fingerprint,
+    recipient_hash,
+)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS dedup_recipients ("
@@ -76,18 +80,11 @@ class PostgresDedup:
         return cls(pool, key, ttl, lease=lease, timeout=timeout)
 
     def fingerprint(self, mail_from: str, raw: bytes) -> str:
-        # The same as SqliteDedup's: replicas and a host's workers agree on it.
-        digest = hashlib.sha256(mail_from.encode("utf-8", "surrogateescape") + b"\0" + raw)
-        return hmac.new(self.key, digest.digest(), hashlib.sha256).hexdigest()
+        # The same function as SqliteDedup's: replicas and a host's workers agree on it.
+        return message_fingerprint(self.key, mail_from, raw)
 
     def _rcpt(self, recipient: str) -> str:
-        try:
-            value = canonical(recipient)
-        except AddressError:
-            value = recipient
-        return hmac.new(
-            self.key, value.encode("utf-8", "surrogateescape"), hashlib.sha256
-        ).hexdigest()
+        return recipient_hash(self.key, recipient)
 
     async def claim(self, fingerprint: str, recipients: Sequence[str], owner: str) -> Claim:
         hashes = {self._rcpt(r): r for r in recipients}
