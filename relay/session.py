@@ -18,16 +18,17 @@ import base64
 import binascii
 import collections
 import contextlib
+import inspect
 import ipaddress
 import re
 import ssl
 import time
 from asyncio import sslproto
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, _AuthMechAttr, login_always_fail
 
 from relay.config import IPNetwork
 from relay.flow import Runtime, Transaction, new_id
@@ -126,29 +127,19 @@ class RelaySMTP(SMTP):
         self.tls_after_accept = implicit_tls and tls_after_accept
         # +2 for CRLF, +1 for the transparency dot (RFC 5321 4.5.2).
         self.line_length_limit = cfg.max_line_length + 3
-        super().__init__(
-            Handler(),
+        self._init_aiosmtpd(
+            _HANDLER,
             data_size_limit=cfg.max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
             hostname=hostname,
-            ident="phi-relay ESMTP",
             # Implicit-TLS connections are TLS from the first byte: no STARTTLS there.
             tls_context=None if implicit_tls else shared.tls_context,
-            require_starttls=False,
             timeout=cfg.client_timeout,
-            auth_required=False,
-            auth_require_tls=True,
         )
         # Per session (aiosmtpd's is one dict shared by every session): an AUTH initial
         # response may use the whole line (RFC 4954 4 allows long ones), others the 512.
         self.command_size_limits = collections.defaultdict(
             lambda: SMTP.command_size_limit, {"AUTH": self.line_length_limit}
         )
-        # aiosmtpd builds its own reader; giving it our line rule keeps the rest of aiosmtpd.
-        reader = getattr(self, "_stream_reader", None)
-        if isinstance(reader, asyncio.StreamReader):
-            reader.__class__ = _CrlfLineReader
         self.session_id = new_id()
         self.peer_host = ""
         self.peer_port = 0
@@ -169,6 +160,60 @@ class RelaySMTP(SMTP):
         self.in_data = False
         self.auth_user: str | None = None
         self.txn: Transaction | None = None
+
+    def _init_aiosmtpd(
+        self,
+        handler: Handler,
+        *,
+        data_size_limit: int,
+        hostname: str,
+        tls_context: ssl.SSLContext | None,
+        timeout: float,
+    ) -> None:
+        """What aiosmtpd 1.4's SMTP.__init__ sets up, for the arguments we pass (SMTPUTF8 on,
+        bytes not decoded, AUTH ours and after TLS only), with its method tables found once
+        per class: it runs inspect.getmembers over the session and the handler, dir() twice
+        and the EHLO hook's signature on every connection (~0.1 ms each). The unit test
+        test_session_init checks this builds exactly what aiosmtpd's own __init__ does."""
+        self.__ident__ = "phi-relay ESMTP"
+        self.loop = asyncio.get_running_loop()
+        # Our line rule in aiosmtpd's reader: command lines end at CRLF only.
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            _CrlfLineReader(loop=self.loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected,
+            loop=self.loop,
+        )
+        self.event_handler = handler
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = True
+        self._decode_data = False
+        self.hostname = hostname
+        self.tls_context = tls_context
+        self.require_starttls = tls_context and False  # as aiosmtpd: None without TLS
+        self._timeout_duration = timeout
+        self._timeout_handle = None
+        self._tls_handshake_okay = True
+        self._tls_protocol = None
+        self._original_transport = None
+        self.session = None
+        self.envelope = None
+        self.transport = None
+        self._handler_coroutine = None
+        self._auth_require_tls = True
+        self._proxy_timeout = None
+        self._authenticator = None
+        self._auth_callback = login_always_fail
+        self._auth_required = False
+        tables = _method_tables(type(self), type(handler))
+        self._auth_methods = {
+            mech: _AuthMechAttr(getattr(self if builtin else handler, name), builtin)
+            for mech, name, builtin in tables.auth
+        }
+        self._handle_hooks = {cmd: getattr(handler, name) for cmd, name in tables.hooks}
+        self._ehlo_hook_ver = tables.ehlo_hook_ver
+        self._smtp_methods = {cmd: getattr(self, name) for cmd, name in tables.smtp}
+        self._enforce_call_limit = False
 
     # --- connection lifecycle ------------------------------------------------------------
 
@@ -762,6 +807,47 @@ KNOWN_HOOKS = {
 }
 _unknown = {n for n in dir(Handler) if n.startswith("handle_")} - KNOWN_HOOKS
 assert not _unknown, f"unknown aiosmtpd hooks: {_unknown}"
+_HANDLER = Handler()  # stateless: one for every session
+
+
+class _MethodTables(NamedTuple):
+    smtp: tuple[tuple[str, str], ...]  # (command, method name)
+    auth: tuple[tuple[str, str, bool], ...]  # (mechanism, method name, on the session)
+    hooks: tuple[tuple[str, str], ...]  # (command, hook name)
+    ehlo_hook_ver: str | None
+
+
+_TABLES: dict[tuple[type[SMTP], type[Handler]], _MethodTables] = {}
+
+
+def _method_tables(session_cls: type[SMTP], handler_cls: type[Handler]) -> _MethodTables:
+    """aiosmtpd's name lookups, as its __init__ makes them, once per pair of classes."""
+    found = _TABLES.get((session_cls, handler_cls))
+    if found is None:
+        found = _TABLES[session_cls, handler_cls] = _find_methods(session_cls, handler_cls)
+    return found
+
+
+def _find_methods(session_cls: type[SMTP], handler_cls: type[Handler]) -> _MethodTables:
+    auth: dict[str, tuple[str, bool]] = {}
+    for cls, builtin in ((session_cls, True), (handler_cls, False)):
+        for name in dir(cls):
+            if name.startswith("auth_"):
+                func = getattr(cls, name)
+                default = name.replace("auth_", "").replace("__", "-")
+                auth[getattr(func, "__auth_mechanism_name__", default)] = (name, builtin)
+    hooks = tuple(
+        (n.replace("handle_", ""), n) for n in dir(handler_cls) if n.startswith("handle_")
+    )
+    ehlo = getattr(handler_cls, "handle_EHLO", None)
+    # aiosmtpd 1.4 accepts a 4-argument EHLO hook (deprecated) and a 5-argument one.
+    ver = None if ehlo is None else "new" if len(inspect.signature(ehlo).parameters) == 6 else "old"
+    return _MethodTables(
+        smtp=tuple((n.replace("smtp_", ""), n) for n in dir(session_cls) if n.startswith("smtp_")),
+        auth=tuple((m, n, b) for m, (n, b) in auth.items()),
+        hooks=hooks,
+        ehlo_hook_ver=ver,
+    )
 
 
 def factory(
