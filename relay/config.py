@@ -88,6 +88,9 @@ class UpstreamConfig:
     pool_size: int = 20
     pool_idle_timeout: float = 30.0
     pool_check_after: float = 5.0
+    # Postfix's default_destination_concurrency_limit: what upstreams are used to.
+    pool_max_connections: int = 20
+    pool_wait_timeout: float = 30.0
 
     @property
     def capture(self) -> bool:
@@ -296,6 +299,8 @@ _KINDS: dict[str, dict[str, str]] = {
         "pool_size": "int",
         "pool_idle_timeout": "float",
         "pool_check_after": "float",
+        "pool_max_connections": "int",
+        "pool_wait_timeout": "float",
     },
     "audit": {
         "file": "opt_path",
@@ -457,7 +462,9 @@ def validate(cfg: Config) -> Config:
         )
     if u.pool_size < 0:
         raise ConfigError(where, "upstream.pool_size", "expected a whole number >= 0")
-    for key in ("pool_idle_timeout", "pool_check_after"):
+    if u.pool_max_connections < 1:
+        raise ConfigError(where, "upstream.pool_max_connections", "expected a whole number >= 1")
+    for key in ("pool_idle_timeout", "pool_check_after", "pool_wait_timeout"):
         if getattr(u, key) <= 0:
             raise ConfigError(where, f"upstream.{key}", "expected a number of seconds > 0")
     if cfg.replica_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", cfg.replica_id):

@@ -100,6 +100,10 @@ MEANINGS: dict[str, str] = {
     "closed.",
     "upstream.pool_check_after": "Idle seconds after which a pooled connection is asked `NOOP` "
     "before it is used again.",
+    "upstream.pool_max_connections": "Upstream connections open at once (in use, idle or being "
+    "opened); a transaction that finds all in use waits for one at MAIL, in order.",
+    "upstream.pool_wait_timeout": "Seconds a transaction waits at MAIL for a free upstream "
+    "connection when `upstream.pool_max_connections` are in use; then `451 4.4.5`.",
     "audit.file": "Audit log file (hash-chained JSON lines); empty: none.",
     "audit.stdout": "Also write audit records to standard output for a log pipeline.",
     "audit.fsync": "fsync after every audit record.",

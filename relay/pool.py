@@ -3,7 +3,9 @@
 A `Pool` belongs to one upstream and one set of credentials (`PoolKey`). Each connection
 has its TLS verified once, when it is opened; between transactions it gets `RSET`, and
 it waits idle at most `idle_timeout` seconds, at most `size` of them at once. One idle
-longer than `check_after` is asked `NOOP` before it is used again.
+longer than `check_after` is asked `NOOP` before it is used again. At most
+`max_connections` are open at once (leased, idle or being opened): a transaction that
+finds none free waits for one, in order, at most `wait_timeout` seconds, then hears 451.
 
 An `UpstreamEnvelope` is one upstream transaction (MAIL, RCPT..., DATA or abort), and
 the only thing a transaction sees of the upstream. A reused connection can have been
@@ -31,6 +33,11 @@ from relay.model import Reply, TlsInfo
 log = structlog.get_logger("relay.pool")
 T = TypeVar("T")
 _LOST = Reply(451, "4.4.2", "Connection to the upstream was lost; try again later")
+_BUSY = Reply(
+    451,
+    "4.4.5",
+    "Every upstream connection is busy (upstream.pool_max_connections); try again later",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +45,8 @@ class PoolLimits:
     size: int = 20  # idle connections kept; 0: a new connection for every transaction
     idle_timeout: float = 30.0
     check_after: float = 5.0
+    max_connections: int = 20  # open at once: leased, idle or being opened
+    wait_timeout: float = 30.0  # for a free connection when all are in use
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +70,20 @@ class _Idle:
 
 
 @dataclass
+class _Waiter:
+    future: asyncio.Future[Connection | None]
+    fresh: bool  # wants a new connection (a retry, a readiness probe): only a slot will do
+
+
+@dataclass
 class PoolStats:
     opened: int = 0
     reused: int = 0
     retried: int = 0
     expired: int = 0
+    waited: int = 0  # leases that found every connection in use
+    busy: int = 0  # of those, the ones that gave up after wait_timeout
+    peak: int = 0  # most connections open at once
 
 
 class Pool:
@@ -78,46 +96,132 @@ class Pool:
         self.stats = PoolStats()
         self._idle: deque[_Idle] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Connections open or being opened; a slot is held from before connect until close.
+        self._slots = 0
+        # Leases waiting for a slot, first come first served. A waiter's result is a
+        # connection handed over after its RSET, or None: a slot is now yours, open one.
+        self._waiters: deque[_Waiter] = deque()
         self.closed = False
 
     @property
     def idle(self) -> int:
         return len(self._idle)
 
+    @property
+    def open_connections(self) -> int:
+        return self._slots
+
     def begin(self) -> UpstreamEnvelope:
         return UpstreamEnvelope(self)
 
     async def open(self) -> Connection:
-        """A new connection (TLS verified, EHLO and AUTH done); raises UpstreamError."""
-        conn = await self.connector.connect()
+        """A new connection (TLS verified, EHLO and AUTH done) in a slot of its own, waiting
+        for a slot if all are taken; raises UpstreamError."""
+        handed = await self._slot(fresh=True)
+        assert handed is None
+        return await self._connect()
+
+    async def _connect(self) -> Connection:
+        """Open a connection in a slot already held; the slot is given up on failure."""
+        try:
+            conn = await self.connector.connect()
+        except BaseException:
+            self._free_slot()
+            raise
         self.stats.opened += 1
         return conn
 
     async def acquire(self) -> tuple[Connection, bool]:
-        """An idle connection that still answers, else a new one; True if it was reused."""
-        while self._idle:
-            entry = self._idle.pop()
-            if entry.expiry is not None:
-                entry.expiry.cancel()
-            conn = entry.conn
-            if not conn.is_open:  # the upstream closed it while idle; we saw the FIN
-                await conn.close()
-                continue
-            if time.monotonic() - entry.since >= self.limits.check_after:
-                try:
-                    await conn.noop()
-                except UpstreamError:
-                    await conn.close()
+        """An idle connection that still answers, else a new one (waiting for a slot when
+        `max_connections` are open); True if it was reused."""
+        while True:
+            while self._idle:
+                entry = self._idle.pop()
+                if entry.expiry is not None:
+                    entry.expiry.cancel()
+                conn = entry.conn
+                if not conn.is_open:  # the upstream closed it while idle; we saw the FIN
+                    self._close(conn)
                     continue
-            self.stats.reused += 1
-            return conn, True
-        return await self.open(), False
+                if time.monotonic() - entry.since >= self.limits.check_after:
+                    try:
+                        await conn.noop()
+                    except UpstreamError:
+                        self._close(conn)
+                        continue
+                self.stats.reused += 1
+                return conn, True
+            handed = await self._slot(fresh=False)
+            if handed is None:
+                return await self._connect(), False
+            if handed.is_open:
+                self.stats.reused += 1
+                return handed, True
+            self._close(handed)  # died between its RSET and now: its slot is free again
+
+    async def _slot(self, *, fresh: bool) -> Connection | None:
+        """Hold a slot for a new connection (None), or, unless `fresh`, take a connection
+        another transaction hands over; waits at most `wait_timeout`, then 451."""
+        if self._slots < self.limits.max_connections and not self._waiters:
+            self._slots += 1
+            self.stats.peak = max(self.stats.peak, self._slots)
+            return None
+        self.stats.waited += 1
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), fresh)
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.limits.wait_timeout):
+                return await waiter.future
+        except BaseException as exc:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            if waiter.future.done() and not waiter.future.cancelled():
+                # Handed a slot or a connection just as the wait ended: pass it on.
+                self._pass_on(waiter.future.result())
+            if not isinstance(exc, TimeoutError):
+                raise
+        self.stats.busy += 1
+        log.warning(
+            "every upstream connection is busy; a transaction gave up waiting",
+            max_connections=self.limits.max_connections,
+            waited_seconds=self.limits.wait_timeout,
+        )
+        raise UpstreamError(_BUSY, "busy")
+
+    def _hand_over(self, conn: Connection) -> bool:
+        """Give a clean connection to the first waiter that may reuse one."""
+        for waiter in self._waiters:
+            if not waiter.fresh and not waiter.future.done():
+                self._waiters.remove(waiter)
+                waiter.future.set_result(conn)
+                return True
+        return False
+
+    def _pass_on(self, conn: Connection | None) -> None:
+        """A slot (None) or a connection nobody took: to the next waiter, else freed/idle."""
+        if conn is None:
+            self._free_slot()
+        else:
+            self._keep(conn)
+
+    def _free_slot(self) -> None:
+        """A connection closed (or never opened): its slot goes to the next waiter."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.future.done():
+                waiter.future.set_result(None)  # the slot moves to the waiter: the count stays
+                return
+        self._slots -= 1
+
+    def _close(self, conn: Connection) -> None:
+        self._free_slot()
+        self._spawn(conn.close())
 
     def release(self, conn: Connection, *, clean: bool) -> None:
         """Give a connection back after a transaction. `clean`: the upstream answered every
         command (the last DATA or RCPT reply came back), so after RSET it can be reused."""
         if not clean or self.closed or self.limits.size == 0 or not conn.is_open:
-            self._spawn(conn.close())
+            self._close(conn)
             return
         # RSET runs after the client has its reply, not before.
         self._spawn(self._reset_and_keep(conn))
@@ -126,16 +230,26 @@ class Pool:
         try:
             await conn.rset()
         except UpstreamError:
-            await conn.close()
+            self._close(conn)
             return
+        self._keep(conn)
+
+    def _keep(self, conn: Connection) -> None:
+        """A clean connection after its RSET: to a waiting lease, else idle (or closed)."""
         if self.closed or not conn.is_open:
-            await conn.close()
+            self._close(conn)
+            return
+        if self._hand_over(conn):
+            return
+        if self._waiters:
+            # Only leases that need a new connection wait: this one's slot goes to them.
+            self._close(conn)
             return
         while len(self._idle) >= self.limits.size:
             oldest = self._idle.popleft()
             if oldest.expiry is not None:
                 oldest.expiry.cancel()
-            self._spawn(oldest.conn.close())
+            self._close(oldest.conn)
         entry = _Idle(conn, time.monotonic())
         entry.expiry = asyncio.get_running_loop().call_later(
             self.limits.idle_timeout, self._expire, entry
@@ -146,7 +260,7 @@ class Pool:
         with contextlib.suppress(ValueError):
             self._idle.remove(entry)
             self.stats.expired += 1
-            self._spawn(entry.conn.close())
+            self._close(entry.conn)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         async def run() -> None:
@@ -167,7 +281,7 @@ class Pool:
         try:
             await conn.noop()
         except UpstreamError:
-            await conn.close()
+            self._close(conn)
             raise
         self.release(conn, clean=True)
 
@@ -178,7 +292,7 @@ class Pool:
             entry = self._idle.pop()
             if entry.expiry is not None:
                 entry.expiry.cancel()
-            self._spawn(entry.conn.close())
+            self._close(entry.conn)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=10)
 

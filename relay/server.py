@@ -119,7 +119,13 @@ class Services:
 
     def pool(self, cfg: Config) -> Pool:
         u = cfg.upstream
-        limits = PoolLimits(u.pool_size, u.pool_idle_timeout, u.pool_check_after)
+        limits = PoolLimits(
+            u.pool_size,
+            u.pool_idle_timeout,
+            u.pool_check_after,
+            u.pool_max_connections,
+            u.pool_wait_timeout,
+        )
         key = (pool_key(cfg), limits)
         pool = self.pools.get(key)
         if pool is None:

@@ -265,6 +265,8 @@ def test_dot_stuffed_pieces_equal_what_aiosmtplib_sends(raw: bytes) -> None:
         ("pool_size", "-1", "expected a whole number >= 0"),
         ("pool_idle_timeout", "0", "expected a number of seconds > 0"),
         ("pool_check_after", "-2", "expected a number of seconds > 0"),
+        ("pool_max_connections", "0", "expected a whole number >= 1"),
+        ("pool_wait_timeout", "0", "expected a number of seconds > 0"),
     ],
 )
 def test_pool_limits_are_validated(key: str, value: str, expected: str) -> None:
@@ -273,3 +275,68 @@ def test_pool_limits_are_validated(key: str, value: str, expected: str) -> None:
         config_mod.load(None, environ=env)
     assert f"upstream.{key}" in str(err.value)
     assert expected in str(err.value)
+
+
+async def test_concurrent_sessions_share_at_most_max_connections(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    # 12 inbound sessions at once, each holding its upstream connection a while (the
+    # upstream is slow to accept): never more than 3 upstream connections, none reopened.
+    async def slow_accept() -> None:
+        await asyncio.sleep(0.05)
+
+    sink.faults.on_accept = slow_accept
+    r = await start_relay(tmp_path, pki, sink, upstream_cfg={"pool_max_connections": 3})
+    try:
+
+        async def client(i: int) -> list[list[str]]:
+            return [await send_one(r, f"p{i}-{n}@example.org", message()) for n in range(2)]
+
+        results = await asyncio.gather(*(client(i) for i in range(12)))
+        stats = pool_of(r).stats
+    finally:
+        await r.stop()
+    answers = [one for per_client in results for one in per_client]
+    assert all(DELIVERED.match(a[-1]) for a in answers), answers
+    assert sorted(sink.all_rcpts()) == sorted(
+        f"p{i}-{n}@example.org" for i in range(12) for n in range(2)
+    )
+    assert sink.peak_open <= 3
+    assert sink.connections <= 3  # waiting leases took connections over; none was reopened
+    assert stats.peak == 3 and stats.waited > 0 and stats.busy == 0
+
+
+async def test_lease_that_waits_too_long_gets_451_and_nothing_is_lost(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        await release.wait()
+
+    sink.faults.on_accept = hold
+    r = await start_relay(
+        tmp_path,
+        pki,
+        sink,
+        upstream_cfg={"pool_max_connections": 1, "pool_wait_timeout": 0.3},
+    )
+    try:
+        first = asyncio.create_task(send_one(r, "first@example.org", message()))
+        await until(lambda: len(sink.received) == 1)  # the one connection is now held
+        second = await send_one(r, "second@example.org", message())
+        release.set()
+        assert DELIVERED.match((await first)[-1])
+        await until(lambda: pool_of(r).idle == 1)
+        third = await send_one(r, "third@example.org", message())
+    finally:
+        await r.stop()
+    assert second == [
+        "451 4.4.5 Every upstream connection is busy (upstream.pool_max_connections); "
+        "try again later"
+    ]
+    assert DELIVERED.match(third[-1]), third
+    assert sink.all_rcpts() == ["first@example.org", "third@example.org"]
+    assert sink.peak_open == 1 and sink.connections == 1
+    busy = [e for e in r.audit() if e.get("outcome") == "busy"]
+    assert len(busy) == 1 and busy[0]["stage"] == "mail" and busy[0]["reply_code"] == 451

@@ -134,6 +134,19 @@ class _Handler:
         return "250 2.0.0 queued"
 
 
+class _CountedSMTP(SMTP):
+    def __init__(self, sink: Sink, handler: _Handler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.sink = sink
+        self.counted = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.counted:  # once, also when TLS was started on the connection
+            self.counted = False
+            self.sink.open_now -= 1
+        super().connection_lost(exc)
+
+
 class Sink:
     def __init__(
         self,
@@ -151,6 +164,8 @@ class Sink:
         self.server: asyncio.Server | None = None
         self.port = 0
         self.connections = 0
+        self.open_now = 0  # connections open at this moment, and the most at once
+        self.peak_open = 0
         # (upstream session number, verb) for MAIL, DATA, RSET, NOOP and QUIT, in order.
         self.commands: list[tuple[int, str]] = []
         # Called once per upstream session; returns that session's faults (None: the sink's).
@@ -167,7 +182,9 @@ class Sink:
             kwargs["tls_context"] = self.tls_context
             kwargs["require_starttls"] = True
         own = self.session_faults() if self.session_faults is not None else None
-        return SMTP(_Handler(self, own, self.connections), **kwargs)
+        self.open_now += 1
+        self.peak_open = max(self.peak_open, self.open_now)
+        return _CountedSMTP(self, _Handler(self, own, self.connections), **kwargs)
 
     async def start(self, port: int = 0) -> Sink:
         """Listen on `port` (0: a free one); a stopped sink restarts on its old port."""
