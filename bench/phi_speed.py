@@ -1,0 +1,353 @@
+"""Measure the subject PHI detector's speed on one core, beside a baseline checkout.
+
+    .venv/bin/python bench/phi_speed.py                          # this checkout only
+    .venv/bin/python bench/phi_speed.py --old /tmp/phi-base      # and a baseline, as ratios
+    .venv/bin/python bench/phi_speed.py --old /tmp/phi-base --compare   # decisions identical?
+
+A baseline is a checkout of the package alone, e.g.
+`mkdir /tmp/phi-base && git archive <sha> relay | tar -x -C /tmp/phi-base`.
+
+Every checkout runs in its own interpreter (PYTHONPATH=checkout), pinned to one CPU,
+on the same rows: the training corpora (tests/data/*.tsv and the writers marked
+`train` in tests/data/corpus/split.tsv), each row decoded with `subject_texts` and
+judged with `judge`, as the subject-phi policy does. The rounds alternate between
+checkouts and the best round counts (the machine is shared). Printed: subjects/s;
+the time per subject of each stage (decode and normalise, tokenise, identifiers,
+names and health rules, scorer) from a second, instrumented pass; start-up (import,
+vocabularies, weights, first judgement) and memory in a fresh process.
+
+`--compare` judges every row of every corpus in tests/data (all writers) with both
+checkouts and compares, per row and per reading, the tier, kinds, rule ids and
+score of `judge`, the findings of `scan` (kind, span, confidence, rule) and the
+condition tags of `conditions`. It prints the number of rows that differ and, for
+them, only file and line, never a subject; exit status 1 when any differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+WRITERS = DATA / "corpus"
+
+# Stages, each the functions whose time it sums (missing ones are skipped, so an older
+# or newer checkout with other internals still reports what it has).
+STAGES: dict[str, tuple[str, ...]] = {
+    "tokenise": ("detector._Text", "detector.expand", "detector._may_expand"),
+    "identifiers": (
+        "detector.PhiDetector._identifiers",
+        "detector.PhiDetector._emails",
+        "detector.PhiDetector._dates",
+        "rules.care_time",
+        "rules.billing_amount",
+        "rules.ending_digits",
+        "rules.record_cue",
+    ),
+    "health": (
+        "detector.PhiDetector._names",
+        "detector.PhiDetector._provider",
+        "detector.PhiDetector._health",
+        "rules.dx_cue",
+        "rules.care_word",
+        "detector.segment",
+    ),
+    "scorer": ("detector.PhiDetector._classes", "scorer.Scorer.probability"),
+}
+
+
+def _tsv(path: Path) -> list[dict[str, str]]:
+    lines = path.read_text(encoding="utf-8").split("\n")
+    head = lines[0].split("\t")
+    out = []
+    for n, line in enumerate(lines[1:], start=2):
+        if line:
+            row = dict(zip(head, line.split("\t"), strict=False))
+            raw = (
+                row.get("raw", "").replace("\\r\\n", "\r\n") if row.get("form") == "rfc2047" else ""
+            )
+            out.append({"where": f"{path.relative_to(ROOT)}:{n}", "input": raw or row["subject"]})
+    return out
+
+
+def _split() -> dict[str, str]:
+    out = {}
+    for line in (WRITERS / "split.tsv").read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            writer, part = line.split("\t")
+            out[writer] = part
+    return out
+
+
+def corpus_rows(every_writer: bool) -> list[dict[str, str]]:
+    """The older corpora and the training writers (or, for --compare, every writer)."""
+    rows = [r for path in sorted(DATA.glob("*.tsv")) for r in _tsv(path)]
+    for writer, part in sorted(_split().items()):
+        path = WRITERS / f"{writer}.tsv"
+        if path.exists() and (every_writer or part == "train"):
+            rows.extend(_tsv(path))
+    return rows
+
+
+# --- the worker: runs inside the checkout's interpreter --------------------------------
+
+
+def _pin() -> None:
+    if hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[-1]})
+
+
+def _rate(inputs: list[str], seconds: float) -> float:
+    from relay.phi import default_detector
+    from relay.phi.normalize import subject_texts
+
+    detector = default_detector()
+    for text in inputs:  # warm: caches, first-call costs
+        detector.judge(subject_texts(text))
+    done, start = 0, time.perf_counter()
+    gc.disable()
+    try:
+        while time.perf_counter() - start < seconds:
+            for text in inputs:
+                detector.judge(subject_texts(text))
+            done += len(inputs)
+    finally:
+        gc.enable()
+    return done / (time.perf_counter() - start)
+
+
+def _stages(inputs: list[str], passes: int) -> dict[str, float]:
+    """Microseconds per subject in each stage, from one instrumented pass."""
+    import importlib
+
+    from relay.phi import default_detector
+
+    spent: dict[str, float] = dict.fromkeys(["decode", *STAGES, "judge"], 0.0)
+    clock = time.perf_counter
+
+    def timed(fn: Callable[..., Any], stage: str) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            t = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[stage] += clock() - t
+
+        return run
+
+    wrapped: dict[int, Callable[..., Any]] = {}
+    for stage, names in STAGES.items():
+        for name in names:
+            module_name, *path = name.split(".")
+            try:
+                owner: Any = importlib.import_module(f"relay.phi.{module_name}")
+                for part in path[:-1]:
+                    owner = getattr(owner, part)
+                fn = getattr(owner, path[-1])
+            except (ImportError, AttributeError):
+                continue
+            new = timed(fn, stage)
+            wrapped[id(fn)] = new
+            setattr(owner, path[-1], new)
+    detector_module = importlib.import_module("relay.phi.detector")
+    rules = getattr(detector_module, "RULES", None)
+    if isinstance(rules, tuple):  # the detector holds its own references to the rules
+        detector_module.RULES = tuple(wrapped.get(id(r), r) for r in rules)
+    normalize = importlib.import_module("relay.phi.normalize")
+    subject_texts = normalize.subject_texts
+    detector = default_detector()
+    for text in inputs:
+        detector.judge(subject_texts(text))
+    best: dict[str, float] = {}
+    for _ in range(passes):  # the least of each stage over the passes (the machine is shared)
+        for stage in spent:
+            spent[stage] = 0.0
+        gc.disable()
+        try:
+            for text in inputs:
+                t = clock()
+                readings = subject_texts(text)
+                spent["decode"] += clock() - t
+                t = clock()
+                detector.judge(readings)
+                spent["judge"] += clock() - t
+        finally:
+            gc.enable()
+        out = {k: v / len(inputs) * 1e6 for k, v in spent.items()}
+        out["other"] = out.pop("judge") - sum(out[s] for s in STAGES)
+        best = {k: min(v, best.get(k, v)) for k, v in out.items()}
+    return best
+
+
+def _startup() -> dict[str, float]:
+    code = (
+        "import json, os, time, tracemalloc\n"
+        "def rss():\n"
+        "    return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')\n"
+        "r0 = rss(); t = time.perf_counter()\n"
+        "from relay.phi import default_detector\n"
+        "from relay.phi.normalize import subject_texts\n"
+        "d = default_detector(); d.judge(subject_texts('Your results, Jane')); d.conditions('x')\n"
+        "dt = time.perf_counter() - t; r1 = rss()\n"
+        "print(json.dumps([dt, (r1 - r0) / 2**20]))\n"
+    )
+    traced = code.replace("r0 = rss(); t", "tracemalloc.start(); r0 = rss(); t").replace(
+        "r1 = rss()", "r1 = tracemalloc.get_traced_memory()[0] + r0"
+    )
+    env = dict(os.environ)
+    times, rss, mib = [], 0.0, 0.0
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        dt, rss = json.loads(out.stdout)
+        times.append(dt)
+    out = subprocess.run([sys.executable, "-c", traced], capture_output=True, text=True, env=env)
+    mib = json.loads(out.stdout)[1]
+    return {"startup_ms": min(times) * 1000, "rss_mib": rss, "traced_mib": mib}
+
+
+def _decisions(inputs: list[str]) -> list[Any]:
+    from relay.phi import default_detector
+    from relay.phi.normalize import subject_texts
+
+    detector = default_detector()
+    out = []
+    for text in inputs:
+        readings = subject_texts(text)
+        j = detector.judge(readings)
+        per_reading = []
+        for r in readings:
+            one = detector.judge([r])
+            found = [(f.kind, f.start, f.end, f.confidence, f.rule) for f in detector.scan(r)]
+            per_reading.append(
+                [
+                    one.tier,
+                    one.kinds,
+                    one.rules,
+                    round(one.score, 12),
+                    found,
+                    sorted(detector.conditions(r)),
+                ]
+            )
+        out.append([readings, j.tier, j.kinds, j.rules, round(j.score, 12), per_reading])
+    return out
+
+
+def worker(mode: str, seconds: float) -> None:
+    _pin()
+    import relay
+
+    where = Path(relay.__file__).resolve().parent.parent
+    if where != Path(os.environ.get("PYTHONPATH", str(where))).resolve():
+        sys.exit(f"relay was imported from {where}, not from PYTHONPATH")
+    inputs = [r["input"] for r in corpus_rows(every_writer=mode == "decide")]
+    if mode == "rate":
+        result: Any = {"rate": _rate(inputs, seconds), "subjects": len(inputs)}
+    elif mode == "stages":
+        result = _stages(inputs, max(1, round(seconds)))
+    elif mode == "startup":
+        result = _startup()
+    else:
+        result = _decisions(inputs)
+    json.dump(result, sys.stdout)
+
+
+# --- the driver ---------------------------------------------------------------------
+
+
+def run(src: Path, mode: str, seconds: float) -> Any:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            mode,
+            "--seconds",
+            str(seconds),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    if out.returncode != 0:
+        sys.exit(f"phi_speed: the worker for {src} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def compare(new: Path, old: Path) -> int:
+    rows = corpus_rows(every_writer=True)
+    a, b = run(new, "decide", 0), run(old, "decide", 0)
+    differ = [r["where"] for r, x, y in zip(rows, a, b, strict=True) if x != y]
+    print(f"compared {len(rows)} rows of every corpus in tests/data: {len(differ)} differ")
+    for where in differ[:50]:
+        print(f"  differs: {where}")
+    return 1 if differ else 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--old", type=Path, help="a baseline checkout (a directory holding relay/)")
+    ap.add_argument("--compare", action="store_true", help="check decisions are identical to --old")
+    ap.add_argument("--seconds", type=float, default=2.0, help="length of one timed round")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds per checkout")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.seconds)
+        return 0
+    if args.compare:
+        if args.old is None:
+            ap.error("--compare needs --old DIR")
+        return compare(ROOT, args.old)
+    targets = [("new", ROOT)] + ([("old", args.old)] if args.old else [])
+    rates: dict[str, list[float]] = {label: [] for label, _ in targets}
+    subjects = 0
+    for _ in range(args.rounds):
+        for label, src in targets:
+            got = run(src, "rate", args.seconds)
+            rates[label].append(got["rate"])
+            subjects = got["subjects"]
+    stages = {label: run(src, "stages", args.rounds) for label, src in targets}
+    start = {label: run(src, "startup", 0) for label, src in targets}
+    best = {label: max(r) for label, r in rates.items()}
+    print(f"{subjects} subjects (training corpora), subject_texts + judge, one core")
+    cols = [label for label, _ in targets]
+    head = f"{'':<26}" + "".join(f"{c:>12}" for c in cols) + ("    new/old" if args.old else "")
+    print(head)
+
+    def line(name: str, values: dict[str, float], fmt: str, ratio: bool = True) -> None:
+        text = f"{name:<26}" + "".join(f"{values[c]:>12{fmt}}" for c in cols)
+        if args.old and ratio:
+            old = values["old"]
+            text += f"    {values['new'] / old:>6.2f}x" if old else "        -"
+        print(text)
+
+    line("subjects/s (best round)", best, ",.0f")
+    for stage in stages["new"]:
+        line(f"  {stage} µs/subject", {c: stages[c].get(stage, 0.0) for c in cols}, ".1f")
+    line("start-up ms", {c: start[c]["startup_ms"] for c in cols}, ".0f")
+    line("RSS growth MiB", {c: start[c]["rss_mib"] for c in cols}, ".1f")
+    line("allocated MiB", {c: start[c]["traced_mib"] for c in cols}, ".1f")
+    print(
+        "rounds (subjects/s): "
+        + "; ".join(f"{c} " + ", ".join(f"{r:,.0f}" for r in rates[c]) for c in cols)
+    )
+    target = 20_000
+    print(f"target >= {target:,}/s on one core: {'met' if best['new'] >= target else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
