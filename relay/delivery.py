@@ -13,7 +13,7 @@ import re
 import ssl
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +22,7 @@ import aiosmtplib
 import structlog
 from aiosmtplib.response import SMTPResponse
 
+from relay import esmtp
 from relay.model import Reply, TlsInfo
 
 log = structlog.get_logger("relay.delivery")
@@ -52,9 +53,14 @@ class Connection(Protocol):
     @property
     def is_open(self) -> bool: ...
 
+    @property
+    def extensions(self) -> frozenset[str]:
+        """EHLO keywords (lower-case) this connection's upstream offered after TLS."""
+        ...
+
     async def mail(self, sender: str, options: list[str]) -> None: ...
 
-    async def rcpt(self, recipient: str) -> Reply: ...
+    async def rcpt(self, recipient: str, options: Sequence[str] = ()) -> Reply: ...
 
     async def data(self, message: bytes) -> Reply: ...
 
@@ -175,8 +181,19 @@ class SmtpConnection:
         # An upstream that closed an idle connection is seen here without a round trip.
         return self.client.is_connected
 
+    @property
+    def extensions(self) -> frozenset[str]:
+        # This connection's own EHLO answer (after STARTTLS): pooled connections can have
+        # been opened before the upstream changed what it offers.
+        return frozenset(self.client.esmtp_extensions)
+
     async def mail(self, sender: str, options: list[str]) -> None:
         self.body_started = False  # a new transaction: nothing of its message has gone out
+        extensions = self.extensions
+        if esmtp.requires_tls(options) and "requiretls" not in extensions:
+            # RFC 8689 5: never hand a REQUIRETLS message to a hop that does not promise it.
+            raise UpstreamError(Reply(*esmtp.NO_REQUIRETLS_UPSTREAM), "no-requiretls")
+        options = esmtp.for_upstream(options, extensions)
         try:
             if is_null_sender(sender):
                 await self._mail_null(options)
@@ -194,9 +211,10 @@ class SmtpConnection:
         if resp.code != 250:
             raise aiosmtplib.SMTPSenderRefused(resp.code, resp.message, "<>")
 
-    async def rcpt(self, recipient: str) -> Reply:
+    async def rcpt(self, recipient: str, options: Sequence[str] = ()) -> Reply:
+        given = esmtp.for_upstream(options, self.extensions)
         try:
-            await self.client.rcpt(recipient, encoding="utf-8")
+            await self.client.rcpt(recipient, options=given, encoding="utf-8")
         except aiosmtplib.SMTPRecipientRefused as exc:
             return reply_from_upstream(exc.code, exc.message)
         except Exception as exc:
@@ -348,13 +366,16 @@ class CaptureConnection:
     tls: TlsInfo = field(default_factory=lambda: TlsInfo("local", "none"))
     body_started: bool = False
     is_open: bool = True
+    # The capture folder is the last stop, not a hop: nothing is passed further, so there
+    # is no extension to offer and REQUIRETLS mail is simply stored.
+    extensions: frozenset[str] = frozenset()
     sender: str = ""
     recipients: list[str] = field(default_factory=list)
 
     async def mail(self, sender: str, options: list[str]) -> None:
         self.sender, self.recipients = sender, []
 
-    async def rcpt(self, recipient: str) -> Reply:
+    async def rcpt(self, recipient: str, options: Sequence[str] = ()) -> Reply:
         self.recipients.append(recipient)
         return Reply(250, "2.1.5", "OK")
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from relay import maillog, pipeline, replies
+from relay import esmtp, maillog, pipeline, replies
 from relay.address import domain_of
 from relay.category import HEADER
 from relay.decide import Decided, Request, Strikes, decide, ordinary
@@ -124,10 +124,13 @@ class Transaction:
         self.facts = facts
         self.mail_from = mail_from
         self.options = tuple(mail_options)
-        # Only BODY and SMTPUTF8 describe the message itself; SIZE is ours to re-declare.
-        self.upstream_options = [
-            o for o in self.options if o.split("=", 1)[0].upper() in ("BODY", "SMTPUTF8")
-        ]
+        # What goes on to the upstream at MAIL (relay.esmtp.UPSTREAM_MAIL): BODY and
+        # SMTPUTF8 describe the message; RET, ENVID and REQUIRETLS are the client's asks;
+        # SIZE is the client's estimate, re-declared exactly once the message is known.
+        # A connection passes each only if its upstream offers it, and refuses REQUIRETLS
+        # mail when it does not.
+        self.upstream_options = esmtp.upstream_mail(self.options)
+        self.rcpt_options: dict[str, tuple[str, ...]] = {}  # NOTIFY, ORCPT per recipient
         self.smtputf8 = smtputf8
         self.helo = helo
         self.recipients: list[str] = []
@@ -148,7 +151,8 @@ class Transaction:
             return err.reply
         return None
 
-    async def add_recipient(self, rcpt: str) -> Reply | None:
+    async def add_recipient(self, rcpt: str, options: Sequence[str] = ()) -> Reply | None:
+        """`options`: the client's NOTIFY and ORCPT for this recipient (relay.esmtp)."""
         if not self.upstream.open:
             # The upstream dropped this transaction at an earlier RCPT; a fresh upstream
             # session has no MAIL, and its "503" would refuse a good recipient for good.
@@ -160,13 +164,14 @@ class Transaction:
         if len(self.recipients) >= self.rt.config.server.max_recipients:
             return Reply(452, "4.5.3", "Too many recipients; send the rest in another message")
         try:
-            reply = await self.upstream.rcpt(rcpt)
+            reply = await self.upstream.rcpt(rcpt, options)
         except UpstreamError as err:
             await self._upstream_event("rcpt", err)
             return err.reply
         if not reply.success:
             return reply
         self.recipients.append(rcpt)
+        self.rcpt_options[rcpt] = tuple(options)
         return None
 
     async def abort(self) -> None:
@@ -555,9 +560,9 @@ class Transaction:
             if not reuse:
                 await envelope.abort()
                 envelope = self.upstream = self.rt.upstream.begin()
-                await envelope.mail(self.mail_from, self.upstream_options)
+                await envelope.mail(self.mail_from, esmtp.sized(self.upstream_options, data))
                 for rcpt in group:
-                    answer = await envelope.rcpt(rcpt)
+                    answer = await envelope.rcpt(rcpt, self.rcpt_options.get(rcpt, ()))
                     if not answer.success:
                         refused[rcpt] = answer
                 if len(refused) == len(group):

@@ -21,12 +21,13 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import structlog
 
+from relay import esmtp
 from relay.delivery import Connection, Connector, UpstreamError
 from relay.model import Reply, TlsInfo
 
@@ -308,6 +309,7 @@ class UpstreamEnvelope:
     sender: str = ""
     options: list[str] = field(default_factory=list)
     accepted: list[str] = field(default_factory=list)
+    rcpt_options: dict[str, tuple[str, ...]] = field(default_factory=dict)
     tls: TlsInfo = field(default_factory=TlsInfo)
 
     @property
@@ -323,16 +325,24 @@ class UpstreamEnvelope:
         if self.conn is not None:
             await self.abort()
         self.sender, self.options, self.accepted, self.retried = sender, list(options), [], False
+        self.rcpt_options = {}
         conn, self.reused = await self.pool.acquire()
+        if self.reused and esmtp.requires_tls(self.options) and "requiretls" not in conn.extensions:
+            # Opened before the upstream offered REQUIRETLS: only a connection whose own
+            # EHLO promised it may carry this message (the connection refuses otherwise).
+            self.pool.release(conn, clean=True)
+            conn, self.reused = await self.pool.open(), False
         self._use(conn)
         await self._step(lambda c: c.mail(sender, self.options), replay=False)
 
-    async def rcpt(self, recipient: str) -> Reply:
-        """The upstream's answer for one recipient; raises UpstreamError if the connection
-        failed (the envelope is then closed)."""
-        reply = await self._step(lambda c: c.rcpt(recipient))
+    async def rcpt(self, recipient: str, options: Sequence[str] = ()) -> Reply:
+        """The upstream's answer for one recipient (`options`: its NOTIFY, ORCPT); raises
+        UpstreamError if the connection failed (the envelope is then closed)."""
+        given = tuple(options)
+        reply = await self._step(lambda c: c.rcpt(recipient, given))
         if reply.success:
             self.accepted.append(recipient)
+            self.rcpt_options[recipient] = given
         return reply
 
     async def data(self, message: bytes) -> Reply:
@@ -399,7 +409,7 @@ class UpstreamEnvelope:
             if replay:
                 await conn.mail(self.sender, self.options)
             for rcpt in self.accepted if replay else ():
-                answer = await conn.rcpt(rcpt)
+                answer = await conn.rcpt(rcpt, self.rcpt_options.get(rcpt, ()))
                 if not answer.success:
                     # The recipient already has our 250; without it the client must retry.
                     raise UpstreamError(_LOST, "disconnected")

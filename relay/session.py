@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session, _AuthMechAttr, login_always_fail
 
+from relay import esmtp
 from relay.config import IPNetwork
 from relay.flow import Runtime, Transaction, new_id
 from relay.limits import AuthThrottle, DataPace, SessionLimiter
@@ -61,6 +62,13 @@ _AIOSMTPD_REPLIES = {
     "503 Error: need MAIL command": "503 5.5.1 Need a MAIL command first",
     "503 Error: nested MAIL command": "503 5.5.1 MAIL already given; RSET first",
     "503 Error: send HELO first": "503 5.5.1 Send EHLO first",
+    "555 MAIL FROM parameters not recognized or not implemented": (
+        "555 5.5.4 MAIL parameter not recognized; this relay takes SIZE, BODY, SMTPUTF8, "
+        "RET, ENVID and REQUIRETLS"
+    ),
+    "555 RCPT TO parameters not recognized or not implemented": (
+        "555 5.5.4 RCPT parameter not recognized; this relay takes NOTIFY and ORCPT"
+    ),
 }
 
 
@@ -457,10 +465,14 @@ class RelaySMTP(SMTP):
             "PIPELINING",
             "ENHANCEDSTATUSCODES",
         ]
+        lines.append("DSN")
         if not self.tls_active:
             lines.append("STARTTLS")
-        elif self.shared.users is not None:
-            lines.append("AUTH PLAIN LOGIN")
+        else:
+            # RFC 8689 2: offered only once TLS is in use.
+            lines.append("REQUIRETLS")
+            if self.shared.users is not None:
+                lines.append("AUTH PLAIN LOGIN")
         lines.append("HELP")
         return [f"250-{ln}" for ln in lines[:-1]] + [f"250 {lines[-1]}"]
 
@@ -590,6 +602,28 @@ class RelaySMTP(SMTP):
             return None
         return name, password
 
+    # --- ESMTP parameters: aiosmtpd would refuse them (555) and upper-cases them --------
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self.params_for, self.raw_params = esmtp.MAIL_PARAMS, ""
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self.params_for, self.raw_params = esmtp.RCPT_PARAMS, ""
+        await super().smtp_RCPT(arg)
+
+    def _getaddr(self, arg: str) -> tuple[Any, Any]:
+        address, rest = super()._getaddr(arg)
+        self.raw_params = rest or ""  # as sent: ENVID and ORCPT are case-sensitive
+        return address, rest
+
+    def _getparams(self, params: Any) -> Any:
+        result = super()._getparams(params)
+        if result is None:
+            return None
+        ours: frozenset[str] = getattr(self, "params_for", frozenset())
+        return {k: v for k, v in result.items() if k not in ours}
+
     # --- mail transaction (called by the handler hooks) ----------------------------------
 
     def facts(self) -> SessionFacts:
@@ -619,14 +653,22 @@ class RelaySMTP(SMTP):
             return refusal
         if _CONTROL.search(address) or any(_CONTROL.search(o) for o in options):
             return "501 5.5.2 Control characters in MAIL command"
+        try:
+            extra = esmtp.check_mail(getattr(self, "raw_params", ""))
+        except esmtp.ParamError as err:
+            return err.reply
+        if esmtp.requires_tls(extra) and not self.tls_active:
+            # RFC 8689 4.1: REQUIRETLS only on a TLS session (a plaintext network included).
+            return "530 5.7.10 REQUIRETLS needs TLS; issue STARTTLS first"
         smtputf8 = "SMTPUTF8" in (o.upper() for o in options)
+        given = [o for o in options if o.partition("=")[0].upper() not in esmtp.MAIL_PARAMS]
         self.busy = True
         try:
             txn = Transaction(
                 self.shared.runtime,
                 self.facts(),
                 address,
-                options,
+                [*given, *extra],
                 smtputf8,
                 (self.session.host_name if self.session else "") or "",
             )
@@ -646,9 +688,13 @@ class RelaySMTP(SMTP):
             return "503 5.5.1 Need a MAIL command first"
         if _CONTROL.search(address) or any(_CONTROL.search(o) for o in options):
             return "501 5.5.2 Control characters in RCPT command"
+        try:
+            extra = esmtp.check_rcpt(getattr(self, "raw_params", ""))
+        except esmtp.ParamError as err:
+            return err.reply
         self.busy = True
         try:
-            reply = await self.txn.add_recipient(address)
+            reply = await self.txn.add_recipient(address, extra)
         finally:
             self.busy = False
         if reply is not None:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, ClassVar
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -22,6 +22,12 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    # MAIL and RCPT parameters exactly as sent (with Sink(extensions=...) only).
+    mail_params: str = ""
+    rcpt_params: list[str] = field(default_factory=list)
+    # Which upstream session carried it, and the extra extensions that session offered.
+    session: int = 0
+    offered: tuple[str, ...] = ()
 
     @property
     def message(self) -> EmailMessage:
@@ -35,6 +41,7 @@ class Faults:
     refuse_rcpt: dict[str, str] = field(default_factory=dict)  # address -> full reply
     data_reply: str | None = None  # e.g. "451 4.3.0 try later" instead of 250
     reset_at: str | None = None  # "MAIL" | "RCPT" | "DATA" (after the message, before reply)
+    reset_skip: int = 0  # times `reset_at` passes untouched first (the 2nd RCPT: 1)
     stall_at: str | None = None  # stage to hang at (a timeout for the relay)
     stall_seconds: float = 30.0
     reply_421_at: str | None = None
@@ -78,7 +85,9 @@ class _Handler:
         f = self.faults
         if f.stall_at == stage:
             await asyncio.sleep(f.stall_seconds)
-        if f.reset_at == stage:
+        if f.reset_at == stage and f.reset_skip > 0:
+            f.reset_skip -= 1
+        elif f.reset_at == stage:
             assert isinstance(server.transport, asyncio.Transport)
             server.transport.abort()
             return "421 4.4.2 reset"  # never seen: the connection is gone
@@ -123,7 +132,18 @@ class _Handler:
             if rcpt in self.faults.data_reply_for:
                 return self.faults.data_reply_for[rcpt]
         data = envelope.original_content or b""
-        self.sink.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), data))
+        params = getattr(server, "params", [])
+        self.sink.received.append(
+            Received(
+                envelope.mail_from or "",
+                list(envelope.rcpt_tos),
+                data,
+                params[0] if params else "",
+                params[1:],
+                self.number,
+                getattr(self, "offered", ()),
+            )
+        )
         self.sink.event.set()
         if self.faults.on_accept is not None:
             await self.faults.on_accept()
@@ -147,6 +167,59 @@ class _CountedSMTP(SMTP):
         super().connection_lost(exc)
 
 
+class _EsmtpHandler(_Handler):
+    """Advertises extra ESMTP extensions (DSN, REQUIRETLS) in EHLO: those the sink had
+    when this session was opened."""
+
+    def __init__(
+        self, sink: Sink, faults: Faults | None, number: int, offered: tuple[str, ...]
+    ) -> None:
+        super().__init__(sink, faults, number)
+        self.offered = offered
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        extra = [f"250-{e}" for e in self.offered]
+        return responses[:-1] + extra + responses[-1:]
+
+
+class _EsmtpSMTP(_CountedSMTP):
+    """aiosmtpd refuses MAIL/RCPT parameters it does not know (555); this one takes those
+    of the advertised extensions and records every parameter string as sent."""
+
+    KNOWN: ClassVar[dict[str, set[str]]] = {
+        "DSN": {"RET", "ENVID", "NOTIFY", "ORCPT"},
+        "REQUIRETLS": {"REQUIRETLS"},
+    }
+
+    def __init__(
+        self, sink: Sink, handler: _Handler, *, extensions: tuple[str, ...], **kwargs: Any
+    ) -> None:
+        super().__init__(sink, handler, **kwargs)
+        self.accepted = set().union(*(self.KNOWN.get(e, set()) for e in extensions))
+        self.params: list[str] = []
+
+    def _getaddr(self, arg: str) -> tuple[Any, Any]:
+        address, rest = super()._getaddr(arg)
+        if self.envelope is not None and not self.envelope.mail_from:
+            self.params = []  # a MAIL: a new transaction
+        self.params.append((rest or "").strip())
+        return address, rest
+
+    def _getparams(self, params: Any) -> Any:
+        result = super()._getparams(params)
+        if result is None:
+            return None
+        return {k: v for k, v in result.items() if k not in self.accepted}
+
+
 class Sink:
     def __init__(
         self,
@@ -154,8 +227,10 @@ class Sink:
         *,
         starttls: bool = True,
         implicit: bool = False,
+        extensions: tuple[str, ...] = (),
     ) -> None:
         self.tls_context = tls_context
+        self.extensions = extensions
         self.starttls = starttls
         self.implicit = implicit
         self.received: list[Received] = []
@@ -184,6 +259,10 @@ class Sink:
         own = self.session_faults() if self.session_faults is not None else None
         self.open_now += 1
         self.peak_open = max(self.peak_open, self.open_now)
+        offered = tuple(self.extensions)  # read per connection: a test may change them
+        if offered:
+            handler = _EsmtpHandler(self, own, self.connections, offered)
+            return _EsmtpSMTP(self, handler, extensions=offered, **kwargs)
         return _CountedSMTP(self, _Handler(self, own, self.connections), **kwargs)
 
     async def start(self, port: int = 0) -> Sink:
