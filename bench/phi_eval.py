@@ -1361,7 +1361,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=2.0, help="throughput measuring time")
     ap.add_argument(
         "--split",
-        choices=("train", "validation", "test", "fresh"),
+        choices=("train", "validation", "test", "fresh", "heldout"),
         help="score the writers' corpora",
     )
     ap.add_argument("--old", type=Path, help="checkout of an older detector to compare")
