@@ -6,9 +6,9 @@
     .venv/bin/python bench/phi_eval.py --corpus tests/data/holdout_2.tsv --errors  # one set
     .venv/bin/python bench/phi_eval.py --presidio /tmp/presidio-venv/bin/python
     .venv/bin/python bench/phi_eval.py --generate      # rebuild the corpus (needs faker)
-    .venv/bin/python bench/phi_eval.py --split test --old /tmp/phi-old   # writers' corpora
+    .venv/bin/python bench/phi_eval.py --split heldout --old /tmp/phi-old   # writers' corpora
 
-`--split train|validation|test` scores the writers' corpora in tests/data/corpus
+`--split train|validation|heldout` scores the writers' corpora in tests/data/corpus
 (split.tsv says which writer is where) and prints only aggregate figures: per
 writer, language, guide rule and form, obfuscated and RFC 2047 recall, tiers,
 throughput, start-up and memory; never a subject. `--old DIR` scores the detector
@@ -1361,7 +1361,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=2.0, help="throughput measuring time")
     ap.add_argument(
         "--split",
-        choices=("train", "validation", "test", "fresh", "heldout"),
+        choices=("train", "validation", "heldout"),
         help="score the writers' corpora",
     )
     ap.add_argument("--old", type=Path, help="checkout of an older detector to compare")

@@ -8,10 +8,19 @@
     python tools/train_phi_scorer.py --check      # retrain in memory, compare with the file
 
 Training data: the older corpora in tests/data/*.tsv and the writers marked `train`
-in tests/data/corpus/split.tsv. Validation writers are read only by --calibrate,
-which prints aggregate figures and never rows; test writers are never read here.
-The model is L2-regularised logistic regression (liblinear, seeded) over the
-hashed features of relay.phi.features; weights are stored as int8 with one scale.
+in tests/data/corpus/split.tsv. Validation writers are read only by --calibrate and
+--cv (thresholds), which print aggregate figures and never rows. Every other split
+(the held-out writers) is never opened here: `rows_of` refuses any part but train
+and validation. The model is L2-regularised logistic regression (liblinear, seeded)
+over the hashed features of relay.phi.features; weights are stored as int8 with one
+scale.
+
+--cv is leave-one-writer-out over the training writers: for each writer, a model is
+fitted on the others (and the older corpora), its low threshold set on the
+validation writers as --calibrate would, and the whole decision (a decisive rule,
+or the score at or above the threshold) applied to the held-out writer. It prints
+recall and FPR per writer, per language and per form (plain, obfuscated, rfc2047),
+pooled over the folds, and the scorer alone at a fixed FPR (for model selection).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from scipy import sparse  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 from relay.phi import scorer as scorer_mod  # noqa: E402
-from relay.phi.detector import PhiDetector, rule_features  # noqa: E402
+from relay.phi.detector import DECISIVE, PhiDetector, rule_features  # noqa: E402
 from relay.phi.features import DIM, features  # noqa: E402
 from relay.phi.normalize import subject_texts  # noqa: E402
 
@@ -81,7 +90,13 @@ def old_rows() -> list[Row]:
     return rows
 
 
+# The only splits this script (and any tuning built on it) may read.
+READABLE = ("train", "validation")
+
+
 def rows_of(part: str) -> list[Row]:
+    if part not in READABLE:
+        raise ValueError(f"split {part!r} is held out: training reads only {READABLE}")
     rows = old_rows() if part == "train" else []
     for writer, p in sorted(split().items()):
         path = CORPUS / f"{writer}.tsv"
@@ -90,16 +105,44 @@ def rows_of(part: str) -> list[Row]:
     return rows
 
 
-def featurize(detector: PhiDetector, rows: list[Row]) -> sparse.csr_matrix:
+@dataclass(frozen=True)
+class Inputs:
+    """What the scorer reads of each row (first reading), and whether a rule decides alone."""
+
+    views: list[str]
+    rules: list[list[str]]
+    classes: list[list[str]]
+    decisive: np.ndarray
+
+
+def analyse(detector: PhiDetector, rows: list[Row]) -> Inputs:
+    views, rules, classes, decisive = [], [], [], []
+    for row in rows:
+        readings = subject_texts(row.text)
+        a = detector.analyse(readings[0])
+        views.append(a.view)
+        rules.append(rule_features(a.found))
+        classes.append(a.classes)
+        # Rules that decide alone count whatever the score, in any reading (as judge()).
+        decisive.append(
+            any(f.confidence >= DECISIVE for f in a.found)
+            or any(
+                f.confidence >= DECISIVE for r in readings[1:] for f in detector.analyse(r).found
+            )
+        )
+    return Inputs(views, rules, classes, np.array(decisive))
+
+
+def matrix(inp: Inputs) -> sparse.csr_matrix:
     indices: list[int] = []
     indptr = [0]
-    for row in rows:
-        reading = subject_texts(row.text)[0]
-        a = detector.analyse(reading)
-        indices.extend(features(a.view, rule_features(a.found), a.classes))
+    for view, rules, classes in zip(inp.views, inp.rules, inp.classes, strict=True):
+        indices.extend(features(view, rules, classes))
         indptr.append(len(indices))
     data = np.ones(len(indices), dtype=np.float64)
-    return sparse.csr_matrix((data, np.array(indices), np.array(indptr)), shape=(len(rows), DIM))
+    return sparse.csr_matrix(
+        (data, np.array(indices), np.array(indptr)), shape=(len(indptr) - 1, DIM)
+    )
 
 
 def fit(x: sparse.csr_matrix, rows: list[Row], c: float = C) -> tuple[bytes, float, float]:
@@ -119,9 +162,92 @@ def probabilities(x: sparse.csr_matrix, q: bytes, scale: float, bias: float) -> 
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def rates(p: np.ndarray, y: np.ndarray, t: float) -> tuple[float, float]:
-    pred = p >= t
+def rates(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float((pred & y).sum() / max(1, y.sum())), float((pred & ~y).sum() / max(1, (~y).sum()))
+
+
+GRID = [round(float(t), 2) for t in np.arange(0.05, 0.99, 0.01)]
+
+
+def thresholds(
+    p: np.ndarray, y: np.ndarray, decisive: np.ndarray, max_fpr: float
+) -> scorer_mod.Thresholds:
+    """low: the most recall with FPR within the bound; high: where the false positives
+    left are a quarter of the bound (strong evidence, refused)."""
+
+    def fpr(t: float) -> float:
+        return rates(decisive | (p >= t), y)[1]
+
+    within = [t for t in GRID if fpr(t) <= max_fpr] or [GRID[-1]]
+    low = within[0]
+    strict = [t for t in GRID if t >= low and fpr(t) <= max_fpr / 4]
+    return scorer_mod.Thresholds(low, strict[0] if strict else GRID[-1])
+
+
+def recall_at_fpr(p: np.ndarray, y: np.ndarray, max_fpr: float) -> float:
+    """The scorer alone: recall at the score cut-off that keeps FPR within the bound."""
+    neg = np.sort(p[~y])[::-1]
+    k = int(np.floor(max_fpr * len(neg)))
+    cut = neg[k] if k < len(neg) else -1.0
+    return float((p[y] > cut).sum() / max(1, y.sum()))
+
+
+def report(title: str, rows: list[Row], pred: np.ndarray) -> None:
+    """Recall and FPR per writer, language and form; counts only, never a subject."""
+    y = np.array([r.label for r in rows])
+    print(f"\n{title}")
+    for name, key in (("writer", "writer"), ("language", "lang"), ("form", "form")):
+        groups = sorted({getattr(r, key) for r in rows})
+        for g in groups:
+            m = np.array([getattr(r, key) == g for r in rows])
+            rec, fpr = rates(pred[m], y[m])
+            print(
+                f"  {name:<8} {g:<10} phi {int(y[m].sum()):>5} clean {int((~y[m]).sum()):>5}"
+                f"  recall {rec:.3f}  FPR {fpr:.3f}"
+            )
+    obf = np.array([r.form in ("obfuscated", "rfc2047") for r in rows])
+    rec, fpr = rates(pred[obf], y[obf])
+    print(
+        f"  obfuscated+rfc2047     phi {int(y[obf].sum()):>5} clean {int((~y[obf]).sum()):>5}"
+        f"  recall {rec:.3f}  FPR {fpr:.3f}"
+    )
+    rec, fpr = rates(pred, y)
+    print(
+        f"  all                    phi {int(y.sum()):>5} clean {int((~y).sum()):>5}"
+        f"  recall {rec:.3f}  FPR {fpr:.3f}"
+    )
+
+
+def cross_validate(
+    train: list[Row],
+    x: sparse.csr_matrix,
+    inp: Inputs,
+    val: list[Row],
+    xv: sparse.csr_matrix,
+    vinp: Inputs,
+    c: float,
+    max_fpr: float,
+) -> None:
+    y = np.array([r.label for r in train])
+    yv = np.array([r.label for r in val])
+    pred = np.zeros(len(train), dtype=bool)
+    held_rows = np.zeros(len(train), dtype=bool)
+    for held in sorted({r.writer for r in train} - {"old"}):
+        mask = np.array([r.writer != held for r in train])
+        sub = [r for r, m in zip(train, mask, strict=True) if m]
+        q, scale, bias = fit(x[mask], sub, c)
+        th = thresholds(probabilities(xv, q, scale, bias), yv, vinp.decisive, max_fpr)
+        p = probabilities(x[~mask], q, scale, bias)
+        pred[~mask] = inp.decisive[~mask] | (p >= th.low)
+        held_rows |= ~mask
+        rec, fpr = rates(pred[~mask], y[~mask])
+        alone = recall_at_fpr(p, y[~mask], max_fpr)
+        print(
+            f"held out {held} ({(~mask).sum()} rows): low {th.low:.2f} recall {rec:.3f} "
+            f"FPR {fpr:.3f}; scorer alone recall at FPR {max_fpr}: {alone:.3f}"
+        )
+    rows = [r for r, m in zip(train, held_rows, strict=True) if m]
+    report("leave-one-writer-out, pooled over folds", rows, pred[held_rows])
 
 
 def main() -> int:
@@ -130,24 +256,16 @@ def main() -> int:
     ap.add_argument("--cv", action="store_true", help="leave-one-writer-out on train writers")
     ap.add_argument("--check", action="store_true", help="compare a retrain with the file")
     ap.add_argument("--c", type=float, default=C)
-    ap.add_argument("--max-fpr", type=float, default=0.02, help="FPR bound for --calibrate")
+    ap.add_argument("--max-fpr", type=float, default=0.02, help="FPR bound for thresholds")
     args = ap.parse_args()
     detector = PhiDetector(scorer=False)
     train = rows_of("train")
-    x = featurize(detector, train)
-    y = np.array([r.label for r in train])
+    inp = analyse(detector, train)
+    x = matrix(inp)
     if args.cv:
-        writers = sorted({r.writer for r in train} - {"old"})
-        for held in writers:
-            mask = np.array([r.writer != held for r in train])
-            sub = [r for r, m in zip(train, mask, strict=True) if m]
-            q, scale, bias = fit(x[mask], sub, args.c)
-            p = probabilities(x[~mask], q, scale, bias)
-            figs = " ".join(
-                "t={:.2f} R {:.3f} FPR {:.3f}".format(t, *rates(p, y[~mask], t))
-                for t in (0.3, 0.5, 0.7)
-            )
-            print(f"held out {held} ({(~mask).sum()} rows): {figs}")
+        val = rows_of("validation")
+        vinp = analyse(detector, val)
+        cross_validate(train, x, inp, val, matrix(vinp), vinp, args.c, args.max_fpr)
         return 0
     q, scale, bias = fit(x, train, args.c)
     path = scorer_mod.WEIGHTS
@@ -164,41 +282,18 @@ def main() -> int:
         if not val:
             print("no validation writers yet: thresholds kept", file=sys.stderr)
         else:
-            xv = featurize(detector, val)
+            vinp = analyse(detector, val)
             yv = np.array([r.label for r in val])
-            pv = probabilities(xv, q, scale, bias)
-            # Rules that decide alone count whatever the score.
-            decisive = np.array([_decisive(detector, r) for r in val])
-
-            def figures(t: float) -> tuple[float, float]:
-                pred = decisive | (pv >= t)
-                return float((pred & yv).sum() / yv.sum()), float((pred & ~yv).sum() / (~yv).sum())
-
-            grid = [round(float(t), 2) for t in np.arange(0.05, 0.99, 0.01)]
-            # low: the most recall with FPR within the bound; high: where the false
-            # positives left are a quarter of the bound (strong evidence, refused).
-            within = [t for t in grid if figures(t)[1] <= args.max_fpr] or [grid[-1]]
-            low = within[0]
-            strict = [t for t in grid if t >= low and figures(t)[1] <= args.max_fpr / 4]
-            high = strict[0] if strict else grid[-1]
-            th = scorer_mod.Thresholds(low, high)
-            for name, t in (("low", low), ("high", high)):
-                rec, fpr = figures(t)
+            pv = probabilities(matrix(vinp), q, scale, bias)
+            th = thresholds(pv, yv, vinp.decisive, args.max_fpr)
+            for name, t in (("low", th.low), ("high", th.high)):
+                rec, fpr = rates(vinp.decisive | (pv >= t), yv)
                 print(f"validation ({len(val)} rows) {name} {t}: recall {rec:.3f} FPR {fpr:.3f}")
+            report(f"validation at low {th.low}", val, vinp.decisive | (pv >= th.low))
     scorer_mod.write(path, q, scale, bias, th)
     nonzero = sum(1 for b in q if b)
     print(f"wrote {path.relative_to(ROOT)}: {len(train)} rows, {nonzero} non-zero weights")
     return 0
-
-
-def _decisive(detector: PhiDetector, row: Row) -> bool:
-    from relay.phi.detector import DECISIVE
-
-    return any(
-        f.confidence >= DECISIVE
-        for reading in subject_texts(row.text)
-        for f in detector.analyse(reading).found
-    )
 
 
 if __name__ == "__main__":
