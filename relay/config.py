@@ -120,6 +120,17 @@ class DkimConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SpoolConfig:
+    enabled: bool = False
+    dir: Path | None = None  # default <state_dir>/spool
+    min_backoff: float = 300.0
+    max_backoff: float = 4000.0
+    lifetime: float = 5 * 86400.0
+    max_messages: int = 10000
+    scan_interval: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig:
     listen: HostPort | None = HostPort("127.0.0.1", 8025)
     base_url: str = ""
@@ -140,6 +151,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
     state_dir: Path = Path("state")
     policy_file: Path = DEFAULT_POLICY_FILE  # shipped in the package; `phi-relay init` copies it
     consent_store: str = ""
@@ -148,6 +160,10 @@ class Config:
     @property
     def capture_dir(self) -> Path:
         return self.state_dir / "captured"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.spool.dir or self.state_dir / "spool"
 
     @property
     def store_url(self) -> str:
@@ -319,6 +335,15 @@ _KINDS: dict[str, dict[str, str]] = {
     },
     "dedup": {"busy_timeout": "float", "ttl": "float", "claim_lease": "float"},
     "dkim": {"keys": "strs", "stale_signature": "str"},
+    "spool": {
+        "enabled": "bool",
+        "dir": "opt_path",
+        "min_backoff": "float",
+        "max_backoff": "float",
+        "lifetime": "float",
+        "max_messages": "int",
+        "scan_interval": "float",
+    },
     "": {"state_dir": "path", "policy_file": "path", "consent_store": "str", "replica_id": "str"},
 }
 _SECTION_TYPES: dict[str, type[Any]] = {
@@ -328,6 +353,7 @@ _SECTION_TYPES: dict[str, type[Any]] = {
     "http": HttpConfig,
     "dedup": DedupConfig,
     "dkim": DkimConfig,
+    "spool": SpoolConfig,
 }
 
 
@@ -470,6 +496,12 @@ def validate(cfg: Config) -> Config:
     if cfg.replica_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", cfg.replica_id):
         raise ConfigError(
             where, "replica_id", "expected a name of letters, digits, . _ - (at most 64)"
+        )
+    if cfg.spool.max_backoff < cfg.spool.min_backoff:
+        raise ConfigError(
+            where,
+            "spool.max_backoff",
+            f"expected at least spool.min_backoff ({cfg.spool.min_backoff})",
         )
     if cfg.dkim.stale_signature not in ("remove", "keep", "refuse"):
         raise ConfigError(where, "dkim.stale_signature", "expected remove, keep or refuse")

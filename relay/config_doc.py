@@ -120,6 +120,15 @@ MEANINGS: dict[str, str] = {
     "mail whose From is in DOMAIN is signed after every change (docs/dkim.md).",
     "dkim.stale_signature": "A DKIM-Signature that came with a message the relay then "
     "changes: `remove` it, `keep` it, or `refuse` the message (`550 5.7.0`).",
+    "spool.enabled": "Queue mail the upstream cannot take now (down, 4xx) in an encrypted "
+    "on-disk spool and answer `250 ... Queued` (`--spool`); off: 250 means the upstream "
+    "accepted it (docs/spool.md).",
+    "spool.dir": "Spool directory (`--spool-dir`); empty: `<state_dir>/spool`.",
+    "spool.min_backoff": "Seconds before the first retry; doubled each attempt.",
+    "spool.max_backoff": "Longest wait between retries, in seconds.",
+    "spool.lifetime": "Seconds a message may stay queued; then a DSN goes to the sender.",
+    "spool.max_messages": "Queued messages above which `/readyz` reports not ready.",
+    "spool.scan_interval": "Seconds between scans of the spool for messages due.",
     "http.listen": "Address for unsubscribe, `/healthz`, `/readyz` and `/metrics`; empty: off.",
     "http.base_url": "Public base URL of unsubscribe links (https only, RFC 8058); empty: "
     "`https://<http.listen>`.",
@@ -145,6 +154,8 @@ OTHER_VARIABLES: dict[str, str] = {
     "comma-separated (rotation); replicas share them.",
     keys.env_name("dedup"): "Key for the records of recipients that already got a message.",
     keys.env_name("roster"): "Key for the roster's hashes of patient names and MRNs.",
+    keys.env_name(keys.SPOOL_KEY): "AES-256-GCM key of the spool (`spool.enabled`), base64 of "
+    "32 bytes (instead of `<state_dir>/keys/spool.key`); kept per host with its spool.",
 }
 
 

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from relay.metrics import Metrics
     from relay.phi.api import Detector
     from relay.rules import RuleSet
+    from relay.spool.store import Spool
 
 log = structlog.get_logger("relay.flow")
 
@@ -76,6 +77,8 @@ class Runtime:
     decisions: Decisions | None = None
     # DKIM: signs after every change and handles signatures the changes made stale.
     signer: Signer | None = None
+    # The opt-in spool: where mail goes when the upstream cannot take it now; None: off.
+    spool: Spool | None = None
 
     @property
     def worker_spec(self) -> Spec:
@@ -135,6 +138,9 @@ class Transaction:
         self.helo = helo
         self.recipients: list[str] = []
         self.upstream: UpstreamEnvelope = runtime.upstream.begin()
+        # The upstream could not take this transaction and the spool is on: the envelope is
+        # accepted here and the message queued (250 then means "durably queued").
+        self.spooling = False
         self._unsettled: list[str] = []  # claimed recipients not yet confirmed or released
         # For the service log's one line per message.
         self.decision_id = ""
@@ -148,11 +154,29 @@ class Transaction:
             await self.upstream.mail(self.mail_from, self.upstream_options)
         except UpstreamError as err:
             await self._upstream_event("mail", err)
+            if self._may_spool(err.reply):
+                self.spooling = True
+                return None
             return err.reply
         return None
 
+    def _may_spool(self, reply: Reply) -> bool:
+        # Only a transient failure is queued; a REQUIRETLS message is never held by a relay
+        # that cannot yet know the next hop's answer.
+        return (
+            self.rt.spool is not None
+            and reply.transient
+            and not esmtp.requires_tls(self.upstream_options)
+        )
+
     async def add_recipient(self, rcpt: str, options: Sequence[str] = ()) -> Reply | None:
         """`options`: the client's NOTIFY and ORCPT for this recipient (relay.esmtp)."""
+        if len(self.recipients) >= self.rt.config.server.max_recipients:
+            return Reply(452, "4.5.3", "Too many recipients; send the rest in another message")
+        if self.spooling:  # the upstream is away: the spool takes the envelope
+            self.recipients.append(rcpt)
+            self.rcpt_options[rcpt] = tuple(options)
+            return None
         if not self.upstream.open:
             # The upstream dropped this transaction at an earlier RCPT; a fresh upstream
             # session has no MAIL, and its "503" would refuse a good recipient for good.
@@ -161,13 +185,16 @@ class Transaction:
                 "4.4.2",
                 "Upstream connection lost during this transaction; send RSET and try again",
             )
-        if len(self.recipients) >= self.rt.config.server.max_recipients:
-            return Reply(452, "4.5.3", "Too many recipients; send the rest in another message")
         try:
             reply = await self.upstream.rcpt(rcpt, options)
         except UpstreamError as err:
             await self._upstream_event("rcpt", err)
-            return err.reply
+            if not self._may_spool(err.reply):
+                return err.reply
+            self.spooling = True
+            self.recipients.append(rcpt)
+            self.rcpt_options[rcpt] = tuple(options)
+            return None
         if not reply.success:
             return reply
         self.recipients.append(rcpt)
@@ -454,6 +481,7 @@ class Transaction:
         groups = [(r,) for r in recipients] if per_recipient(mods) else [recipients]
         received = self._received(decision_id)
         delivered: list[str] = []
+        queued: list[str] = []
         failures: list[tuple[Reply, int]] = []
         for index, group in enumerate(groups):
             rendered = await self._render(raw, mods, group, category)
@@ -477,7 +505,26 @@ class Transaction:
                 failures.append((signed, len(group)))
                 await self._release(claim, group, decision_id)
                 continue
-            reply, refused = await self._send(group, received + signed, index == 0, decision_id)
+            if self.spooling:
+                refused: dict[str, Reply] = {}
+                reply = await self._queue(group, received + signed, decision_id)
+                if reply.success:
+                    queued.extend(group)
+            else:
+                reply, refused = await self._send(group, received + signed, index == 0, decision_id)
+                later = tuple(
+                    r
+                    for r in group
+                    if (r in refused and refused[r].transient)
+                    or (r not in refused and not reply.success and reply.transient)
+                )
+                if later and self._may_spool(Reply(451, "4.0.0", "deferred")):
+                    # Deferred upstream: queue those; the others keep their own answers.
+                    spooled = await self._queue(later, received + signed, decision_id)
+                    if spooled.success:
+                        refused = {r: a for r, a in refused.items() if r not in later}
+                        reply = reply if reply.success else spooled
+                        queued.extend(later)
             failures.extend((r, 1) for r in refused.values())
             served = tuple(r for r in group if r not in refused) if reply.success else ()
             delivered.extend(served)
@@ -490,6 +537,13 @@ class Transaction:
         if claim.busy:
             failures.append((replies.by_reason("dedup.in-flight"), len(claim.busy)))
             recipients = (*recipients, *claim.busy)
+        if not failures and queued:
+            return Reply(
+                250,
+                "2.0.0",
+                f"Queued as {decision_id}: the upstream is unavailable; delivery will be "
+                f"retried ({len(queued)} of {len(recipients)} recipients queued)",
+            )
         if not failures:
             return Reply(250, "2.0.0", f"Delivered to upstream as {decision_id}")
         transient = [r for r, _ in failures if r.transient]
@@ -524,6 +578,31 @@ class Transaction:
             )
         except WorkerError as err:
             return err.reason, False
+
+    async def _queue(self, group: tuple[str, ...], data: bytes, decision_id: str) -> Reply:
+        """Into the spool, fsynced before this returns; the reply says queued."""
+        from relay.spool.store import Entry, SpoolError
+
+        spool = self.rt.spool
+        assert spool is not None
+        entry = Entry(
+            self.mail_from,
+            group,
+            tuple(self.upstream_options),
+            {r: self.rcpt_options.get(r, ()) for r in group},
+            data,
+        )
+        first_retry = time.time() + self.rt.config.spool.min_backoff
+        try:
+            meta = await asyncio.to_thread(spool.put, entry, decision_id, first_retry)
+        except SpoolError as err:
+            log.error("spool write failed", decision_id=decision_id, error=str(err))
+            failed = Reply(451, "4.3.0", "Cannot queue the message (spool write failed); try later")
+            await self._delivery(decision_id, group, failed, "spool-failed", 0.0)
+            return failed
+        queued = Reply(250, "2.0.0", f"Queued as {meta.id}")
+        await self._delivery(decision_id, group, queued, "spooled", 0.0)
+        return queued
 
     async def _sign(self, raw: bytes, body: bytes, decision_id: str) -> bytes | Reply:
         """The last change: a stale signature handled per dkim.stale_signature, then ours."""
@@ -606,7 +685,8 @@ class Transaction:
             outcome=outcome,
         )
         self.rt.metrics.delivery(result)
-        if outcome not in ("delivered", "duplicate-suppressed", "rewrite-failed") or refused:
+        quiet = ("delivered", "duplicate-suppressed", "rewrite-failed", "spooled")
+        if outcome not in quiet or refused:
             self._failure(
                 "delivery",
                 decision_id=decision_id,

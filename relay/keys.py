@@ -18,6 +18,7 @@ from pathlib import Path
 
 KEY_BYTES = 32
 SERVE_KEYS = ("audit", "dedup", "unsubscribe")
+SPOOL_KEY = "spool"  # AES-GCM key of the opt-in spool (relay/spool/store.py)
 """The keys `serve` needs; the roster key is made by `roster import`."""
 
 

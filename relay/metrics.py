@@ -148,6 +148,9 @@ class Metrics:
         self._reloads = Counter(
             "phi_relay_config_reloads", "Configuration reloads, by result.", ["result"], registry=r
         )
+        # Registered on the first spool() call: a relay without the spool does not emit them.
+        self._spool_gauges: tuple[Gauge, Gauge] | None = None
+        self._registry = r
         self._reload_ok = Gauge(
             "phi_relay_config_last_reload_success",
             "1 if the last configuration reload succeeded, 0 if it failed.",
@@ -217,6 +220,23 @@ class Metrics:
     def refused_reply(self, reply: str) -> None:
         """A session or command refused before a message, given the reply line it got."""
         self.refused_session(refusal_code(reply))
+
+    def spool(self, size: int, oldest: float) -> None:
+        if self._spool_gauges is None:
+            self._spool_gauges = (
+                Gauge(
+                    "phi_relay_spool_messages",
+                    "Messages waiting in the spool.",
+                    registry=self._registry,
+                ),
+                Gauge(
+                    "phi_relay_spool_oldest_seconds",
+                    "Age of the oldest message in the spool, in seconds (0: empty).",
+                    registry=self._registry,
+                ),
+            )
+        self._spool_gauges[0].set(size)
+        self._spool_gauges[1].set(oldest)
 
     def auth_failure(self) -> None:
         self._auth_failures.inc()

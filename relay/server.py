@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,8 @@ from relay.phi.roster import Roster
 from relay.policy.base import ConfigError, PolicyDeps
 from relay.pool import Pool, PoolKey, PoolLimits
 from relay.session import Shared, factory
+from relay.spool.retry import Backoff, Retrier
+from relay.spool.store import Spool, SpoolError
 from relay.startup import StartupError as StartupError  # re-exported for the CLI
 from relay.startup import StateLock
 from relay.tokens import TokenCodec
@@ -44,6 +47,7 @@ from relay.users import Users, UsersFileError
 from relay.worker import Decisions
 
 log = structlog.get_logger("relay.server")
+ReadinessMap = dict[str, Callable[[], Awaitable[None]]]
 
 
 def _key(cfg: Config, name: str) -> bytes:
@@ -112,6 +116,7 @@ class Services:
     dedup: DedupStore
     audit_key: bytes
     decisions: Decisions
+    spool: Spool | None = None  # the opt-in spool (relay/spool); None: off
     # Upstream connection pools by upstream and credentials: a reload that keeps the
     # upstream keeps its open connections.
     pools: dict[tuple[PoolKey, PoolLimits], Pool] = field(default_factory=dict)
@@ -179,6 +184,7 @@ def build_runtime(cfg: Config, services: Services) -> Runtime:
         detector=deps.detector,
         decisions=services.decisions,
         signer=signer,
+        spool=services.spool,
     )
 
 
@@ -264,6 +270,7 @@ class Relay:
     implicit_port: int = 0
     http_port: int = 0
     lock: StateLock | None = None
+    retrier: Retrier | None = None
 
     async def start(self) -> None:
         startup.private_dir(self.config.state_dir)
@@ -301,6 +308,7 @@ class Relay:
         created = startup.ensure_keys(cfg.state_dir, keys.SERVE_KEYS, history)
         if created:
             log.info("created keys for a new state directory", files=[str(p) for p in created])
+        spool = self._open_spool(cfg, fresh=bool(created))
         audit_key = _key(cfg, "audit")
         try:
             audit = AuditLog(
@@ -323,6 +331,7 @@ class Relay:
             dedup=await _open_dedup(cfg),
             audit_key=audit_key,
             decisions=Decisions(cfg.server.decision_workers),
+            spool=spool,
         )
         runtime = build_runtime(cfg, self.services)
         self.shared = Shared(runtime, users, self.tls_context)
@@ -372,12 +381,43 @@ class Relay:
             except OSError as exc:
                 raise _bind_error(exc, cfg.http.listen, "http.listen", "--http-listen") from exc
         self._announce(runtime)
+        self._start_retrier()
         audit.event(
             "relay-start",
             mode=s.mode,
             policy_file=str(cfg.policy_file),
             upstream=runtime.upstream.name,
         )
+
+    def _open_spool(self, cfg: Config, *, fresh: bool) -> Spool | None:
+        if not cfg.spool.enabled:
+            return None
+        if not keys.present(cfg.state_dir, keys.SPOOL_KEY):
+            if not fresh:
+                # Keys are made only on a new state directory or by an explicit command.
+                raise StartupError(
+                    f"spool.enabled needs the spool key {keys.key_path(cfg.state_dir, 'spool')}:"
+                    f" run `phi-relay keys init --spool --state-dir {cfg.state_dir}` once"
+                    f" (or set {keys.env_name(keys.SPOOL_KEY)})"
+                )
+            keys.init(cfg.state_dir, [keys.SPOOL_KEY])
+        try:
+            return Spool(cfg.spool_dir, _key(cfg, keys.SPOOL_KEY))
+        except SpoolError as exc:
+            raise StartupError(f"spool.dir: {exc}; choose a writable --spool-dir") from exc
+
+    def _start_retrier(self) -> None:
+        assert self.services is not None
+        if self.services.spool is None:
+            return
+        sp = self.config.spool
+        self.retrier = Retrier(
+            self.services.spool,
+            lambda: self.runtime,
+            Backoff(sp.min_backoff, sp.max_backoff, sp.lifetime),
+            sp.scan_interval,
+        )
+        self.retrier.start()
 
     async def _start_http(self, runtime: Runtime) -> None:
         from relay.web import NotReady, bound_port, build_app, start_http
@@ -397,7 +437,7 @@ class Relay:
             store=self.services.store,
             codec=self.services.codec,
             metrics=self.services.metrics,
-            readiness={"upstream": upstream_ready, "store": self.services.store.ping},
+            readiness=self._readiness(upstream_ready),
             organisation=runtime.rules.organisation.name,
             readiness_ttl=self.config.http.readiness_ttl,
         )
@@ -414,6 +454,26 @@ class Relay:
         )
         self.http_runner = runner
         self.http_port = bound_port(runner)
+
+    def _readiness(self, upstream_ready: Callable[[], Awaitable[None]]) -> ReadinessMap:
+        from relay.web import NotReady
+
+        assert self.services is not None
+        checks: ReadinessMap = {"upstream": upstream_ready, "store": self.services.store.ping}
+        spool = self.services.spool
+        if spool is not None:
+            # With the spool an upstream outage is what the spool is for: mail is still
+            # taken (and queued), so readiness is the spool's room, not the upstream.
+            del checks["upstream"]
+            limit = self.config.spool.max_messages
+
+            async def spool_ready() -> None:
+                size, _ = await asyncio.to_thread(spool.stats)
+                if size > limit:
+                    raise NotReady(f"spool holds {size} messages (spool.max_messages {limit})")
+
+            checks["spool"] = spool_ready
+        return checks
 
     @property
     def runtime(self) -> Runtime:
@@ -522,6 +582,8 @@ class Relay:
                     await srv.wait_closed()
             except TimeoutError:
                 pass
+        if self.retrier is not None:
+            await self.retrier.stop()
         if self.http_runner is not None:
             await self.http_runner.cleanup()  # type: ignore[attr-defined]
         if self.services is not None:

@@ -24,13 +24,15 @@ def register(sub: Any) -> None:
     )
     loader.add_state_dir_argument(init)
     loader.add_config_argument(init)
+    init.add_argument("--spool", action="store_true", help="also the spool key (for spool.enabled)")
     init.set_defaults(func=run_init)
 
 
 def run_init(args: argparse.Namespace) -> int:
     state_dir = loader.load_admin(args, {"state_dir": ("--state-dir", args.state_dir)}).state_dir
     try:
-        created = keys.init(state_dir, keys.SERVE_KEYS)
+        names = (*keys.SERVE_KEYS, keys.SPOOL_KEY) if args.spool else keys.SERVE_KEYS
+        created = keys.init(state_dir, names)
     except OSError as exc:
         raise CliError(f"{state_dir / 'keys'}: cannot create keys ({exc.strerror})") from exc
     for path in created:

@@ -38,6 +38,7 @@ FLAGS: dict[str, tuple[str, str, str]] = {
         "sqlite:///PATH or postgresql://... (the retry store follows it)",
     ),
     "--replica-id": ("", "replica_id", "name of this replica, written in every audit record"),
+    "--spool-dir": ("spool", "dir", "spool directory (default STATE_DIR/spool)"),
 }
 LIST_FLAGS = {
     "--trusted-network": ("server", "trusted_networks", "CIDR that may relay without AUTH"),
@@ -64,6 +65,12 @@ def register(sub: Any) -> None:
         p.add_argument(flag, dest=flag[2:].replace("-", "_"), help=help_text)
     for flag, (_, _, help_text) in LIST_FLAGS.items():
         p.add_argument(flag, dest=flag[2:].replace("-", "_"), action="append", help=help_text)
+    p.add_argument(
+        "--spool",
+        action="store_true",
+        default=None,
+        help="queue mail the upstream cannot take now (encrypted spool; docs/spool.md)",
+    )
     p.add_argument("--log-json", action="store_true", help="service log as JSON lines")
     p.set_defaults(func=run)
 
@@ -90,6 +97,8 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
         values = getattr(args, flag[2:].replace("-", "_"), None)
         if values:
             out.setdefault(section, {})[key] = list(values)
+    if getattr(args, "spool", None):
+        out.setdefault("spool", {})["enabled"] = True
     return out
 
 
@@ -97,6 +106,7 @@ def flag_names() -> dict[str, str]:
     """ "section.key" -> the flag that sets it, so errors name what the user typed."""
     names = {(f"{s}.{k}" if s else k): flag for flag, (s, k, _) in {**FLAGS, **LIST_FLAGS}.items()}
     names["upstream.port"] = "--upstream"
+    names["spool.enabled"] = "--spool"
     return names
 
 
