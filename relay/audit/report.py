@@ -12,10 +12,10 @@ network: a Content-Security-Policy forbids both).
 from __future__ import annotations
 
 import csv
+import gzip
 import html
 import io
 import json
-import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from relay.audit.chain import Record, parse
-from relay.audit.verify import verify
+from relay.audit.verify import verify, with_rotated
 from relay.consent.api import OptOut
 from relay.pipeline import ALWAYS_ENFORCED
 
-_ROTATED = re.compile(r"^(?P<base>.+\.log)\.(?P<n>\d+)$")
 MAX_PROBLEMS = 50
 """Problems listed per chain; the count says how many there were in all."""
 
@@ -56,40 +55,34 @@ class ChainResult:
     problems: list[str]
     first_seq: int | None
     last_seq: int | None
+    # The replica ids its records name (relay `replica_id`), so each chain is attributable.
+    replicas: list[str] = field(default_factory=list)
 
 
 def find_chains(paths: Sequence[Path]) -> tuple[list[Chain], list[str]]:
-    """The chains to read, and notes about them. A directory holds every `*.log` chain in
-    it (with its `*.log.N` rotations); a file is one chain, with its rotations."""
+    """The chains to read, and notes about them: the same chains `audit verify` reads. A
+    directory holds every `*.log` chain in it (one per replica or worker process), each
+    with its rotations (`.1`, `-DATE`, logrotate's `.gz`); a file is one chain, with its
+    rotations."""
     chains: list[Chain] = []
     notes: list[str] = []
     for path in paths:
         if path.is_dir():
-            groups: dict[str, dict[int, Path]] = {}
-            for entry in sorted(path.iterdir()):
-                if entry.name.startswith("."):
-                    continue  # the writers' lock files (.audit.log.lock), editors' backups
-                m = _ROTATED.match(entry.name)
-                base, n = (m["base"], int(m["n"])) if m else (entry.name, 0)
-                if not entry.is_file() or not base.endswith(".log"):
-                    continue  # a state directory also holds keys, stores, captured mail
-                groups.setdefault(str(path / base), {})[n] = entry
-            for base, members in sorted(groups.items()):
-                files = tuple(members[n] for n in sorted(members, reverse=True))
-                chains.append(Chain(base, files))
+            # Dot files are the writers' lock files (.audit.log.lock) and editors' backups;
+            # a state directory also holds keys, stores and captured mail, never *.log.
+            bases = sorted(
+                p for p in path.glob("*.log") if p.is_file() and not p.name.startswith(".")
+            )
+            chains.extend(Chain(str(base), tuple(with_rotated(base))) for base in bases)
         else:
-            rotated = []
-            index = 1
-            while Path(f"{path}.{index}").is_file():
-                rotated.append(Path(f"{path}.{index}"))
-                index += 1
-            chains.append(Chain(str(path), (*reversed(rotated), path)))
+            chains.append(Chain(str(path), tuple(with_rotated(path))))
     return chains, notes
 
 
 def _records(chain: Chain) -> Iterator[Record]:
     for path in chain.files:
-        with path.open("rb") as fh:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as fh:
             for line in fh:
                 if not line.strip():
                     continue
@@ -337,10 +330,15 @@ def build(
                 last_seq=checked.last_seq,
             )
         )
+        replicas: set[str] = set()
         for record in _records(chain):
+            replica = record.get("replica")
+            if isinstance(replica, str):
+                replicas.add(replica)
             ts = record.get("ts")
             if isinstance(ts, str) and low <= ts < high:
                 report.add(record)
+        report.chains[-1].replicas = sorted(replicas)
     if optouts is not None:
         report.add_optouts(optouts)
     return report

@@ -167,6 +167,7 @@ def _verification(report: Report) -> str:
     rows = [
         [
             c.name,
+            ", ".join(c.replicas) or "-",
             len(c.files),
             c.records,
             "-" if c.first_seq is None else f"{c.first_seq}-{c.last_seq}",
@@ -174,7 +175,7 @@ def _verification(report: Report) -> str:
         ]
         for c in chains
     ]
-    parts = [banner, _table(["chain", "files", "records", "seq", "result"], rows)]
+    parts = [banner, _table(["chain", "replica", "files", "records", "seq", "result"], rows)]
     for c in chains:
         if c.problems:
             items = "".join(f"<li><code>{escape(p)}</code></li>" for p in c.problems)
