@@ -82,26 +82,39 @@ class Retrier:
         self.scan_interval = scan_interval
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._wake = asyncio.Event()
 
     def start(self) -> None:
+        self._stopping = False
+        self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
-    async def stop(self) -> None:
-        if self._task is not None:
+    async def stop(self, grace: float = 30.0) -> None:
+        """Let the attempt in progress finish (a send cut off after the upstream's 250 would
+        be sent again after the restart), at most `grace` seconds; then cancel."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        except TimeoutError:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            self._task = None
+        self._task = None
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.run_due()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the type only: a message could be in the text
                 log.error("spool scan failed", error=type(exc).__name__)
-            await asyncio.sleep(self.scan_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.scan_interval)
 
     async def run_due(self) -> int:
         """Try every due entry once; returns how many were tried."""
@@ -109,6 +122,8 @@ class Retrier:
         due = [m for m in await asyncio.to_thread(self.spool.metas) if m.next_at <= now]
         tried = 0
         for meta in due:
+            if self._stopping:
+                break
             tried += await self._claimed_attempt(meta.id)
         size, oldest = await asyncio.to_thread(self.spool.stats, self._clock())
         self._runtime().metrics.spool(size, oldest)

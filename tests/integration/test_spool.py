@@ -492,3 +492,28 @@ async def test_two_relays_sharing_one_spool_send_each_entry_once(
     assert sorted(down.all_rcpts()) == sorted(rcpts)
     delivered = [d for r in (a, b) for d in r.deliveries() if d["outcome"] == "delivered"]
     assert len(delivered) == len(rcpts)
+
+
+async def test_stopping_lets_the_send_in_progress_finish_so_a_restart_sends_nothing_again(
+    tmp_path: Path, pki: Pki, down: Sink
+) -> None:
+    r = await spool_relay(tmp_path, pki, down)
+    rcpt = fake.email()
+    assert (await send(r, rcpt)).startswith("250 2.0.0 Queued as ")
+
+    async def slow_250() -> None:
+        await asyncio.sleep(1.0)  # the upstream has the message; its 250 is on the way
+
+    down.faults.on_accept = slow_250
+    await down.start(down.port)
+    await until(lambda: len(down.received) == 1)
+    await r.stop()  # SIGTERM's path: mid-send
+    assert entries(r) == [], "the entry must go once the upstream's 250 is in"
+    assert [d["outcome"] for d in r.deliveries()][-1] == "delivered"
+    down.faults.on_accept = None
+    again = await spool_relay(tmp_path, pki, down)
+    try:
+        await asyncio.sleep(0.5)  # several scans
+    finally:
+        await again.stop()
+    assert len(down.received) == 1
