@@ -253,6 +253,13 @@ def reload_refusal(running: Config, new: Config) -> tuple[str, str] | None:
             f"{running.upstream.host}:{running.upstream.port} (upstream.host is empty in "
             f"{new.source}); restart the relay to change this",
         )
+    if (running.spool.enabled, running.spool_dir) != (new.spool.enabled, new.spool_dir):
+        # The spool and its retry task are set up at start; a reload cannot move them.
+        return (
+            "spool-changed",
+            f"spool.enabled or spool.dir differs in {new.source}; restart the relay to "
+            "change the spool",
+        )
     return None
 
 

@@ -17,6 +17,7 @@ import pytest
 from faker import Faker
 
 from relay.cli import main as cli_main
+from relay.config import Config
 from tests.support.pki import Pki
 from tests.support.rawsmtp import RawSmtp
 from tests.support.relay import RunningRelay, start_relay
@@ -517,3 +518,22 @@ async def test_stopping_lets_the_send_in_progress_finish_so_a_restart_sends_noth
     finally:
         await again.stop()
     assert len(down.received) == 1
+
+
+@pytest.mark.parametrize(
+    "change", [{"enabled": False}, {"dir": "elsewhere"}], ids=["turned-off", "moved"]
+)
+def test_a_reload_that_would_turn_off_or_move_the_spool_is_refused(
+    tmp_path: Path, change: dict[str, object]
+) -> None:
+    from relay.config import load
+    from relay.server import reload_refusal
+
+    def cfg(spool: dict[str, object]) -> Config:
+        return load(None, environ={}, overrides={"": {"state_dir": str(tmp_path)}, "spool": spool})
+
+    running = cfg({"enabled": True})
+    assert reload_refusal(running, cfg({"enabled": True})) is None
+    refusal = reload_refusal(running, cfg({"enabled": True, **change}))
+    assert refusal is not None and refusal[0] == "spool-changed"
+    assert "restart the relay to change the spool" in refusal[1]
