@@ -5,6 +5,7 @@ replica, and `audit verify DIR` checks both chains."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import time
@@ -171,3 +172,58 @@ async def test_audit_verify_of_a_directory_names_the_broken_chain(
     assert cli_main(["audit", "verify", "--state-dir", str(r.state), str(chains)]) == 1
     out = capsys.readouterr().out
     assert f"{chains / 'a.log'}:" in out and f"OK: {chains / 'b.log'}" in out
+
+
+async def test_a_message_queued_on_one_replica_is_not_sent_again_by_another(
+    tmp_path: Path, pki: Pki, postgres_server: PostgresServer
+) -> None:
+    # Replica A queues the message (upstream down, spool on); its 250 never reaches the
+    # client, who retries through replica B once the upstream is back: the shared retry
+    # store already holds the recipient as served, and A's spool delivers the one copy.
+    url = await fresh_database(postgres_server)
+    sink = await Sink(pki.server_context()).start()
+    await sink.stop()
+    fast = {"enabled": True, "min_backoff": 0.2, "max_backoff": 0.4, "scan_interval": 0.1}
+    a = await start_relay(
+        tmp_path / "a",
+        pki,
+        sink,
+        top={"consent_store": url, "replica_id": "a"},
+        sections={"spool": fast},
+    )
+    shutil.copytree(a.state / "keys", tmp_path / "b" / "state" / "keys")
+    b = await start_relay(tmp_path / "b", pki, sink, top={"consent_store": url, "replica_id": "b"})
+    rcpt = fake.unique.email()
+    data = message("appointment-reminder", [rcpt], "Your visit is confirmed")
+    try:
+        code, text = await send_direct(a, pki, [rcpt], data)
+        assert code == 250 and text.startswith("2.0.0 Queued as "), text
+        await sink.start(sink.port)
+        code, text = await send_direct(b, pki, [rcpt], data)
+        assert (code, text) == (
+            250,
+            "2.0.0 Already delivered to every recipient; not sent again",
+        )
+        deadline = time.monotonic() + 10
+        while sink.received == [] or list((a.state / "spool").glob("*.msg")):
+            assert time.monotonic() < deadline, "A's spool did not deliver"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+    finally:
+        await a.stop()
+        await b.stop()
+        await sink.stop()
+    assert [m.rcpt_tos for m in sink.received] == [[rcpt]]
+    assert [d["outcome"] for d in a.deliveries()] == ["spooled", "delivered"]
+    assert [d["outcome"] for d in b.deliveries()] == ["duplicate-suppressed"]
+
+
+async def send_direct(r: RunningRelay, pki: Pki, to: list[str], data: bytes) -> tuple[int, str]:
+    client = await r.client()
+    try:
+        _, text = await client.sendmail(SENDER, to, data)
+        return 250, text
+    except aiosmtplib.SMTPResponseException as exc:
+        return exc.code, exc.message
+    finally:
+        await client.quit()
