@@ -21,6 +21,7 @@ from relay.resources import DEFAULT_POLICY_FILE
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ENV_PREFIX = "PHI_RELAY_"
+MAX_WORKERS = 256
 LOOPBACK: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("127.0.0.0/8"),
     ipaddress.ip_network("::1/128"),
@@ -71,6 +72,7 @@ class ServerConfig:
     policy_timeout: float = 10.0
     decision_timeout: float = 30.0
     decision_workers: int = 2
+    reuse_port: bool = False
     inline_max_bytes: int = 32 * 1024
     mode: str = "enforce"
 
@@ -156,6 +158,7 @@ class Config:
     policy_file: Path = DEFAULT_POLICY_FILE  # shipped in the package; `phi-relay init` copies it
     consent_store: str = ""
     replica_id: str = ""
+    workers: int = 0  # worker processes; 0: one per CPU (relay.supervisor)
 
     @property
     def capture_dir(self) -> Path:
@@ -164,6 +167,13 @@ class Config:
     @property
     def spool_dir(self) -> Path:
         return self.spool.dir or self.state_dir / "spool"
+
+    @property
+    def worker_count(self) -> int:
+        """`workers`, with 0 meaning one per CPU this process may run on."""
+        if self.workers:
+            return self.workers
+        return max(len(os.sched_getaffinity(0)), 1)
 
     @property
     def store_url(self) -> str:
@@ -300,6 +310,7 @@ _KINDS: dict[str, dict[str, str]] = {
         "policy_timeout": "float",
         "decision_timeout": "float",
         "decision_workers": "int",
+        "reuse_port": "bool",
         "inline_max_bytes": "int",
         "mode": "str",
     },
@@ -344,7 +355,13 @@ _KINDS: dict[str, dict[str, str]] = {
         "max_messages": "int",
         "scan_interval": "float",
     },
-    "": {"state_dir": "path", "policy_file": "path", "consent_store": "str", "replica_id": "str"},
+    "": {
+        "state_dir": "path",
+        "policy_file": "path",
+        "consent_store": "str",
+        "replica_id": "str",
+        "workers": "int",
+    },
 }
 _SECTION_TYPES: dict[str, type[Any]] = {
     "server": ServerConfig,
@@ -496,6 +513,12 @@ def validate(cfg: Config) -> Config:
     if cfg.replica_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", cfg.replica_id):
         raise ConfigError(
             where, "replica_id", "expected a name of letters, digits, . _ - (at most 64)"
+        )
+    if not 0 <= cfg.workers <= MAX_WORKERS:
+        raise ConfigError(
+            where,
+            "workers",
+            f"expected a whole number from 1 to {MAX_WORKERS}, or 0 for one per CPU",
         )
     if cfg.spool.max_backoff < cfg.spool.min_backoff:
         raise ConfigError(

@@ -28,6 +28,9 @@ MEANINGS: dict[str, str] = {
     "and then the retry store (who already got a message) lives there too.",
     "replica_id": "Name of this replica (`--replica-id`), written as `replica` in every audit "
     "record; give each replica its own (docs/scaling.md). Empty: not written.",
+    "workers": "Worker processes (`--workers`), each with its own event loop on the same "
+    "listeners, under one supervisor that restarts a worker that dies (docs/scaling.md); "
+    "`0`: one per CPU; `1`: one process, no supervisor.",
     "server.listen": "Address for SMTP with STARTTLS.",
     "server.implicit_tls_listen": "Optional address for implicit TLS (port-465 style); empty: off.",
     "server.hostname": "Name in the greeting and EHLO reply, and the first DNS name of "
@@ -79,6 +82,10 @@ MEANINGS: dict[str, str] = {
     "server.decision_timeout": "Seconds a whole decision may take in a worker process; then "
     "the worker is killed and the client gets `451 4.3.0` (`554 5.6.0` if the same message "
     "times out again).",
+    "server.reuse_port": "With several `workers`: each worker listens on its own socket "
+    "(SO_REUSEPORT) and the kernel spreads new connections evenly by address and port; "
+    "`false`: the workers share one listening socket and the idlest one takes each "
+    "connection (bench/README.md compares them).",
     "server.decision_workers": "Worker processes that decide large or unusual messages.",
     "server.inline_max_bytes": "Ordinary messages up to this many bytes are decided in the "
     "event loop; larger or unusual ones in a worker process under `decision_timeout`.",

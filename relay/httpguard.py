@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -123,6 +124,7 @@ class GuardedSite(web.BaseSite):
         max_connections: int,
         handshake_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         # aiohttp must not wrap the socket itself: the handshake happens on our connection.
         super().__init__(runner)
@@ -131,6 +133,8 @@ class GuardedSite(web.BaseSite):
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
         self.live: set[_Connection] = set()
+        # A listening socket bound by the supervisor, shared by every worker process.
+        self._sock = sock
 
     @property
     def name(self) -> str:
@@ -145,9 +149,13 @@ class GuardedSite(web.BaseSite):
         def make() -> asyncio.Protocol:
             return _Connection(self, server)
 
-        self._server = await asyncio.get_running_loop().create_server(
-            make, self._host, self._port, reuse_address=True
-        )
+        loop = asyncio.get_running_loop()
+        if self._sock is not None:
+            self._server = await loop.create_server(make, sock=self._sock)
+        else:
+            self._server = await loop.create_server(
+                make, self._host, self._port, reuse_address=True
+            )
 
     async def stop(self) -> None:
         for conn in list(self.live):

@@ -8,8 +8,10 @@ never exported, and label cardinality stays bounded. docs/metrics.md lists every
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -19,6 +21,8 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    multiprocess,
+    values,
 )
 
 from relay.model import Decision, DeliveryResult
@@ -80,20 +84,50 @@ def refusal_code(reply: str) -> str:
     return f"reply.{head}" if head.isdigit() else OTHER
 
 
+def use_shared_dir(path: Path) -> None:
+    """Keep this process's metric values in files under `path` (prometheus-client's
+    multiprocess mode), so any worker of a supervised relay can serve the sums of all.
+
+    Must run before the first metric is made; the supervisor empties `path` at start
+    and marks a dead worker's live gauges gone (`worker_gone`).
+    """
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+def worker_gone(path: Path, pid: int) -> None:
+    """A worker ended: its sessions no longer count in `phi_relay_sessions_active`."""
+    multiprocess.mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
+
+
 class Metrics:
-    """The relay's metrics, in `registry` (a fresh one, with process metrics, by default)."""
+    """The relay's metrics, in `registry` (a fresh one, with process metrics, by default).
+
+    With `shared_dir` (a supervised worker) the values live in files there and
+    `registry` serves the sums over every worker's files; process metrics are then
+    left out, as they would describe only the worker that answered the scrape.
+    """
 
     def __init__(
         self,
         registry: CollectorRegistry | None = None,
         categories: Iterable[str] = DEFAULT_CATEGORIES,
+        shared_dir: Path | None = None,
     ) -> None:
-        if registry is None:
-            registry = CollectorRegistry()
-            ProcessCollector(registry=registry)
-            PlatformCollector(registry=registry)
-            registry.register(GC_COLLECTOR)
-        self.registry = registry
+        if shared_dir is not None:
+            use_shared_dir(shared_dir)
+            served = CollectorRegistry()
+            multiprocess.MultiProcessCollector(served, str(shared_dir))  # type: ignore[no-untyped-call]
+            PlatformCollector(registry=served)
+            self.registry = served
+            registry = CollectorRegistry()  # holds the metrics; never served itself
+        else:
+            if registry is None:
+                registry = CollectorRegistry()
+                ProcessCollector(registry=registry)
+                PlatformCollector(registry=registry)
+                registry.register(GC_COLLECTOR)
+            self.registry = registry
         self._categories = frozenset(c for c in categories if _CODE.fullmatch(c))
         r = registry
         self._messages = Counter(
@@ -133,7 +167,10 @@ class Metrics:
             registry=r,
         )
         self._sessions_active = Gauge(
-            "phi_relay_sessions_active", "SMTP sessions open now.", registry=r
+            "phi_relay_sessions_active",
+            "SMTP sessions open now.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self._sessions = Counter("phi_relay_sessions", "SMTP sessions opened.", registry=r)
         self._sessions_refused = Counter(
@@ -155,6 +192,8 @@ class Metrics:
             "phi_relay_config_last_reload_success",
             "1 if the last configuration reload succeeded, 0 if it failed.",
             registry=r,
+            # Across workers: 0 as soon as any live worker's last reload failed.
+            multiprocess_mode="livemin",
         )
         self._policy_errors = Counter(
             "phi_relay_policy_errors",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable
@@ -16,6 +18,7 @@ import structlog
 from relay import config as config_mod
 from relay import keys, rules, startup
 from relay.audit import AuditError, AuditLog
+from relay.audit.names import chain_path, head_name
 from relay.certs import server_context
 from relay.config import Config, HostPort
 from relay.consent import open_store
@@ -38,6 +41,7 @@ from relay.phi.roster import Roster
 from relay.policy.base import ConfigError, PolicyDeps
 from relay.pool import Pool, PoolKey, PoolLimits
 from relay.session import Shared, factory
+from relay.slot import READY, WorkerSlot
 from relay.spool.retry import Backoff, Retrier
 from relay.spool.store import Spool, SpoolError
 from relay.startup import StartupError as StartupError  # re-exported for the CLI
@@ -48,6 +52,8 @@ from relay.worker import Decisions
 
 log = structlog.get_logger("relay.server")
 ReadinessMap = dict[str, Callable[[], Awaitable[None]]]
+
+LISTEN_BACKLOG = 1024  # the kernel's queue of connections not yet accepted, per listener
 
 
 def _key(cfg: Config, name: str) -> bytes:
@@ -100,7 +106,7 @@ def _upstream_tls(cfg: Config) -> ssl.SSLContext:
         ) from exc
 
 
-def _bind_error(exc: OSError, where: HostPort, key: str, flag: str) -> StartupError:
+def bind_error(exc: OSError, where: HostPort, key: str, flag: str) -> StartupError:
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
     return StartupError(f"cannot listen on {where} ({key}): {reason}; choose another {flag}")
 
@@ -244,6 +250,21 @@ def _load_users(cfg: Config) -> Users | None:
         raise StartupError(str(exc)) from exc
 
 
+def preflight(cfg: Config) -> tuple[ssl.SSLContext, Users | None]:
+    """The start-up checks that create nothing: certificate, users file, upstream CA."""
+    try:
+        tls_context = server_context(cfg.server.tls_cert, cfg.server.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(
+            f"TLS certificate {cfg.server.tls_cert} or key {cfg.server.tls_key} cannot be "
+            f"loaded ({exc}); run `phi-relay certs init` or pass --tls-cert/--tls-key"
+        ) from exc
+    users = _load_users(cfg)
+    if not cfg.upstream.capture:
+        _upstream_tls(cfg)
+    return tls_context, users
+
+
 def reload_refusal(running: Config, new: Config) -> tuple[str, str] | None:
     """A reload that would quietly weaken a live relay is refused: (code, what and why)."""
     if not running.upstream.capture and new.upstream.capture:
@@ -278,13 +299,25 @@ class Relay:
     http_port: int = 0
     lock: StateLock | None = None
     retrier: Retrier | None = None
+    # Set in a worker process of a supervised relay (relay.supervisor): the supervisor
+    # holds the locks and the listening sockets, and made the keys.
+    slot: WorkerSlot | None = None
+    _opened_store: ConsentStore | None = None
 
     async def start(self) -> None:
         startup.private_dir(self.config.state_dir)
-        self.lock = startup.lock_state(self.config.state_dir, self.config.audit.file)
+        if self.slot is None:
+            self.lock = startup.lock_state(self.config.state_dir, self.config.audit.file)
         try:
             await self._start()
         except BaseException:
+            # A refused start leaves the state as it found it: a store closed cleanly
+            # leaves no -wal/-shm files behind (a worker process ends without the
+            # interpreter's clean-up that would otherwise close it).
+            store, self._opened_store = self._opened_store, None
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    await store.close()
             self._unlock()
             raise
 
@@ -297,19 +330,10 @@ class Relay:
         cfg = self.config
         # What earlier runs left, seen before this one opens (and so creates) anything.
         history = startup.has_history(cfg.state_dir, cfg.audit.file)
-        try:
-            self.tls_context = server_context(cfg.server.tls_cert, cfg.server.tls_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise StartupError(
-                f"TLS certificate {cfg.server.tls_cert} or key {cfg.server.tls_key} cannot be "
-                f"loaded ({exc}); run `phi-relay certs init` or pass --tls-cert/--tls-key"
-            ) from exc
         # Checks that create nothing come first: a refused start leaves no keys behind.
-        users = _load_users(cfg)
-        if not cfg.upstream.capture:
-            _upstream_tls(cfg)
+        self.tls_context, users = preflight(cfg)
         try:
-            store = await open_store(cfg.store_url)
+            store = self._opened_store = await open_store(cfg.store_url)
         except (ValueError, StoreError) as exc:
             raise StartupError(f"consent_store: {exc}") from exc
         created = startup.ensure_keys(cfg.state_dir, keys.SERVE_KEYS, history)
@@ -317,22 +341,25 @@ class Relay:
             log.info("created keys for a new state directory", files=[str(p) for p in created])
         spool = self._open_spool(cfg, fresh=bool(created))
         audit_key = _key(cfg, "audit")
+        worker = self.slot.worker if self.slot is not None else 0
+        audit_file = chain_path(cfg.audit.file, worker) if cfg.audit.file else None
         try:
             audit = AuditLog(
-                cfg.audit.file,
+                audit_file,
                 key=audit_key,
                 stdout=cfg.audit.stdout,
                 fsync=cfg.audit.fsync,
                 max_bytes=cfg.audit.max_bytes or None,
-                head=cfg.state_dir / "audit.head",
+                head=cfg.state_dir / head_name(worker),
                 replica=cfg.replica_id,
+                worker=worker,
                 write_timeout=cfg.audit.write_timeout,
             )
         except AuditError as exc:
             raise StartupError(f"audit.file: {exc}; choose a writable --audit-log") from exc
         self.services = Services(
             store=store,
-            metrics=Metrics(),
+            metrics=Metrics(shared_dir=self.slot.metrics_dir if self.slot else None),
             codec=_codec(cfg),
             audit=audit,
             dedup=await _open_dedup(cfg),
@@ -342,6 +369,71 @@ class Relay:
         )
         runtime = build_runtime(cfg, self.services)
         self.shared = Shared(runtime, users, self.tls_context)
+        s = cfg.server
+        if self.slot is not None:
+            await self._serve_slot(self.slot, runtime)
+        else:
+            await self._listen(runtime)
+        self._announce(runtime)
+        self._start_retrier()
+        audit.event(
+            "relay-start",
+            mode=s.mode,
+            policy_file=str(cfg.policy_file),
+            upstream=runtime.upstream.name,
+        )
+        if self.slot is not None and self.slot.previous_exit:
+            audit.event(
+                "worker-restart",
+                previous_exit=self.slot.previous_exit,
+                restarts=self.slot.restarts,
+            )
+
+    async def _serve_slot(self, slot: WorkerSlot, runtime: Runtime) -> None:
+        """A supervised worker: serve the listening sockets the supervisor bound."""
+        assert self.shared is not None
+        loop = asyncio.get_running_loop()
+        s = self.config.server
+        # On a listening socket all workers share, asyncio would accept up to `backlog`
+        # queued connections per wake-up, so one worker took a whole burst; it accepts one
+        # at a time then (asyncio reuses `backlog` for that batch), while the kernel's
+        # queue keeps its full length (listen() again below).
+        batch = LISTEN_BACKLOG if s.reuse_port else 1
+        for sock in slot.smtp:
+            self.servers.append(
+                await loop.create_server(
+                    factory(self.shared, implicit_tls=False, hostname=s.hostname),
+                    sock=sock,
+                    backlog=batch,
+                )
+            )
+        proxied = bool(s.proxy_protocol_from)
+        for sock in slot.implicit:
+            self.servers.append(
+                await loop.create_server(
+                    factory(
+                        self.shared,
+                        implicit_tls=True,
+                        hostname=s.hostname,
+                        tls_after_accept=proxied,
+                    ),
+                    sock=sock,
+                    ssl=None if proxied else self.tls_context,
+                    ssl_handshake_timeout=None if proxied else s.client_timeout,
+                    backlog=batch,
+                )
+            )
+        for sock in (*slot.smtp, *slot.implicit):
+            sock.listen(LISTEN_BACKLOG)
+        self.smtp_port = slot.smtp[0].getsockname()[1]
+        if slot.implicit:
+            self.implicit_port = slot.implicit[0].getsockname()[1]
+        if slot.http:
+            await self._start_http(runtime, sock=slot.http[0])
+
+    async def _listen(self, runtime: Runtime) -> None:
+        assert self.shared is not None
+        cfg = self.config
         loop = asyncio.get_running_loop()
         s = cfg.server
         try:
@@ -352,7 +444,7 @@ class Relay:
                 reuse_address=True,
             )
         except OSError as exc:
-            raise _bind_error(exc, s.listen, "server.listen", "--listen") from exc
+            raise bind_error(exc, s.listen, "server.listen", "--listen") from exc
         self.servers.append(smtp)
         self.smtp_port = smtp.sockets[0].getsockname()[1]
         if s.implicit_tls_listen is not None:
@@ -374,7 +466,7 @@ class Relay:
                     ssl_handshake_timeout=None if proxied else s.client_timeout,
                 )
             except OSError as exc:
-                raise _bind_error(
+                raise bind_error(
                     exc,
                     s.implicit_tls_listen,
                     "server.implicit_tls_listen",
@@ -386,15 +478,7 @@ class Relay:
             try:
                 await self._start_http(runtime)
             except OSError as exc:
-                raise _bind_error(exc, cfg.http.listen, "http.listen", "--http-listen") from exc
-        self._announce(runtime)
-        self._start_retrier()
-        audit.event(
-            "relay-start",
-            mode=s.mode,
-            policy_file=str(cfg.policy_file),
-            upstream=runtime.upstream.name,
-        )
+                raise bind_error(exc, cfg.http.listen, "http.listen", "--http-listen") from exc
 
     def _open_spool(self, cfg: Config, *, fresh: bool) -> Spool | None:
         if not cfg.spool.enabled:
@@ -426,7 +510,7 @@ class Relay:
         )
         self.retrier.start()
 
-    async def _start_http(self, runtime: Runtime) -> None:
+    async def _start_http(self, runtime: Runtime, sock: socket.socket | None = None) -> None:
         from relay.web import NotReady, bound_port, build_app, start_http
 
         assert self.services is not None and self.config.http.listen is not None
@@ -458,6 +542,7 @@ class Relay:
             header_timeout=h.header_timeout,
             # The SMTP listener's context: a reload's new certificate serves both.
             ssl_context=self.tls_context if h.tls else None,
+            sock=sock,
         )
         self.http_runner = runner
         self.http_port = bound_port(runner)
@@ -621,7 +706,14 @@ async def run(relay: Relay) -> None:
     except Exception as exc:
         # Whatever else start-up trips over is still one line for the operator.
         raise StartupError(f"cannot start: {type(exc).__name__}: {exc}") from exc
-    ready_file = os.environ.get("PHI_RELAY_READY_FILE")
+    if relay.slot is not None:
+        # The supervisor writes the ready file once every worker is up, and a worker
+        # drains when the supervisor is gone (its end of the lifeline pipe closed).
+        os.write(relay.slot.ready_fd, READY)
+        loop.add_reader(relay.slot.lifeline_fd, stop.set)
+        ready_file = None
+    else:
+        ready_file = os.environ.get("PHI_RELAY_READY_FILE")
     if ready_file:
         # Lets a supervisor or a test learn the bound ports (useful with port 0).
         ports = f"{relay.smtp_port} {relay.implicit_port} {relay.http_port}\n"

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,8 +89,13 @@ def audit_lock_path(audit_file: Path) -> Path:
     return audit_file.with_name(f".{audit_file.name}.lock")
 
 
-def lock_state(state_dir: Path, audit_file: Path | None) -> StateLock:
-    """One writer per state directory and per audit log file; refuse a second one."""
+def lock_state(
+    state_dir: Path, audit_file: Path | None, *, chains: Sequence[Path] = ()
+) -> StateLock:
+    """One writer per state directory and per audit log file; refuse a second one.
+
+    `chains`: the other workers' audit files (relay.supervisor), locked the same way.
+    """
     lock = StateLock()
     targets = [(state_dir / LOCK_NAME, f"state directory {state_dir}")]
     if audit_file is not None and audit_file.is_dir():
@@ -107,6 +113,7 @@ def lock_state(state_dir: Path, audit_file: Path | None) -> StateLock:
                 "choose a writable --audit-log"
             ) from exc
         targets.append((audit_lock_path(audit_file), f"audit log {audit_file}"))
+    targets += [(audit_lock_path(chain), f"audit log {chain}") for chain in chains]
     try:
         for path, what in targets:
             lock._fds.append(_lock_one(path, what))

@@ -13,6 +13,7 @@ import asyncio
 import html
 import json
 import logging
+import socket
 import ssl
 import time
 import traceback
@@ -387,8 +388,11 @@ async def start_http(
     max_connections: int = 100,
     header_timeout: float = 10.0,
     ssl_context: ssl.SSLContext | None = None,
+    sock: socket.socket | None = None,
 ) -> web.AppRunner:
     """Serve `app` on host:port (0: a free port, see bound_port); stop with runner.cleanup().
+
+    `sock`: a listening socket to serve on instead (a supervised worker's, bound once).
 
     At most `max_connections` at once; each gets `header_timeout` seconds for its TLS
     handshake, for each request's headers, and as keep-alive idle time between requests.
@@ -411,6 +415,7 @@ async def start_http(
         max_connections=max_connections,
         handshake_timeout=header_timeout,
         ssl_context=ssl_context,
+        sock=sock,
     )
     try:
         await site.start()

@@ -25,7 +25,7 @@ from relay.model import Action, Decision, DeliveryResult, Reply
 FieldValue = str | int | float | bool | None
 _V = TypeVar("_V")
 
-RESERVED = frozenset({"type", "ts", "seq", "prev", "hash", "event", "replica"})
+RESERVED = frozenset({"type", "ts", "seq", "prev", "hash", "event", "replica", "worker"})
 """Names an event's fields may not take: the chain and record header own them."""
 
 INVALID_CODE = "(invalid)"
@@ -71,6 +71,7 @@ class AuditLog:
         head: Path | None = None,
         write_timeout: float = 10.0,
         replica: str = "",
+        worker: int = 0,
     ) -> None:
         """`head`: a file (in the state directory) that keeps the chain's last seq and hash,
         so the chain goes on after a restart with an emptied file or with stdout only."""
@@ -101,6 +102,8 @@ class AuditLog:
         self._write_timeout = write_timeout
         # Names this replica in every record, so chains from many replicas stay apart.
         self._replica = replica
+        # And the worker process of a supervised relay: each writes a chain of its own.
+        self._worker = worker
         self._pool: ThreadPoolExecutor | None = None
         with self._lock:
             if path is not None:
@@ -286,6 +289,8 @@ class AuditLog:
         record = dict(fields)
         if self._replica:
             record["replica"] = self._replica
+        if self._worker:
+            record["worker"] = self._worker
         record["seq"] = self._seq
         record["prev"] = self._last
         try:

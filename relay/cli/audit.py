@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from relay import keys
+from relay.audit.names import chains_of
 from relay.audit.verify import verify, with_rotated
 from relay.cli import EXIT_OK, EXIT_REFUSED, CliError, loader
 
@@ -175,6 +176,13 @@ def run_verify(args: argparse.Namespace) -> int:
     if len(args.files) == 1 and args.files[0].is_dir():
         chains = chains_in(args.files[0])
         return _verify_dir(chains, None if args.links_only else _load_key(cfg.state_dir))
+    if not args.files:
+        configured_files(cfg.audit.file)  # says so if there is none
+        assert cfg.audit.file is not None
+        bases = chains_of(cfg.audit.file)
+        if len(bases) > 1:  # a relay with several workers: one chain each
+            chains = [configured_files(base) for base in bases]
+            return _verify_dir(chains, None if args.links_only else _load_key(cfg.state_dir))
     files = args.files or configured_files(cfg.audit.file)
     key = None if args.links_only else _load_key(cfg.state_dir)
     try:
@@ -207,7 +215,12 @@ def run_report(args: argparse.Namespace) -> int:
     for path in args.paths:
         if not path.exists():
             raise CliError(f"{path}: no such audit log file or directory")
-    paths = args.paths or [configured_files(cfg.audit.file)[-1]]
+    if args.paths:
+        paths = args.paths
+    else:
+        configured_files(cfg.audit.file)  # says so if there is none
+        assert cfg.audit.file is not None
+        paths = chains_of(cfg.audit.file)  # every worker's chain
     chains, notes = report_mod.find_chains(paths)
     if not chains:
         raise CliError(f"no audit log (*.log) found in {', '.join(map(str, paths))}")

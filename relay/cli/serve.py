@@ -39,6 +39,7 @@ FLAGS: dict[str, tuple[str, str, str]] = {
     ),
     "--replica-id": ("", "replica_id", "name of this replica, written in every audit record"),
     "--spool-dir": ("spool", "dir", "spool directory (default STATE_DIR/spool)"),
+    "--workers": ("", "workers", "worker processes on the same listeners (default: one per CPU)"),
 }
 LIST_FLAGS = {
     "--trusted-network": ("server", "trusted_networks", "CIDR that may relay without AUTH"),
@@ -138,9 +139,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"phi-relay: generated development certificates in {where}/ (not for production)")
     # Everything made from here on (keys, stores, captured mail, audit log) is owner-only.
     os.umask(0o077)
-    relay = Relay(cfg, sources=loaded.sources)
     try:
-        asyncio.run(run_relay(relay))
+        if cfg.worker_count > 1:
+            from relay.supervisor import Supervisor
+
+            return Supervisor(cfg, loaded.sources, cfg.worker_count).run()
+        asyncio.run(run_relay(Relay(cfg, sources=loaded.sources)))
     except StartupError as exc:
         raise CliError(str(exc)) from exc
     except ConfigError as exc:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relay.audit.names import chains_of
 from tests.support.pki import Pki
 from tests.support.relay import ROOT
 from tests.support.upstream import Sink
@@ -39,10 +40,12 @@ class Service:
         return self.home / "state" / "audit.log"
 
     def audit_records(self) -> list[dict[str, Any]]:
-        if not self.audit_path.exists():
-            return []
-        lines = self.audit_path.read_text().splitlines()
-        return [json.loads(line) for line in lines if line]
+        """Every record of every worker's chain (audit.log, audit.w2.log, ...)."""
+        out: list[dict[str, Any]] = []
+        for path in chains_of(self.audit_path):
+            if path.exists():
+                out += [json.loads(line) for line in path.read_text().splitlines() if line]
+        return out
 
     def log_text(self) -> str:
         """Everything the service wrote to stdout and stderr so far."""
@@ -118,10 +121,12 @@ async def start_service(
     env: Mapping[str, str] | None = None,
     upstream_flags: bool = True,
     nofile: int | None = None,
+    workers: int = 1,
 ) -> Service:
     """`env` adds PHI_RELAY_* variables; without `upstream_flags` the upstream comes from
     the configuration file or the environment (as an operator would set it); `nofile`
-    lowers the process's descriptor limit, to show what exhausting it does."""
+    lowers the process's descriptor limit, to show what exhausting it does; `workers`
+    is `serve --workers` (1: one process, whose audit log is the one audit.log)."""
     shutil.copytree(ROOT / "policies", home / "policies")
     ready = home / "ready"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PHI_RELAY_")}
@@ -151,6 +156,8 @@ async def start_service(
         str(home / "policies" / "default.toml"),
         "--audit-log",
         str(home / "state" / "audit.log"),
+        "--workers",
+        str(workers),
         *extra,
     ]
     with (home / "stdout").open("wb") as out, (home / "stderr").open("wb") as err:

@@ -1,0 +1,303 @@
+"""`serve --workers N`: a real supervisor and real worker processes on the same listeners.
+
+MTA-like clients send over STARTTLS to the real `phi-relay serve --workers 2` in front of a
+real upstream sink. What must hold: both workers serve, each writes its own audit chain
+(a worker id in every record) and `audit verify` checks them all; a worker killed with
+SIGKILL is restarted and nothing a client got 250 for is lost; SIGHUP reloads every
+worker; SIGTERM drains every worker (a DATA under way finishes) and the supervisor exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.adversarial.service import PHI_RELAY, Service, start_service
+from tests.adversarial.test_restart_under_traffic import Tally, build, client, copies
+from tests.support.pki import Pki
+from tests.support.rawsmtp import RawSmtp
+from tests.support.upstream import Sink
+
+MESSAGES = 60
+CLIENTS = 8
+
+
+def workers_of(service: Service) -> list[int]:
+    """The supervisor's child processes (its workers), from /proc."""
+    pid = service.proc.pid
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return sorted(int(p) for p in text.split())
+
+
+def log_events(service: Service) -> list[dict[str, Any]]:
+    out = []
+    for line in service.log_text().splitlines():
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+def chains(state: Path) -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    for path in sorted(state.glob("audit*.log")):
+        out[path.name] = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return out
+
+
+async def wait_for(what: str, check: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+async def audit_cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(PHI_RELAY), "audit", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def send_all(
+    service: Service, pki: Pki, count: int, clients: int = CLIENTS, *, first: int = 0
+) -> Tally:
+    """`count` messages from `clients` MTA-like clients, a new connection per message (as
+    the benchmark's load), so the workers' share of connections shows."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(first, first + count):
+        queue.put_nowait(n)
+    tally = Tally()
+
+    async def one_each() -> None:
+        while not queue.empty():
+            single: asyncio.Queue[int] = asyncio.Queue()
+            single.put_nowait(queue.get_nowait())
+            await client(service.smtp_port, pki, single, tally)
+
+    await asyncio.wait_for(asyncio.gather(*(one_each() for _ in range(clients))), 120)
+    return tally
+
+
+async def two_workers(
+    tmp_path: Path, pki: Pki, sink: Sink, *extra: str, reuse_port: bool = False
+) -> Service:
+    return await start_service(
+        tmp_path,
+        pki,
+        sink,
+        *extra,
+        workers=2,
+        env={
+            "PHI_RELAY_SERVER_MAX_SESSIONS_PER_CLIENT": "50",
+            "PHI_RELAY_DEDUP_CLAIM_LEASE": "2",
+            "PHI_RELAY_SERVER_REUSE_PORT": str(reuse_port).lower(),
+        },
+    )
+
+
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["shared-socket", "reuseport"])
+async def test_two_workers_deliver_under_load_and_each_chain_verifies(
+    tmp_path: Path, pki: Pki, sink: Sink, reuse_port: bool
+) -> None:
+    service = await two_workers(tmp_path, pki, sink, reuse_port=reuse_port)
+    try:
+        assert len(workers_of(service)) == 2
+        tally = await send_all(service, pki, MESSAGES)
+    finally:
+        assert await service.stop() == 0, service.log_text()
+    every = {(mid, r) for mid, rcpts, _ in map(build, range(MESSAGES)) for r in rcpts}
+    assert tally.five == [] and tally.gave_up == []
+    assert tally.acknowledged == every
+    assert Counter(copies(sink)) == Counter(dict.fromkeys(every, 1))
+
+    state = tmp_path / "state"
+    found = chains(state)
+    assert sorted(found) == ["audit.log", "audit.w2.log"]
+    for name, worker in (("audit.log", 1), ("audit.w2.log", 2)):
+        records = found[name]
+        assert {r["worker"] for r in records} == {worker}, name
+        assert [r["seq"] for r in records] == list(range(len(records)))
+        assert records[0]["event"] == "relay-start" and records[-1]["event"] == "relay-stop"
+        # Both workers took connections from the listeners.
+        assert any(r["type"] == "decision" for r in records), name
+    decided = sum(r["type"] == "decision" for rs in found.values() for r in rs)
+    assert decided == MESSAGES
+
+    # `audit verify` with the configuration (no FILE) and with the directory: every chain.
+    code, out, err = await audit_cli("verify", str(state), "--state-dir", str(state))
+    assert code == 0, (out, err)
+    assert out.splitlines() == [
+        f"OK: {state / name}: {len(found[name])} records, chain intact" for name in sorted(found)
+    ]
+    env_cfg = tmp_path / "relay.toml"
+    env_cfg.write_text(f'state_dir = "{state}"\n[audit]\nfile = "{state / "audit.log"}"\n')
+    code, out, err = await audit_cli("verify", "--config", str(env_cfg))
+    assert code == 0, (out, err)
+    assert len(out.splitlines()) == 2 and all(line.startswith("OK: ") for line in out.splitlines())
+    code, out, err = await audit_cli(
+        "report", "--config", str(env_cfg), "--format", "json", "--no-optouts"
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["totals"]["decisions"] == MESSAGES, report["totals"]
+    assert report["verification"]["ok"] is True
+    assert len(report["verification"]["chains"]) == 2
+
+
+async def test_a_killed_worker_is_restarted_and_nothing_acknowledged_is_lost(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    service = await two_workers(tmp_path, pki, sink)
+    try:
+        before = workers_of(service)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for n in range(MESSAGES):
+            queue.put_nowait(n)
+        tally = Tally()
+        clients = asyncio.gather(
+            *(client(service.smtp_port, pki, queue, tally) for _ in range(CLIENTS))
+        )
+        await wait_for("a third delivered", lambda: len(sink.received) >= MESSAGES // 3)
+        os.kill(before[1], signal.SIGKILL)
+        await asyncio.wait_for(clients, 120)
+        await wait_for("a new worker", lambda: len(workers_of(service)) == 2)
+        after = workers_of(service)
+        assert before[0] in after and before[1] not in after
+        # The restarted worker takes its share of new sessions.
+        more = await send_all(service, pki, 20, first=MESSAGES)
+        assert more.five == [] and more.gave_up == []
+    finally:
+        assert await service.stop() == 0, service.log_text()
+    got = copies(sink)
+    every = {(mid, r) for mid, rcpts, _ in map(build, range(MESSAGES)) for r in rcpts}
+    assert tally.five == [], tally.five
+    assert not tally.acknowledged - set(got), "acknowledged but never delivered"
+    assert tally.gave_up == [] and tally.acknowledged == every, tally.replies
+
+    died = [e for e in log_events(service) if e.get("event") == "worker died; restarting it"]
+    assert [(e["pid"], e["exit"]) for e in died] == [(before[1], "signal SIGKILL")]
+    killed = died[0]["worker"]
+    state = tmp_path / "state"
+    records = chains(state)["audit.log" if killed == 1 else "audit.w2.log"]
+    assert sum(r["type"] == "decision" for r in records[-25:]) > 0, "restarted, never served"
+    restart = [r for r in records if r.get("event") == "worker-restart"]
+    assert [(r["previous_exit"], r["restarts"], r["worker"]) for r in restart] == [
+        ("signal SIGKILL", 1, killed)
+    ]
+    # The killed worker's chain goes on in its successor: one chain, still intact.
+    code, out, err = await audit_cli("verify", str(state), "--state-dir", str(state))
+    assert code == 0, (out, err)
+
+
+async def test_sighup_reloads_every_worker_and_a_bad_reload_is_refused_by_all(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    service = await two_workers(tmp_path, pki, sink)
+    state = tmp_path / "state"
+
+    def reloads() -> list[tuple[int, bool]]:
+        return sorted(
+            (r["worker"], r["ok"])
+            for rs in chains(state).values()
+            for r in rs
+            if r.get("event") == "config-reload"
+        )
+
+    try:
+        service.signal(signal.SIGHUP)
+        await wait_for("both reloaded", lambda: reloads() == [(1, True), (2, True)])
+        policy = service.policy_file.read_text()
+        service.policy_file.write_text(policy + "\n[[nonsense\n")
+        service.signal(signal.SIGHUP)
+        await wait_for(
+            "both refused", lambda: reloads() == [(1, False), (1, True), (2, False), (2, True)]
+        )
+        await service.wait_metric("phi_relay_config_last_reload_success", 0)
+        # Still serving, with the configuration that was running.
+        tally = await send_all(service, pki, 6, clients=2)
+        assert tally.five == [] and tally.gave_up == []
+        assert len(workers_of(service)) == 2
+    finally:
+        assert await service.stop() == 0, service.log_text()
+
+
+async def test_sigterm_drains_every_worker_and_a_data_under_way_finishes(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    service = await two_workers(tmp_path, pki, sink)
+    try:
+        conn = await RawSmtp.ready(service.smtp_port, pki.client_context())
+        assert (await conn.cmd("MAIL FROM:<app@clinic.example>")).startswith("250")
+        assert (await conn.cmd("RCPT TO:<member@example.org>")).startswith("250")
+        assert (await conn.cmd("DATA")).startswith("354")
+        await conn.send(b"From: app@clinic.example\r\nSubject: Parking update\r\n\r\nThe lot")
+        service.signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        await conn.send(b" closes on Friday.\r\n.\r\n")
+        reply = await conn.reply()
+        assert reply.startswith("250 "), reply
+        await conn.close()
+        code = await asyncio.wait_for(service.proc.wait(), 60)
+    finally:
+        if service.proc.returncode is None:
+            service.proc.kill()
+            await service.proc.wait()
+    assert code == 0, service.log_text()
+    assert [m.rcpt_tos for m in sink.received] == [["member@example.org"]]
+    for name, records in chains(tmp_path / "state").items():
+        assert records[-1]["event"] == "relay-stop", name
+    assert '"event": "all workers stopped; supervisor exits"' in service.log_text()
+
+
+async def test_a_second_supervisor_on_the_same_state_is_refused(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    (tmp_path / "a").mkdir()
+    first = await two_workers(tmp_path / "a", pki, sink)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            str(PHI_RELAY), "serve", "--workers", "2", "--listen", "127.0.0.1:0",
+            "--tls-cert", str(pki.cert), "--tls-key", str(pki.key),
+            "--state-dir", str(tmp_path / "a" / "state"),
+            "--audit-log", str(tmp_path / "b.log"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        assert await first.stop() == 0
+    assert proc.returncode == 2, (out, err)
+    assert f"another phi-relay (pid {first.proc.pid}) is already using state directory" in (
+        err.decode()
+    )
+    assert "Traceback" not in err.decode()
+
+
+async def test_a_worker_that_cannot_start_stops_the_supervisor_with_its_reason(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    (tmp_path / "policies").mkdir()
+    proc = await asyncio.create_subprocess_exec(
+        str(PHI_RELAY), "serve", "--workers", "2", "--listen", "127.0.0.1:0",
+        "--tls-cert", str(pki.cert), "--tls-key", str(pki.key),
+        "--state-dir", str(tmp_path / "state"),
+        "--audit-log", str(tmp_path / "state" / "audit.log"),
+        "--users-file", str(tmp_path / "missing-users"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    text = err.decode()
+    assert proc.returncode == 2, (out, err)
+    assert "missing-users" in text and "Traceback" not in text, text
+    # Refused before anything was made: no keys left behind.
+    assert not (tmp_path / "state" / "keys").exists()
