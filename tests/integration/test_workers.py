@@ -171,7 +171,15 @@ async def test_a_killed_worker_is_restarted_and_nothing_acknowledged_is_lost(
         await wait_for("a third delivered", lambda: len(sink.received) >= MESSAGES // 3)
         os.kill(before[1], signal.SIGKILL)
         await asyncio.wait_for(clients, 120)
-        await wait_for("a new worker", lambda: len(workers_of(service)) == 2)
+        state = tmp_path / "state"
+
+        def restarted() -> bool:
+            return any(
+                r.get("event") == "worker-restart" for rs in chains(state).values() for r in rs
+            )
+
+        # Written once the new worker listens.
+        await wait_for("the new worker listening", restarted, timeout=60)
         after = workers_of(service)
         assert before[0] in after and before[1] not in after
         # The restarted worker takes its share of new sessions.
@@ -188,7 +196,6 @@ async def test_a_killed_worker_is_restarted_and_nothing_acknowledged_is_lost(
     died = [e for e in log_events(service) if e.get("event") == "worker died; restarting it"]
     assert [(e["pid"], e["exit"]) for e in died] == [(before[1], "signal SIGKILL")]
     killed = died[0]["worker"]
-    state = tmp_path / "state"
     records = chains(state)["audit.log" if killed == 1 else "audit.w2.log"]
     assert sum(r["type"] == "decision" for r in records[-25:]) > 0, "restarted, never served"
     restart = [r for r in records if r.get("event") == "worker-restart"]
