@@ -50,6 +50,7 @@ class ServerConfig:
     proxy_protocol_from: tuple[IPNetwork, ...] = ()
     proxy_protocol_timeout: float = 10.0
     max_message_size: int = 25 * 1024 * 1024
+    max_bytes_in_flight: int = 256 * 1024 * 1024
     max_recipients: int = 100
     max_line_length: int = 998
     max_header_bytes: int = 64 * 1024
@@ -288,6 +289,7 @@ _KINDS: dict[str, dict[str, str]] = {
         "proxy_protocol_from": "networks",
         "proxy_protocol_timeout": "float",
         "max_message_size": "int",
+        "max_bytes_in_flight": "int",
         "max_recipients": "int",
         "max_line_length": "int",
         "max_header_bytes": "int",
@@ -456,6 +458,7 @@ def validate(cfg: Config) -> Config:
         )
     for key, minimum in (
         ("max_message_size", 1024),
+        ("max_bytes_in_flight", 1024),
         ("max_recipients", 1),
         ("max_line_length", 78),
         ("max_sessions", 1),

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session, _AuthMechAttr, login_always_fail
 
-from relay import esmtp
+from relay import esmtp, inflight
 from relay.config import IPNetwork
 from relay.flow import Runtime, Transaction, new_id
 from relay.limits import AuthThrottle, DataPace, SessionLimiter
@@ -121,6 +121,7 @@ class Shared:
         self.sessions: set[RelaySMTP] = set()
         # Messages being decided and delivered; they outlive their session if need be.
         self.deliveries: set[asyncio.Task[Reply]] = set()
+        self.flight = inflight.InFlight()
         self.closing = False
 
 
@@ -164,6 +165,9 @@ class RelaySMTP(SMTP):
         self.unauth_slot = False
         self.trusted = False
         self.pace: DataPace | None = None
+        # Bytes of the message being received, and how many of them shared.flight counts.
+        self.received = 0
+        self.charged = 0
         self.busy = False
         self.in_data = False
         self.auth_user: str | None = None
@@ -372,6 +376,10 @@ class RelaySMTP(SMTP):
         super().data_received(data)
         pace = self.pace
         if pace is not None:
+            self.received += len(data)
+            if self.received > self.charged:  # beyond what SIZE declared
+                self.shared.flight.add(self.received - self.charged)
+                self.charged = self.received
             now = self.loop.time()
             self._reset_timeout(max(pace.received(len(data), now), 0.001))
 
@@ -725,6 +733,9 @@ class RelaySMTP(SMTP):
         self.busy = True
         self.shared.deliveries.add(task)
         task.add_done_callback(self._delivered)
+        # The message's bytes stay counted until its delivery is over.
+        charged, self.charged, self.received = self.charged, 0, 0
+        task.add_done_callback(lambda _: self.shared.flight.release(charged))
         reply: Reply = await asyncio.shield(task)
         self._reset_timeout()
         return str(reply)
@@ -745,6 +756,18 @@ class RelaySMTP(SMTP):
         # the whole transfer (DataPace); aiosmtpd alone would wait one idle period in all.
         if self.txn is not None and self.envelope is not None and self.envelope.rcpt_tos:
             cfg = self.shared.runtime.config.server
+            # A client that declared SIZE at MAIL (Postfix, smtplib do) has it counted
+            # now, so many starting DATA at once cannot all pass an empty count.
+            declared = min(_declared_size(self.envelope.mail_options), cfg.max_message_size)
+            flight = self.shared.flight
+            if not arg and (
+                flight.full(cfg.max_bytes_in_flight)
+                or (flight.bytes and flight.bytes + declared > cfg.max_bytes_in_flight)
+            ):
+                await self._refuse_data()
+                return
+            self.charged = declared
+            flight.add(declared)
             self.pace = DataPace.start(
                 self.loop.time(),
                 idle=cfg.client_timeout,
@@ -762,9 +785,26 @@ class RelaySMTP(SMTP):
             await self.on_rset()
         finally:
             self.in_data = False
+            # Refused by aiosmtpd or cut off: the bytes are gone with the session's buffer.
+            charged, self.charged, self.received = self.charged, 0, 0
+            self.shared.flight.release(charged)
             if self.pace is not None:
                 self.pace = None
                 self._reset_timeout()
+
+    async def _refuse_data(self) -> None:
+        """Too many bytes in flight: 452 before any of the message is sent, and the
+        transaction ends (its upstream connection goes back to the pool)."""
+        flight = self.shared.flight
+        flight.refused += 1
+        log.warning(
+            "DATA refused: too many bytes in flight",
+            bytes_in_flight=flight.bytes,
+            cap=self.shared.runtime.config.server.max_bytes_in_flight,
+        )
+        await self.on_rset()
+        self._set_rset_state()  # type: ignore[no-untyped-call]
+        await self.push(inflight.FULL)
 
     @property
     def in_flight(self) -> bool:
@@ -854,6 +894,15 @@ KNOWN_HOOKS = {
 _unknown = {n for n in dir(Handler) if n.startswith("handle_")} - KNOWN_HOOKS
 assert not _unknown, f"unknown aiosmtpd hooks: {_unknown}"
 _HANDLER = Handler()  # stateless: one for every session
+
+
+def _declared_size(options: list[str]) -> int:
+    """The SIZE= a client gave at MAIL (RFC 1870), 0 if none or not a number."""
+    for option in options:
+        if option.upper().startswith("SIZE="):
+            value = option[5:]
+            return int(value) if value.isdigit() and len(value) < 12 else 0
+    return 0
 
 
 class _MethodTables(NamedTuple):

@@ -26,6 +26,11 @@ FLAGS: dict[str, tuple[str, str, str]] = {
     "--upstream-tls": ("upstream", "tls", "starttls or implicit"),
     "--upstream-ca": ("upstream", "ca_file", "CA bundle to verify the upstream with"),
     "--client-timeout": ("server", "client_timeout", "seconds a client may stay idle"),
+    "--max-bytes-in-flight": (
+        "server",
+        "max_bytes_in_flight",
+        "bytes of all messages in flight at once; above it DATA gets 452 4.3.1",
+    ),
     "--upstream-timeout": ("upstream", "timeout", "seconds for each upstream step"),
     "--audit-log": ("audit", "file", "audit log file"),
     "--state-dir": ("", "state_dir", "directory for keys, consent store, captured mail"),
