@@ -140,8 +140,12 @@ def make_messages(count: int, body_bytes: int, seed: int) -> list[tuple[str, byt
         msg["From"] = SENDER
         msg["To"] = rcpt
         # Catch phrases are corporate filler ("Upgradable modular interface"): no names,
-        # dates or conditions, so the subject-phi policy accepts them.
-        msg["Subject"] = f"Clinic news: {fake.catch_phrase()}"
+        # dates or conditions, so the subject-phi policy accepts them. Not one with digits:
+        # the detector reads "24/7" as a member number (a 550 in every run).
+        phrase = fake.catch_phrase()
+        while any(c.isdigit() for c in phrase):
+            phrase = fake.catch_phrase()
+        msg["Subject"] = f"Clinic news: {phrase}"
         msg["Message-ID"] = f"<{fake.uuid4()}@clinic.example>"
         paragraphs: list[str] = []
         size = 0
