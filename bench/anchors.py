@@ -27,7 +27,10 @@ Postfix's queue delivery is included) and of the sink, peak PSS of the target's 
 The memory part (first, while every process is fresh; `--no-memory` skips it) holds
 `--idle-sessions` (200) idle TLS sessions open against each target, then sends
 `--big-clients` (50) concurrent messages of `--big-bytes` (5 MB), and prints the
-targets' RSS, PSS and peak RSS (VmHWM summed over the tree after a reset).
+targets' RSS, PSS and peak RSS (VmHWM summed over the tree after a reset). For it the
+relays get PHI_RELAY_UPSTREAM_POOL_MAX_CONNECTIONS = `--big-clients`, so every big message
+is in flight at once (the pool's bound would hold some at MAIL); the throughput part then
+runs on fresh relay processes with their shipped settings.
 """
 
 from __future__ import annotations
@@ -216,14 +219,31 @@ class Target:
 
 
 async def start_relay(
-    label: str, checkout: Path, extra: list[str], tmp: Path, pki: Pki, sink_port: int
+    label: str,
+    checkout: Path,
+    extra: list[str],
+    tmp: Path,
+    pki: Pki,
+    sink_port: int,
+    settings: dict[str, str] | None = None,
 ) -> tuple[Target, asyncio.subprocess.Process]:
     work = tmp / f"relay-{label}"
+    if work.exists():  # a fresh process after the memory part: a fresh state too
+        import shutil
+
+        shutil.rmtree(work)
     work.mkdir()
     ready = work / "ready"
     state = work / "state"
     checkout = await asyncio.to_thread(checkout.resolve)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHI_RELAY_")}
+    config_code = (checkout / "relay" / "config.py").read_text()
+    # A checkout refuses variables it does not know: only the settings it has.
+    settings = {
+        k: v
+        for k, v in (settings or {}).items()
+        if k.removeprefix("PHI_RELAY_").split("_", 1)[1].lower() in config_code
+    }
     env.update(
         {
             "PYTHONPATH": str(checkout),
@@ -232,6 +252,7 @@ async def start_relay(
             "PHI_RELAY_SERVER_MAX_SESSIONS_PER_CLIENT": "400",
             "PHI_RELAY_SERVER_MAX_SESSIONS": "500",
             "PHI_RELAY_SERVER_HOSTNAME": "relay.bench",
+            **(settings or {}),
         }
     )
     policies = checkout / "policies" / "default.toml"
@@ -600,12 +621,32 @@ async def main_async(args: argparse.Namespace) -> int:
             postfix = Postfix(tmp / "postfix", pki.cert, pki.key, relay_port=sink.plain_port)
             await asyncio.to_thread(postfix.start)
             targets.append(Target("postfix", postfix.port, postfix.master_pid()))
+        specs = []
         for spec in args.relay:
             label, _, rest = spec.partition("=")
             path, *extra = rest.split(",")
-            target, proc = await start_relay(label, Path(path), extra, tmp, pki, sink.tls_port)
-            targets.append(target)
-            procs.append(proc)
+            specs.append((label, Path(path), extra))
+
+        async def start_relays(settings: dict[str, str] | None = None) -> list[Target]:
+            started = []
+            for label, path, extra in specs:
+                target, proc = await start_relay(
+                    label, path, extra, tmp, pki, sink.tls_port, settings
+                )
+                started.append(target)
+                procs.append(proc)
+            return started
+
+        async def stop_relays() -> None:
+            while procs:
+                await stop_relay(procs.pop())
+
+        anchors = list(targets)
+        # The memory part lets every one of the big messages have an upstream connection
+        # at once (a checkout without the setting has no bound): otherwise the pool's bound
+        # would hold some at MAIL and fewer bytes would be in flight than the figure says.
+        pool_for_all = {"PHI_RELAY_UPSTREAM_POOL_MAX_CONNECTIONS": str(args.big_clients)}
+        targets = anchors + await start_relays(pool_for_all if args.memory else None)
         labels = [t.label for t in targets]
         print(
             f"anchors: messages of {len(messages[0][1])} bytes, {args.seconds:g} s per cell, "
@@ -622,6 +663,9 @@ async def main_async(args: argparse.Namespace) -> int:
         cells: dict[tuple[str, int, str], list[Cell]] = {}
         if not args.throughput:
             return 0
+        if args.memory:  # fresh relays with their shipped settings for the throughput part
+            await stop_relays()
+            targets = anchors + await start_relays()
         for t in targets:  # warm-up: lazy imports, first handshakes, Postfix's processes
             warm = Cell(t.label, 4, "warm")
             await drive(warm, t.port, messages, 5, tls, 1.5, args.timeout, counter)
