@@ -153,5 +153,11 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.verify_mode = ssl.CERT_NONE  # clients authenticate with AUTH, not certificates
+    # Session resumption: a client that caches sessions (Postfix's smtp_tls_session_cache,
+    # `session=` in Python) skips the full handshake. These are OpenSSL's defaults, stated
+    # so they are not lost: stateless tickets, two per TLS 1.3 handshake. The ticket key is
+    # per context, so one survives a reload (load_cert_chain on the same context).
+    ctx.options &= ~ssl.OP_NO_TICKET
+    ctx.num_tickets = 2
     ctx.load_cert_chain(str(cert), str(key))
     return ctx
