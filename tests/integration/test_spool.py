@@ -537,3 +537,22 @@ def test_a_reload_that_would_turn_off_or_move_the_spool_is_refused(
     refusal = reload_refusal(running, cfg({"enabled": True, **change}))
     assert refusal is not None and refusal[0] == "spool-changed"
     assert "restart the relay to change the spool" in refusal[1]
+
+
+def test_spool_flags_toml_keys_and_variables_agree(tmp_path: Path) -> None:
+    from relay.cli import build_parser
+    from relay.cli.serve import overrides
+    from relay.config import load
+
+    queue = tmp_path / "queue"
+    args = build_parser().parse_args(["serve", "--spool", "--spool-dir", str(queue)])
+    by_flags = load(None, environ={}, overrides=overrides(args))
+    by_env = load(
+        None, environ={"PHI_RELAY_SPOOL_ENABLED": "true", "PHI_RELAY_SPOOL_DIR": str(queue)}
+    )
+    toml = tmp_path / "relay.toml"
+    toml.write_text(f'[spool]\nenabled = true\ndir = "{queue}"\n')
+    by_file = load(toml, environ={})
+    for cfg in (by_flags, by_env, by_file):
+        assert cfg.spool.enabled and cfg.spool_dir == queue
+    assert not load(None, environ={}).spool.enabled  # the default: 250 means upstream took it
