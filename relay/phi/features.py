@@ -5,7 +5,14 @@ One function serves training (tools/train_phi_scorer.py) and inference
 (shorthand written out, leetspeak undone), folded (lower case, no accents) and
 with every digit written as 0, so the model learns the shape of a number, not the
 number. Features are hashed with CRC-32 into 2**DIM_BITS buckets; each namespace
-(character n-grams, words, word pairs, rule ids) starts CRC-32 from its own value.
+(character n-grams, words, word pairs, rule ids, word classes, word shapes) starts
+CRC-32 from its own value.
+
+Besides the character 4-grams and the word-class sequence, the words of the folded
+text and their pairs, and the shapes of the tokens of the unfolded reading (C for a
+capitalised word, U for capitals, l for lower case, d for digits, punctuation as
+itself) in runs of two and three: "Fw: Okafor, Chidi" is `C : C , C`, a shape names
+have whatever the lists know. Leave-one-writer-out chose these (docs/phi-detection.md).
 """
 
 from __future__ import annotations
@@ -24,7 +31,23 @@ MASK = DIM - 1
 CHAR_NGRAMS = (4,)
 _DIGITS = str.maketrans("123456789", "000000000")
 _WORD = re.compile(r"[^\W_]+|[^\w\s]")
+_SHAPE_TOKEN = re.compile(r"[^\W\d_]+|\d+|[^\w\s]")
+# Punctuation that separates names and fields keeps its own shape; the rest is "p"
+# (an en dash is "-").
+_SHAPE_PUNCT = {",": ",", ":": ":", "-": "-", "\u2013": "-"}
 _NS_WORD, _NS_PAIR, _NS_RULE, _NS_CLASS, _NS_CLASS_PAIR = 1, 2, 3, 4, 5
+_NS_TEXT_WORD, _NS_TEXT_PAIR, _NS_SHAPE2, _NS_SHAPE3 = 7, 8, 9, 10
+
+
+def _shape(token: str) -> str:
+    c = token[0]
+    if c.isdigit():
+        return "d"
+    if c.isalpha():
+        if token.isupper() and len(token) > 1:
+            return "U"
+        return "C" if c.isupper() else "l"
+    return _SHAPE_PUNCT.get(token, "p")
 
 
 def model_text(view: str) -> str:
@@ -55,4 +78,14 @@ def features(view: str, rules: Iterable[str] = (), classes: Sequence[str] = ()) 
         out.add(crc(prev + b" " + c, _NS_CLASS_PAIR) & MASK)
         prev = c
     out.add(crc(prev + b" $", _NS_CLASS_PAIR) & MASK)
+    # Words of the folded text and their pairs.
+    words = [w.encode("utf-8") for w in _WORD.findall(text)]
+    out.update([crc(w, _NS_TEXT_WORD) & MASK for w in words])
+    ends = [b"^", *words, b"$"]
+    out.update([crc(x + b" " + y, _NS_TEXT_PAIR) & MASK for x, y in zip(ends, ends[1:])])
+    # Token shapes of the unfolded reading (one character each), in runs of two and three.
+    shapes = ("^" + "".join(map(_shape, _SHAPE_TOKEN.findall(view))) + "$").encode("utf-8")
+    m = len(shapes)
+    out.update([crc(shapes[i : i + 2], _NS_SHAPE2) & MASK for i in range(m - 1)])
+    out.update([crc(shapes[i : i + 3], _NS_SHAPE3) & MASK for i in range(m - 2)])
     return sorted(out)

@@ -212,7 +212,11 @@ def segment(s: Subject) -> list[Finding]:
 
 @cache
 def _care_words() -> tuple[frozenset[str], tuple[str, ...], re.Pattern[str], frozenset[str]]:
-    """(one-word care words, care phrases, pattern for unspaced scripts, you-words)."""
+    """(one-word care words, care phrases, pattern for unspaced scripts, you-words).
+
+    A you-word with a space ("mon fils", "anak ko") or in another script is looked
+    for anywhere in the folded subject; the others are whole words.
+    """
     care: set[str] = set()
     you: set[str] = set()
     for line in (DATA / "care_words.tsv").read_text(encoding="utf-8").splitlines():
@@ -251,9 +255,7 @@ def care_word(s: Subject) -> list[Finding]:
         hit = m.group(0) if m else None
     if hit is None:
         return []
-    if s.words.isdisjoint(you) and (
-        folded.isascii() or not any(w in folded for w in you if not w.isascii())
-    ):
+    if s.words.isdisjoint(you) and not any(w in folded for w in you if " " in w or not w.isascii()):
         return []
     at = max(0, folded.find(hit))
     return [Finding(kinds.PROCEDURE, at, at + len(hit), 0.7, "health.care-word")]
