@@ -256,7 +256,10 @@ def main() -> int:
     ap.add_argument("--cv", action="store_true", help="leave-one-writer-out on train writers")
     ap.add_argument("--check", action="store_true", help="compare a retrain with the file")
     ap.add_argument("--c", type=float, default=C)
-    ap.add_argument("--max-fpr", type=float, default=0.02, help="FPR bound for thresholds")
+    # Validation FPR under-states the FPR on writers never seen: leave-one-writer-out
+    # over 11 writers gave 0.031 at a validation bound of 0.02, 0.024 at 0.015, 0.015
+    # at 0.01. 0.0125 aims at the target, FPR <= 0.02 on unseen writers.
+    ap.add_argument("--max-fpr", type=float, default=0.0125, help="FPR bound for thresholds")
     args = ap.parse_args()
     detector = PhiDetector(scorer=False)
     train = rows_of("train")
