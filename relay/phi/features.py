@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Iterable, Sequence
+from itertools import pairwise
 
 from relay.phi.normalize import fold
 
@@ -82,7 +83,7 @@ def features(view: str, rules: Iterable[str] = (), classes: Sequence[str] = ()) 
     words = [w.encode("utf-8") for w in _WORD.findall(text)]
     out.update([crc(w, _NS_TEXT_WORD) & MASK for w in words])
     ends = [b"^", *words, b"$"]
-    out.update([crc(x + b" " + y, _NS_TEXT_PAIR) & MASK for x, y in zip(ends, ends[1:])])
+    out.update([crc(x + b" " + y, _NS_TEXT_PAIR) & MASK for x, y in pairwise(ends)])
     # Token shapes of the unfolded reading (one character each), in runs of two and three.
     shapes = ("^" + "".join(map(_shape, _SHAPE_TOKEN.findall(view))) + "$").encode("utf-8")
     m = len(shapes)
