@@ -62,7 +62,9 @@ class Connection(Protocol):
 
     async def rcpt(self, recipient: str, options: Sequence[str] = ()) -> Reply: ...
 
-    async def data(self, message: bytes) -> Reply: ...
+    async def data(self, message: bytes, prefix: bytes = b"") -> Reply:
+        """Send `prefix` (whole header lines, e.g. our Received) then `message` as one."""
+        ...
 
     async def rset(self) -> None: ...
 
@@ -221,7 +223,7 @@ class SmtpConnection:
             raise map_error(exc) from exc
         return Reply(250, "2.1.5", "OK")
 
-    async def data(self, message: bytes) -> Reply:
+    async def data(self, message: bytes, prefix: bytes = b"") -> Reply:
         """DATA, then the message. A failure before the 354 has sent nothing of it."""
         self.body_started = False
         try:
@@ -229,7 +231,7 @@ class SmtpConnection:
             if start.code != 354:
                 return reply_from_upstream(start.code, start.message)
             self.body_started = True
-            resp = await _send_body(self.client, message, self.timeout)
+            resp = await _send_body(self.client, prefix, message, self.timeout)
         except Exception as exc:
             self.client.close()  # a half-sent body leaves the session out of step
             raise map_error(exc) from exc
@@ -278,7 +280,20 @@ def dot_stuffed(message: bytes, chunk: int = _CHUNK) -> Iterator[bytes]:
         yield b"\r\n"
 
 
-async def _send_body(client: aiosmtplib.SMTP, message: bytes, timeout: float) -> SMTPResponse:
+def stuffed_parts(prefix: bytes, message: bytes) -> Iterator[bytes]:
+    """`dot_stuffed(prefix + message)` without making that whole copy. `prefix` is whole
+    lines (else it is joined after all: a message's first line must start a line)."""
+    if prefix and not prefix.endswith(b"\n"):
+        prefix, message = b"", prefix + message
+    if prefix:
+        yield from dot_stuffed(prefix)
+    if message or not prefix:
+        yield from dot_stuffed(message)
+
+
+async def _send_body(
+    client: aiosmtplib.SMTP, prefix: bytes, message: bytes, timeout: float
+) -> SMTPResponse:
     # aiosmtplib's data() builds three whole copies of the message before it writes; here
     # it goes out in pieces with the transport's flow control, then the final dot.
     proto = client.protocol
@@ -288,7 +303,7 @@ async def _send_body(client: aiosmtplib.SMTP, message: bytes, timeout: float) ->
         # As aiosmtplib does before a write that expects a reply: an early answer (552
         # mid-body) must not be dropped as unsolicited.
         proto._response_pending = True
-        for piece in dot_stuffed(message):
+        for piece in stuffed_parts(prefix, message):
             proto.write(piece)
             await proto._drain_helper()
         proto.write(b".\r\n")
@@ -379,13 +394,13 @@ class CaptureConnection:
         self.recipients.append(recipient)
         return Reply(250, "2.1.5", "OK")
 
-    async def data(self, message: bytes) -> Reply:
+    async def data(self, message: bytes, prefix: bytes = b"") -> Reply:
         name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.eml"
         envelope = (
             f"X-Captured-Mail-From: <{'' if is_null_sender(self.sender) else self.sender}>\r\n"
             + "".join(f"X-Captured-Rcpt-To: <{r}>\r\n" for r in self.recipients)
         ).encode("utf-8", "surrogateescape")
-        await asyncio.to_thread(_write_atomic, self.folder / name, envelope + message)
+        await asyncio.to_thread(_write_atomic, self.folder / name, envelope + prefix + message)
         return Reply(250, "2.0.0", f"Captured as {name}")
 
     async def rset(self) -> None:

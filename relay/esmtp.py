@@ -120,10 +120,10 @@ def upstream_mail(options: Sequence[str]) -> list[str]:
     return [o for o in options if o.partition("=")[0].upper() in UPSTREAM_MAIL]
 
 
-def sized(options: Sequence[str], message: bytes) -> list[str]:
-    """`options` with SIZE declaring exactly `message` (the bytes the upstream gets)."""
+def sized(options: Sequence[str], size: int) -> list[str]:
+    """`options` with SIZE declaring exactly `size` (the bytes the upstream gets)."""
     rest = [o for o in options if o.partition("=")[0].upper() != "SIZE"]
-    return [*rest, f"SIZE={len(message)}"]
+    return [*rest, f"SIZE={size}"]
 
 
 def requires_tls(options: Sequence[str]) -> bool:

@@ -511,7 +511,7 @@ class Transaction:
                 if reply.success:
                     queued.extend(group)
             else:
-                reply, refused = await self._send(group, received + signed, index == 0, decision_id)
+                reply, refused = await self._send(group, received, signed, index == 0, decision_id)
                 later = tuple(
                     r
                     for r in group
@@ -627,9 +627,10 @@ class Transaction:
         return signed
 
     async def _send(
-        self, group: tuple[str, ...], data: bytes, first: bool, decision_id: str
+        self, group: tuple[str, ...], received: bytes, data: bytes, first: bool, decision_id: str
     ) -> tuple[Reply, dict[str, Reply]]:
-        """One upstream transaction. The first may reuse the envelope opened at MAIL/RCPT."""
+        """One upstream transaction. The first may reuse the envelope opened at MAIL/RCPT.
+        `received` goes first, apart: joined to a large message it would be a second copy."""
         started = time.monotonic()
         tls = TlsInfo()
         refused: dict[str, Reply] = {}
@@ -639,7 +640,8 @@ class Transaction:
             if not reuse:
                 await envelope.abort()
                 envelope = self.upstream = self.rt.upstream.begin()
-                await envelope.mail(self.mail_from, esmtp.sized(self.upstream_options, data))
+                size = len(received) + len(data)
+                await envelope.mail(self.mail_from, esmtp.sized(self.upstream_options, size))
                 for rcpt in group:
                     answer = await envelope.rcpt(rcpt, self.rcpt_options.get(rcpt, ()))
                     if not answer.success:
@@ -650,7 +652,7 @@ class Transaction:
                     outcome = "deferred" if reply.transient else "refused"
                     await self._delivery(decision_id, group, reply, outcome, started, refused, tls)
                     return reply, refused
-            reply = await envelope.data(data)
+            reply = await envelope.data(data, received)
             tls = envelope.tls
         except UpstreamError as err:
             tls = self.upstream.tls

@@ -345,9 +345,10 @@ class UpstreamEnvelope:
             self.rcpt_options[recipient] = given
         return reply
 
-    async def data(self, message: bytes) -> Reply:
-        """Send the message; the envelope is finished afterwards, whatever happened."""
-        reply = await self._step(lambda c: c.data(message))
+    async def data(self, message: bytes, prefix: bytes = b"") -> Reply:
+        """Send the message (after `prefix`, whole header lines such as our Received: no
+        copy of the two together is made); the envelope is finished afterwards."""
+        reply = await self._step(lambda c: c.data(message, prefix))
         conn, self.conn = self.conn, None
         if conn is not None:
             self.pool.release(conn, clean=True)

@@ -286,7 +286,7 @@ async def _send(upstream: Pool, entry: Entry) -> tuple[Reply, dict[str, Reply], 
     envelope = upstream.begin()
     in_data = False
     try:
-        await envelope.mail(entry.sender, esmtp.sized(entry.mail_options, entry.data))
+        await envelope.mail(entry.sender, esmtp.sized(entry.mail_options, len(entry.data)))
         for rcpt in entry.recipients:
             answer = await envelope.rcpt(rcpt, entry.rcpt_options.get(rcpt, ()))
             if not answer.success:

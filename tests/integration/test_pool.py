@@ -13,7 +13,7 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from faker import Faker
 
 from relay import config as config_mod
-from relay.delivery import dot_stuffed
+from relay.delivery import dot_stuffed, stuffed_parts
 from relay.policy.base import ConfigError
 from relay.pool import Pool
 from tests.support.pki import Pki
@@ -340,3 +340,18 @@ async def test_lease_that_waits_too_long_gets_451_and_nothing_is_lost(
     assert sink.peak_open == 1 and sink.connections == 1
     busy = [e for e in r.audit() if e.get("outcome") == "busy"]
     assert len(busy) == 1 and busy[0]["stage"] == "mail" and busy[0]["reply_code"] == 451
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [b"", b"Received: from a\r\n\tby b; x\r\n", b"X-A: 1\n", b"no line end: joined"],
+    ids=["none", "received", "bare-lf", "not-whole-lines"],
+)
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b".leading\r\n..two\r\n", b"no line end", (b".a\r\n" + b"x" * 70 + b"\r\n") * 500],
+    ids=["empty", "dots", "no-eol", "many-pieces"],
+)
+def test_prefix_and_message_go_out_as_their_concatenation(prefix: bytes, raw: bytes) -> None:
+    # The Received header goes out before the message without the two being joined.
+    assert b"".join(stuffed_parts(prefix, raw)) == b"".join(dot_stuffed(prefix + raw))
