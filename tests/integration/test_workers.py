@@ -275,6 +275,7 @@ async def test_a_second_supervisor_on_the_same_state_is_refused(
     try:
         proc = await asyncio.create_subprocess_exec(
             str(PHI_RELAY), "serve", "--workers", "2", "--listen", "127.0.0.1:0",
+        "--http-listen", "127.0.0.1:0",
             "--tls-cert", str(pki.cert), "--tls-key", str(pki.key),
             "--state-dir", str(tmp_path / "a" / "state"),
             "--audit-log", str(tmp_path / "b.log"),
@@ -296,6 +297,7 @@ async def test_a_worker_that_cannot_start_stops_the_supervisor_with_its_reason(
     (tmp_path / "policies").mkdir()
     proc = await asyncio.create_subprocess_exec(
         str(PHI_RELAY), "serve", "--workers", "2", "--listen", "127.0.0.1:0",
+        "--http-listen", "127.0.0.1:0",
         "--tls-cert", str(pki.cert), "--tls-key", str(pki.key),
         "--state-dir", str(tmp_path / "state"),
         "--audit-log", str(tmp_path / "state" / "audit.log"),
