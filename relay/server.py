@@ -661,7 +661,12 @@ class Relay:
         for srv in self.servers:
             srv.close()
         deadline = asyncio.get_running_loop().time() + self.config.server.shutdown_timeout
-        while self.shared.sessions and asyncio.get_running_loop().time() < deadline:
+        # Only a session in flight (or not yet told 421) holds the stop: a TLS close waits
+        # for the client's close_notify, which an idle pooled client never sends.
+        while (
+            any(s.in_flight or not s.closing for s in self.shared.sessions)
+            and asyncio.get_running_loop().time() < deadline
+        ):
             for sess in list(self.shared.sessions):
                 await sess.shutdown()
             await asyncio.sleep(0.05)

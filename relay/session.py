@@ -179,6 +179,8 @@ class RelaySMTP(SMTP):
         self.longest_line = 0  # octets of the longest line of the message just received
         self.busy = False
         self.in_data = False
+        self.handshaking = False  # between STARTTLS's 220 and the handshake's end
+        self.lost = False
         self.auth_user: str | None = None
         self.txn: Transaction | None = None
 
@@ -347,6 +349,9 @@ class RelaySMTP(SMTP):
         self._release_slot()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self.lost:
+            return  # `shutdown` ended a handshake itself; the SSL layer may report it too
+        self.lost = True
         self._release_slot()
         if self.registered:
             self.registered = False
@@ -470,7 +475,11 @@ class RelaySMTP(SMTP):
         if self.tls_active:
             await self.push("503 5.5.1 TLS already active")
             return
-        await super().smtp_STARTTLS(arg)
+        self.handshaking = True
+        try:
+            await super().smtp_STARTTLS(arg)
+        finally:
+            self.handshaking = False
 
     def ehlo_lines(self, hostname: str) -> list[str]:
         cfg = self.shared.runtime.config.server
@@ -864,10 +873,26 @@ class RelaySMTP(SMTP):
         """A transaction is open (MAIL given), being received, or being decided and sent."""
         return self.txn is not None or self.busy or self.in_data
 
+    @property
+    def closing(self) -> bool:
+        """Told to go (or gone): only the TLS goodbye or the socket's close is left."""
+        return self.transport is None or self.transport.is_closing()
+
     async def shutdown(self, *, force: bool = False) -> None:
         """Close an idle session with 421; one in flight is left to finish, unless `force`
         (the drain timeout is over)."""
         if self.transport is None or (self.in_flight and not force):
+            return
+        if self.handshaking:
+            # Between STARTTLS's 220 and the end of the handshake a 421 would reach the
+            # client as plaintext inside its TLS stream; the SSL layer would not report the
+            # close either, so end the session as aiosmtpd ends a failed handshake.
+            raw = self._original_transport
+            for layer in (self.transport, raw):
+                if isinstance(layer, asyncio.Transport):
+                    layer.abort()
+            if raw is not None:
+                self.connection_lost(None)
             return
         if not self.transport.is_closing() and not self.busy:
             # A session busy deciding or delivering gets no 421: its outcome is not known yet.

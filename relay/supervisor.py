@@ -482,6 +482,10 @@ class Supervisor:
         grace = s.shutdown_timeout + s.policy_timeout + 4 * self.config.upstream.timeout + 60
         self._drain_deadline = time.monotonic() + grace
         log.info("draining every worker", timeout=s.shutdown_timeout)
+        # No worker will accept again: while the supervisor held its copy of a shared
+        # listening socket, new clients would wait in its queue until the drain ended.
+        for sock in (*self._smtp, *self._implicit):
+            sock.close()
         for w in self._slots.values():
             w.restart_at = None
             if w.pid:
