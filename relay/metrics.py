@@ -263,15 +263,19 @@ class Metrics:
     def spool(self, size: int, oldest: float) -> None:
         if self._spool_gauges is None:
             self._spool_gauges = (
+                # The workers of one host share one spool and each reports its own scan
+                # of it: one series, the live workers' freshest (max) view.
                 Gauge(
                     "phi_relay_spool_messages",
                     "Messages waiting in the spool.",
                     registry=self._registry,
+                    multiprocess_mode="livemax",
                 ),
                 Gauge(
                     "phi_relay_spool_oldest_seconds",
                     "Age of the oldest message in the spool, in seconds (0: empty).",
                     registry=self._registry,
+                    multiprocess_mode="livemax",
                 ),
             )
         self._spool_gauges[0].set(size)

@@ -556,3 +556,38 @@ def test_spool_flags_toml_keys_and_variables_agree(tmp_path: Path) -> None:
     for cfg in (by_flags, by_env, by_file):
         assert cfg.spool.enabled and cfg.spool_dir == queue
     assert not load(None, environ={}).spool.enabled  # the default: 250 means upstream took it
+
+
+async def test_workers_of_one_supervisor_share_the_spool_and_send_each_message_once(
+    tmp_path: Path, pki: Pki, down: Sink
+) -> None:
+    """`serve --workers 2 --spool`: both workers take mail into one spool and both scan
+    it; every queued message reaches the upstream once, and /metrics shows one queue."""
+    from tests.adversarial.service import start_service
+
+    fast = {
+        "PHI_RELAY_SPOOL_MIN_BACKOFF": "0.2",
+        "PHI_RELAY_SPOOL_MAX_BACKOFF": "0.3",
+        "PHI_RELAY_SPOOL_SCAN_INTERVAL": "0.01",
+    }
+    svc = await start_service(tmp_path, pki, down, "--spool", env=fast, workers=2)
+    rcpts = [f"w{i}@example.org" for i in range(12)]
+    try:
+        for rcpt in rcpts:
+            conn = await RawSmtp.ready(svc.smtp_port, pki.client_context())
+            try:
+                assert await conn.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Sender OK"
+                assert await conn.cmd(f"RCPT TO:<{rcpt}>") == "250 2.1.5 Recipient OK"
+                answer = await conn.data(message(rcpt) + b".\r\n")
+            finally:
+                await conn.close()
+            assert answer.startswith("250 2.0.0 Queued as "), answer
+        await svc.wait_metric("phi_relay_spool_messages", float(len(rcpts)))
+        await down.start(down.port)
+        spool = tmp_path / "state" / "spool"
+        await until(lambda: not list(spool.glob("*.msg")), timeout=30)
+        await svc.wait_metric("phi_relay_spool_messages", 0.0)
+        await asyncio.sleep(0.5)  # many more scans by both workers: nothing twice
+    finally:
+        assert await svc.stop() == 0
+    assert sorted(down.all_rcpts()) == sorted(rcpts)
