@@ -117,7 +117,7 @@ _ENDING = re.compile(
     r"terminad[ao] en|que termina en|ultimos (?:4|cuatro)(?: digitos)?|final|"
     r"terminando em|com final)\W{0,3}(?:[a-z#]+\W{1,3}){0,2}?-?(\d{4})\b"
 )
-_SOCIAL = frozenset(["ssn", "social", "ss#", "seguro", "ssa"])
+_SOCIAL = _class("social")
 
 
 def ending_digits(s: Subject) -> list[Finding]:
@@ -151,17 +151,7 @@ _RECORD_CUE = re.compile(
     r"\s?(?:#|no\.?|n\.?o|nº|n°|num\.?|number|id|numero|es|is)?\s?[:#.]?\s?"
     r"([a-z]{0,4}[/-]?\d[\d/.-]{2,}[\da-z]*|[a-z]{1,3}\d{3,}[\da-z-]*)"
 )
-_RECORD_KIND = {
-    "member": kinds.MEMBER_ID,
-    "subscriber": kinds.MEMBER_ID,
-    "beneficiary": kinds.MEMBER_ID,
-    "afiliado": kinds.MEMBER_ID,
-    "medicaid": kinds.MEMBER_ID,
-    "mbi": kinds.MEMBER_ID,
-    "group": kinds.MEMBER_ID,
-    "policy": kinds.MEMBER_ID,
-    "poliza": kinds.MEMBER_ID,
-}
+_MEMBER_CUES = _class("member-cue")
 
 
 def record_cue(s: Subject) -> list[Finding]:
@@ -178,7 +168,7 @@ def record_cue(s: Subject) -> list[Finding]:
         if sum(ch.isdigit() for ch in value) < 3 or re.fullmatch(r"(?:19|20)\d\d", value):
             continue
         cue = m.group(0).split()[0].rstrip("#:.")
-        kind = _RECORD_KIND.get(cue, kinds.MRN)
+        kind = kinds.MEMBER_ID if cue in _MEMBER_CUES else kinds.MRN
         out.append(Finding(kind, m.start(1), m.end(1), 0.9, "id.record-cue"))
     return out
 

@@ -29,6 +29,8 @@ TABLE: list[tuple[Rule, str, list[str], list[str]]] = [
             "Tu cita es el martes a las 4 pm",
             "Lembrete: consulta por vídeo quinta, 15h30",
             "Your visit window opens Thu 2:45 PM",
+            "See you tonight at 7:30 pm for your sleep study",
+            "Tomorrow 9:15 AM: your fasting labs",
         ],
         [
             "Webinar Tue 6 pm: sleep hygiene for everyone",
@@ -79,6 +81,8 @@ TABLE: list[tuple[Rule, str, list[str], list[str]]] = [
             "Accession no. HX26-03318 - recut requested",
             "Historia clínica HC/55-0921: falta el consentimiento",
             "Encounter #88-20714 needs a signature",
+            "Accession # 26-118830 needs a recut",
+            "MR#4471902 wristband reprint",
         ],
         ["Chart review training in 2026", "Patient portal update", "MR. Smith joins the board"],
     ),
@@ -130,6 +134,21 @@ TABLE: list[tuple[Rule, str, list[str], list[str]]] = [
 def test_rule_fires(rule: Rule, rule_id: str, text: str) -> None:
     found = rule(subject(text))
     assert found and {f.rule for f in found} == {rule_id}
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("Subscriber no. QKP20771948: COBRA letter enclosed", "member-id"),
+        ("Medicaid ID 55120983 renewal", "member-id"),
+        ("MR# 60-448-172 wristband", "mrn"),
+        ("Social ending -5184: is that still right?", "ssn"),
+        ("Autopay failed on acct ending in 0463", "account"),
+    ],
+)
+def test_identifier_rules_name_the_kind(text: str, kind: str) -> None:
+    found = rules.record_cue(subject(text)) + rules.ending_digits(subject(text))
+    assert [f.kind for f in found] == [kind]
 
 
 @pytest.mark.parametrize(
