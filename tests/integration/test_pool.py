@@ -355,3 +355,35 @@ async def test_lease_that_waits_too_long_gets_451_and_nothing_is_lost(
 def test_prefix_and_message_go_out_as_their_concatenation(prefix: bytes, raw: bytes) -> None:
     # The Received header goes out before the message without the two being joined.
     assert b"".join(stuffed_parts(prefix, raw)) == b"".join(dot_stuffed(prefix + raw))
+
+
+async def test_client_gone_while_waiting_for_a_connection_leaks_no_slot(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    # With one connection held, a second client waits at MAIL and hangs up: its place in
+    # the queue must go, and the held connection must serve the next client.
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        await release.wait()
+
+    sink.faults.on_accept = hold
+    r = await start_relay(tmp_path, pki, sink, upstream_cfg={"pool_max_connections": 1})
+    try:
+        first = asyncio.create_task(send_one(r, "first@example.org", message()))
+        await until(lambda: len(sink.received) == 1)
+        gone = await RawSmtp.ready(r.port, pki.client_context())
+        await gone.send(f"MAIL FROM:<{SENDER}>\r\n".encode())
+        await until(lambda: pool_of(r).stats.waited == 1)
+        gone.writer.transport.abort()  # no QUIT: the connection is simply cut
+        await asyncio.sleep(0.1)
+        release.set()
+        assert DELIVERED.match((await first)[-1])
+        sink.faults.on_accept = None
+        answers = await send_one(r, "third@example.org", message())
+        open_now = pool_of(r).open_connections
+    finally:
+        await r.stop()
+    assert DELIVERED.match(answers[-1]), answers
+    assert sink.all_rcpts() == ["first@example.org", "third@example.org"]
+    assert sink.connections == 1 and open_now == 1
