@@ -2,7 +2,9 @@
 
 The config file lists every setting with its default and meaning (from relay.config_doc),
 commented out, so uncommenting one line changes one thing. Paths in it are absolute, so
-`phi-relay serve --config DIR/phi-relay.toml` works from any working directory.
+`phi-relay serve --config DIR/phi-relay.toml` works from any working directory; that
+includes the TLS certificate, so development certificates are made in DIR/certs here
+rather than in whatever directory `serve` happens to start in.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from relay import config as config_mod
+from relay.certs import init_dev_certs
 from relay.config_doc import Setting, settings
 from relay.resources import POLICY_DIR, POLICY_FILES
 
@@ -34,6 +38,8 @@ def config_text(home: Path) -> str:
         "policy_file": str(policy_file),
         "state_dir": str(home / "state"),
         "audit.file": str(home / "state" / "audit.log"),
+        "server.tls_cert": str(home / "certs" / "server.crt"),
+        "server.tls_key": str(home / "certs" / "server.key"),
     }
     out = [
         "# phi-relay configuration, written by `phi-relay init`.",
@@ -76,3 +82,14 @@ def write(home: Path, force: bool = False) -> Sequence[Path]:
     except OSError as exc:
         raise InitError(f"{exc.filename or home}: cannot be written ({exc.strerror})") from exc
     return targets
+
+
+def dev_certs(home: Path) -> tuple[Path, bool]:
+    """Development certificates in home/certs for the config's tls_cert and tls_key; ones
+    already there are kept (clients trust their CA). Returns (certificate, created)."""
+    hostname = config_mod.ServerConfig().hostname
+    try:
+        paths, created = init_dev_certs(home.resolve() / "certs", hostname)
+    except OSError as exc:
+        raise InitError(f"{exc.filename or home}: cannot be written ({exc.strerror})") from exc
+    return paths.cert, created

@@ -16,7 +16,8 @@ def register(sub: Any) -> None:
         help="write a config file, policy file and footer templates to edit",
         description=(
             f"Writes DIR/{init.CONFIG_NAME} (every setting, commented, with its default) and "
-            "DIR/policies/ (the shipped policy file and footer templates)."
+            "DIR/policies/ (the shipped policy file and footer templates) and, unless "
+            "present, development certificates in DIR/certs/ (replace them for production)."
         ),
     )
     p.add_argument("dir", nargs="?", type=Path, default=Path("."), metavar="DIR")
@@ -27,10 +28,15 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         written = init.write(args.dir, force=args.force)
+        cert, created = init.dev_certs(args.dir)
     except init.InitError as exc:
         raise CliError(str(exc)) from exc
     for path in written:
         print(f"wrote {path}")
+    if created:
+        print(f"wrote {cert} (development certificates; clients trust {cert.with_name('ca.crt')})")
+    else:
+        print(f"kept {cert}")
     print(f"next: phi-relay policy check {written[1]}")
     print(f"      phi-relay serve --config {written[0]}")
     return EXIT_OK

@@ -173,3 +173,56 @@ def test_wheel_version_and_init(installed: Path, tmp_path: Path) -> None:
     again = phi_relay(installed, ["init", "site"], tmp_path)
     assert again.returncode == 2
     assert "already exists; use --force" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_init_then_serve_from_any_directory_keeps_everything_in_the_init_folder(
+    installed: Path, tmp_path: Path
+) -> None:
+    """README "Install anywhere": `init DIR`, then `serve --config DIR/phi-relay.toml` run
+    from elsewhere (systemd starts services in /): certificates, keys and state all live
+    in DIR, so the CA clients trust does not change with the working directory."""
+    made = phi_relay(installed, ["init", "site"], tmp_path)
+    assert made.returncode == 0, made.stderr
+    site = tmp_path / "site"
+    assert f"wrote {site / 'certs' / 'server.crt'}" in made.stdout
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ready = tmp_path / "ready"
+    env = clean_env(
+        PHI_RELAY_SERVER_LISTEN="127.0.0.1:0",
+        PHI_RELAY_HTTP_LISTEN="127.0.0.1:0",
+        PHI_RELAY_READY_FILE=str(ready),
+    )
+    config = str(site / "phi-relay.toml")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(installed / "phi-relay"), "serve", "--workers", "1", "--config", config],
+            cwd=elsewhere,
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() or not ready.read_text().strip():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"serve did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        port = int(ready.read_text().split()[0])
+        ctx = ssl.create_default_context(cafile=str(site / "certs" / "ca.crt"))
+        with smtplib.SMTP("localhost", port, timeout=15) as client:
+            client.starttls(context=ctx)
+            assert client.send_message(message("Our new Saturday hours")) == {}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=20)
+    assert code == 0, log.read_text()[-2000:]
+    assert list(elsewhere.iterdir()) == [], "serve wrote into its working directory"
+    assert (site / "state" / "keys" / "audit.key").is_file()
+    assert len(list((site / "state" / "captured").rglob("*.eml"))) == 1
+    again = phi_relay(installed, ["init", "site", "--force"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    # The CA clients were given to trust is not replaced by --force.
+    assert f"kept {site / 'certs' / 'server.crt'}" in again.stdout
