@@ -42,6 +42,9 @@ _SURROGATE = re.compile("[\udc80-\udcff]")
 # Three or more single letters or digits each followed by exactly one space: a word
 # written spaced out ("d i a b e t e s", "4 4 5 1 2 3 4"). Two spaces end the word.
 _SPACED = re.compile(r"(?<![^\s(\[:#])(?:[^\W_] (?! )){2,}[^\W_](?![^\W_])")
+# Every spaced-out run holds " x " (its second letter between spaces): a cheap test
+# with a literal prefix the regex engine scans for, before the costly pattern.
+_SPACED_HINT = re.compile(r" [^\W_] ")
 _REPLACEMENT = "\ufffd"
 _LOST_IN_WORD = re.compile(r"(?<=[^\W\d_])\ufffd+(?=[^\W\d_])")
 _FOR_YOU = re.compile(r"\b4 (?=you\b|your\b)", re.I)
@@ -295,6 +298,19 @@ def _join_spaced(match: re.Match[str]) -> str:
 
 def normalize(text: str) -> str:
     """Fold decoded text: NFKC, invisibles, look-alikes, spaced-out words, whitespace."""
+    if (
+        text.isascii()
+        and text.isprintable()
+        and "  " not in text
+        and _SPACED_HINT.search(text) is None
+    ):
+        # Printable ASCII without a double space (most subjects): its only whitespace is
+        # single spaces and nothing is spaced out, so only the ends can change.
+        return text.strip()
+    return _normalize(text)
+
+
+def _normalize(text: str) -> str:
     if not text.isascii():
         text = unicodedata.normalize("NFKC", text)
         text = text.translate(_INVISIBLE).translate(_confusables())
@@ -310,7 +326,7 @@ def normalize(text: str) -> str:
             text = _LOST_IN_WORD.sub("", text).replace(_REPLACEMENT, " ")
     if "  " in text or "\t" in text or "\n" in text:
         text = text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
-    if _SPACED.search(text) is not None:
+    if _SPACED_HINT.search(text) is not None and _SPACED.search(text) is not None:
         text = _SPACED.sub(_join_spaced, text)
     return _SPACES.sub(" ", text).strip()
 
@@ -318,23 +334,32 @@ def normalize(text: str) -> str:
 def subject_texts(raw_value: str) -> list[str]:
     """Every plausible decoded, normalised text of a raw Subject value (primary first)."""
     try:
-        out: list[str] = []
-        for reading in _raw_readings(str(raw_value)):
-            # Unfold (CRLF before WSP goes); a stray line break elsewhere separates words.
-            value = _BARE_NEWLINE.sub(" ", _FOLD.sub("", reading))
-            for decoded in decode_rfc2047_all(value):
-                # A decoded word may itself hold an encoded-word (double encoding).
-                texts = decode_rfc2047_all(decoded) if "=?" in decoded else [decoded]
-                for text in texts:
-                    folded = normalize(text)
-                    if folded not in out:
-                        out.append(folded)
-        return out or [""]
+        value = str(raw_value)
+        if value.isascii() and "=?" not in value and "\n" not in value and "\r" not in value:
+            # Nothing to unfold or decode (most subjects): the one reading _decoded_texts
+            # would give.
+            return [normalize(value)]
+        return _decoded_texts(value)
     except Exception:
         try:
             return [normalize(str(raw_value))]
         except Exception:
             return [" ".join(str(raw_value).split())]
+
+
+def _decoded_texts(value: str) -> list[str]:
+    out: list[str] = []
+    for reading in _raw_readings(value):
+        # Unfold (CRLF before WSP goes); a stray line break elsewhere separates words.
+        unfolded = _BARE_NEWLINE.sub(" ", _FOLD.sub("", reading))
+        for decoded in decode_rfc2047_all(unfolded):
+            # A decoded word may itself hold an encoded-word (double encoding).
+            texts = decode_rfc2047_all(decoded) if "=?" in decoded else [decoded]
+            for text in texts:
+                folded = normalize(text)
+                if folded not in out:
+                    out.append(folded)
+    return out or [""]
 
 
 def subject_text(raw_value: str) -> str:
@@ -352,6 +377,12 @@ _ACCENTS = str.maketrans(
 
 def fold(text: str) -> str:
     """Lower case without accents, same length as `text` so spans stay valid."""
+    if text.isascii():
+        return text.lower()  # what _fold gives: no accents, one character each
+    return _fold(text)
+
+
+def _fold(text: str) -> str:
     folded = text.translate(_ACCENTS).lower()
     if len(folded) != len(text):
         # A few characters lower-case to two ("İ"); keep offsets by folding one by one.
