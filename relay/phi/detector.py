@@ -648,6 +648,7 @@ class Analysis:
     found: list[Finding]
     view: str  # the expanded reading (shorthand written out, leetspeak undone)
     classes: list[str]  # its words with health terms, names and possessives as classes
+    folded: str = ""  # fold(view), so the scorer need not fold it again
 
 
 @dataclass(frozen=True, slots=True)
@@ -817,6 +818,9 @@ class _Text:
         return len(alpha) >= 4 and caps >= 0.8 * len(alpha)
 
 
+_CLEAN = Judgement()
+
+
 class PhiDetector:
     """Satisfies relay.phi.api.Detector. Stateless per call; safe to share."""
 
@@ -852,7 +856,7 @@ class PhiDetector:
                 more, t = self._scan_view(second)
                 whole = [replace(f, start=0, end=len(text)) for f in more]
                 found = _dedupe(found + whole)
-        return Analysis(found, t.text, self._classes(t))
+        return Analysis(found, t.text, self._classes(t), t.folded)
 
     def word_classes(self, text: str) -> list[str]:
         """The words of `text` with health terms, names and possessives as class tokens.
@@ -866,24 +870,32 @@ class PhiDetector:
     def _classes(self, t: _Text) -> list[str]:
         v = self.vocab
         at = {m.index: m for m in self._mentions(t)}
+        words, orig = t.words, t.orig
+        possessive, first, last, ambiguous = (
+            lexicon.POSSESSIVE,
+            v.first_names,
+            v.last_names,
+            v.ambiguous,
+        )
         out: list[str] = []
-        i, n = 0, len(t.words)
+        i, n = 0, len(words)
         while i < n:
-            m = at.get(i)
+            m = at.get(i) if at else None
             if m is not None:
                 out.append(f"<{m.category}>")
                 i = max(i + 1, t.index_at(m.end))
                 continue
-            w = t.words[i]
-            if w in lexicon.POSSESSIVE:
+            w, o = words[i], orig[i]
+            upper = o[:1].isupper()
+            if w in possessive:
                 out.append("<poss>")
-            elif t.orig[i][:1].isupper() and w in v.first_names and w not in v.ambiguous:
+            elif upper and w in first and w not in ambiguous:
                 out.append("<first>")
-            elif t.orig[i][:1].isupper() and w in v.last_names and w not in v.ambiguous:
+            elif upper and w in last and w not in ambiguous:
                 out.append("<last>")
             elif w.isdigit():
                 out.append(f"<num{min(len(w), 9)}>")
-            elif i and t.orig[i][:1].isupper() and not t.orig[i].isupper() and not t.title_case:
+            elif i and upper and not o.isupper() and not t.title_case:
                 # A capitalised word inside a sentence-case subject: often a name the
                 # lists do not know ("Owen Marchetti").
                 out.append("<cap>")
@@ -899,7 +911,7 @@ class PhiDetector:
         spaces, each window once (a repeated window is not judged again), so time
         grows linearly with length whatever the text repeats.
         """
-        result = Judgement()
+        result = _CLEAN
         seen: set[str] = set()
         for text in readings:
             for window in windows(text):
@@ -927,7 +939,7 @@ class PhiDetector:
             # Rules only (no weights shipped yet): every finding is strong evidence.
             p, low, high = (1.0 if found else 0.0), 0.5, 0.5
         else:
-            p = scorer.probability(a.view, rule_features(found), a.classes)
+            p = scorer.probability(a.view, rule_features(found), a.classes, a.folded)
             low, high = scorer.thresholds.low, scorer.thresholds.high
         if not decisive and p < low:
             return Judgement(score=p)

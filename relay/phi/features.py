@@ -64,7 +64,20 @@ def features(view: str, rules: Iterable[str] = (), classes: Sequence[str] = ()) 
     its words with health terms, names and possessives replaced by class tokens
     (PhiDetector.word_classes), whose pairs generalise past the training vocabulary.
     """
-    text = model_text(view)
+    return sorted(feature_set(view, rules, classes))
+
+
+def feature_set(
+    view: str,
+    rules: Iterable[str] = (),
+    classes: Sequence[str] = (),
+    folded: str | None = None,
+) -> set[int]:
+    """`features` as a set, in no order (all a sum of weights needs).
+
+    `folded` is `fold(view)` when the caller has it already.
+    """
+    text = (fold(view) if folded is None else folded).translate(_DIGITS)
     data = (" " + text + " ").encode("utf-8")
     crc = zlib.crc32
     n = len(data)
@@ -89,4 +102,4 @@ def features(view: str, rules: Iterable[str] = (), classes: Sequence[str] = ()) 
     m = len(shapes)
     out.update([crc(shapes[i : i + 2], _NS_SHAPE2) & MASK for i in range(m - 1)])
     out.update([crc(shapes[i : i + 3], _NS_SHAPE3) & MASK for i in range(m - 2)])
-    return sorted(out)
+    return out

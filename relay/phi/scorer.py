@@ -15,11 +15,13 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
+from operator import itemgetter
 from pathlib import Path
 
-from relay.phi.features import DIM, features
+from relay.phi.features import DIM, feature_set
 
 WEIGHTS = Path(__file__).with_name("data") / "scorer.bin"
+_FLIP_TOP_BIT = bytes(b ^ 0x80 for b in range(256))
 
 
 class ScorerError(Exception):
@@ -39,18 +41,38 @@ class Scorer:
         if len(weights) != DIM:
             raise ScorerError(f"scorer weights: expected {DIM} entries, got {len(weights)}")
         self._w = weights
+        # The same weights plus 128, one byte each: summed through itemgetter, a third of
+        # the time of indexing the array one by one (int8 two's complement + 128 = the
+        # byte with its top bit flipped).
+        self._biased = weights.tobytes().translate(_FLIP_TOP_BIT)
         self.scale = scale
         self.bias = bias
         self.thresholds = th
 
-    def log_odds(self, view: str, rules: Iterable[str] = (), classes: Sequence[str] = ()) -> float:
-        w = self._w
-        return sum(map(w.__getitem__, features(view, rules, classes))) * self.scale + self.bias
+    def log_odds(
+        self,
+        view: str,
+        rules: Iterable[str] = (),
+        classes: Sequence[str] = (),
+        folded: str | None = None,
+    ) -> float:
+        """`folded` is `fold(view)` when the caller has it (saves folding again)."""
+        found = feature_set(view, rules, classes, folded)
+        if len(found) > 1:  # itemgetter of one index returns the item, not a tuple
+            biased: tuple[int, ...] = itemgetter(*found)(self._biased)
+            total = sum(biased) - 128 * len(found)
+        else:
+            total = sum(map(self._w.__getitem__, found))
+        return total * self.scale + self.bias
 
     def probability(
-        self, view: str, rules: Iterable[str] = (), classes: Sequence[str] = ()
+        self,
+        view: str,
+        rules: Iterable[str] = (),
+        classes: Sequence[str] = (),
+        folded: str | None = None,
     ) -> float:
-        z = self.log_odds(view, rules, classes)
+        z = self.log_odds(view, rules, classes, folded)
         return 1.0 / (1.0 + math.exp(-z)) if z > -40 else 0.0
 
     @staticmethod
