@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from relay.phi import kinds, lexicon
 from relay.phi.api import STRONG, UNCERTAIN, Finding, Judgement
 from relay.phi.normalize import expand, fold, shorthand_words
-from relay.phi.rules import RULES, Subject, segment
+from relay.phi.rules import RULES, Subject, first_words, runs, segment
 from relay.phi.scorer import Scorer, default_scorer
 
 if TYPE_CHECKING:
@@ -65,6 +64,7 @@ def rule_features(found: Iterable[Finding]) -> list[str]:
 DATA = Path(__file__).with_name("data")
 
 _DIGIT = re.compile(r"\d")
+_DIGITS = re.compile(r"\d+")
 _TOKEN = re.compile(r"[^\W_]+(?:['\-][^\W_]+)*")
 
 _MONTHS_EN = (
@@ -162,10 +162,12 @@ _ZIP_AFTER_STATE = re.compile(
 _ZIP_CUE = re.compile(
     r"\b(?:zip(?: code)?|codigo postal|c\.?p\.?)\W{0,3}(\d{5}(?:-\d{4})?)\b", re.I
 )
+_RESULT_NOUNS = (
+    "results?|resultados?|reports?|informes?|findings|levels?|niveles|readings?|numbers|counts"
+)
 _RESULTS_POSS = re.compile(
     r"\b(?:your|you're|youre|tus|sus|tu|su|my|mis|mi)\s+(?:[\w'-]+\s+){0,3}?"
-    r"(?:results?|resultados?|reports?|informes?|findings|levels?|niveles|readings?|numbers|"
-    r"counts)\b"
+    rf"(?:{_RESULT_NOUNS})\b"
 )
 _RESULTS_READY = re.compile(
     r"\b(?:lab|labs|test|blood|bloodwork|pathology|imaging|biopsy|scan|screening|a1c|mri|x-ray|"
@@ -189,10 +191,13 @@ _POSS_TEST = re.compile(
     r"care summary|resumen de (?:la |su )?visita|"
     r"wound|incision|herida)\b"
 )
+_RX_POSS_NOUNS = (
+    "prescriptions?|rx|refills?|medications?|medicines?|recetas?|medicamentos?|"
+    "medicinas?|meds|dosis|dose"
+)
 _RX_POSS = re.compile(
     r"\b(?:your|tus|sus|tu|su|my|mis|mi)\s+(?:[\w'-]+\s+){0,2}?"
-    r"(?:prescriptions?|rx|refills?|medications?|medicines?|recetas?|medicamentos?|"
-    r"medicinas?|meds|dosis|dose)\b"
+    rf"(?:{_RX_POSS_NOUNS})\b"
     # a household object, not a prescription: "your medicine cabinet"
     r"(?!\s+(?:cabinet|cabinets|chest|drawer|storage|disposal|take-back|safety))"
 )
@@ -210,6 +215,8 @@ _HOW_TO = re.compile(
 _NO_RX = re.compile(
     r"\b(?:without a|no|sin)\s+(?:prescription|receta)\b|\bover[- ]the[- ]counter\b|\botc\b"
 )
+# A word every match of _NO_RX holds between word boundaries.
+_NO_RX_WORDS = frozenset({"prescription", "receta", "counter", "otc"})
 _CAME_BACK = re.compile(r"\b(?:came|come|comes|coming|is|are|was|were|results?)\s+back\b")
 _ORG_MOVES = frozenset(
     {"moving", "moved", "move", "relocating", "floor", "closed", "closing", "opens", "opening"}
@@ -567,21 +574,51 @@ _RX_NOUNS = frozenset(
         "medicamentos",
     }
 )
+_POSSESSED_NOUNS = (
+    (_RESULTS_POSS, kinds.RESULT, first_words(_RESULT_NOUNS)),
+    (_RX_POSS, kinds.PRESCRIPTION, first_words(_RX_POSS_NOUNS)),
+)
 _PERSONAL_FACT = lexicon.RESULT_WORDS | lexicon.CARE_EVENT | lexicon.PRESCRIPTION_WORDS
 _GREETINGS = frozenset(
     {"hi", "hello", "dear", "hey", "hola", "estimado", "estimada", "querido", "querida"}
 )
+_ANALYTES = (
+    "a1c|hba1c|hemoglobin|glucose|blood sugar|cholesterol|ldl|hdl|triglycerides|potassium|"
+    "sodium|creatinine|egfr|psa|tsh|inr|platelets?|wbc|ferritin|vitamin d|iron|bp|glucosa|"
+    "hemoglobina|colesterol|sugar|azucar|blood pressure|pressure|heart rate|pulse|oxygen|"
+    "presion arterial|presion|oxigeno|blood counts?|counts|liver enzymes|enzymes|hierro|"
+    "niveles de hierro|globulos blancos|globulos rojos"
+)
+_ANALYTE_WORDS = first_words(_ANALYTES)
 _ANALYTE_VALUE = re.compile(
-    r"\b(?:a1c|hba1c|hemoglobin|glucose|blood sugar|cholesterol|ldl|hdl|triglycerides|potassium|"
-    r"sodium|creatinine|egfr|psa|tsh|inr|platelets?|wbc|ferritin|vitamin d|iron|bp|glucosa|"
-    r"hemoglobina|colesterol|sugar|azucar|blood pressure|pressure|heart rate|pulse|oxygen|"
-    r"presion arterial|presion|oxigeno|blood counts?|counts|liver enzymes|enzymes|hierro|"
-    r"niveles de hierro|globulos blancos|globulos rojos)\b\W{0,3}"
+    rf"\b(?:{_ANALYTES})\b\W{{0,3}}"
     r"(?:(?:is|was|were|are|level|levels|reading|running|came|back|at|es|fue|nivel|esta|estaba|"
     r"estan|sigue|still|too|very|muy)\s+){0,3}"
     r"(?:high|low|elevated|abnormal|critical|alto|alta|bajo|baja|altos|altas|bajos|bajas|"
     r"\d+(?:\.\d+)?\s?%?)"
 )
+# The first words of the identifier cues ("mrn", "member" of "member id"): a subject
+# with none of them has no cued identifier.
+_CUE_FIRST_WORDS = frozenset(cue.split(" ")[0] for cue in lexicon.ID_CUES)
+# pattern -> (digits every match holds, the longest run of digits in it, a character
+# it holds): read off each pattern; tests/unit/phi/test_phi_fast_paths.py checks them.
+_DIGITS_NEEDED: dict[re.Pattern[str], tuple[int, int, str]] = {
+    _SSN: (9, 4, ""),
+    _SSN_LAST4: (4, 4, ""),
+    _PHONE: (10, 4, ""),
+    _PHONE_INTL: (8, 1, "+"),
+    _PHONE_TRUNK: (9, 3, ""),
+    _NINO: (6, 2, ""),
+    _PHONE_BARE: (10, 10, ""),
+    _DEA: (7, 7, ""),
+    _NPI: (10, 10, ""),
+    _ICD_DOTTED: (1, 1, "."),
+    _LONG_NUMBER: (8, 8, ""),
+    _ALNUM_ID: (5, 5, ""),
+    _ZIP_AFTER_STATE: (5, 5, ""),
+    _ZIP_CUE: (5, 5, ""),
+    _POSTCODE_UK: (2, 1, ""),
+}
 _SENSITIVE_ICD: tuple[tuple[str, str, str], ...] = (
     ("B20", "B20", kinds.HIV),
     ("Z21", "Z21", kinds.HIV),
@@ -688,6 +725,13 @@ class Vocabulary:
         self.words = frozenset(w for p in phrases for w in p.split())
         self.max_words = max(len(p.split()) for p in phrases)
         self.phrase_starts = frozenset(p.split()[0] for p in phrases)
+        # first word -> the lengths in words of the phrases it starts, longest first:
+        # the only lengths worth looking up at a word.
+        sizes: dict[str, set[int]] = {}
+        for p in phrases:
+            split = p.split()
+            sizes.setdefault(split[0], set()).add(len(split))
+        self.phrase_sizes = {w: tuple(sorted(n, reverse=True)) for w, n in sizes.items()}
         # Folded like subject words, so "Serafín" in a subject meets "serafín" in the list.
         self.first_names = frozenset(fold(n) for n in _lines("names_first.txt"))
         self.last_names = frozenset(fold(n) for n in _lines("names_last.txt"))
@@ -701,6 +745,13 @@ class Vocabulary:
             (re.escape(s) for s in _lines("street_suffixes.txt") if len(s) >= 2),
             key=len,
             reverse=True,
+        )
+        # The words the address patterns need, for skipping them (lower case, as runs).
+        self.street_suffix_words = frozenset(
+            s.lower() for s in _lines("street_suffixes.txt") if len(s) >= 2
+        )
+        self.street_prefix_words = frozenset(
+            p.split()[0].lower() for p in _lines("street_prefixes_es.txt") if len(p) >= 2
         )
         self.street_suffixes = frozenset(
             s for s in _lines("street_suffixes.txt") if len(s) >= 3
@@ -753,8 +804,36 @@ def _may_expand(t: _Text) -> bool:
     return (
         not t.wordset.isdisjoint(_SHORT_WORDS)
         or ("/" in t.text and _SLASHED.search(t.text) is not None)
-        or _LEET.search(t.text) is not None
+        or (
+            # A leetspeak character is a digit or one of these.
+            (t.has_digit or "@" in t.text or "$" in t.text or "!" in t.text or "|" in t.text)
+            and _LEET.search(t.text) is not None
+        )
     )
+
+
+_T = TypeVar("_T")
+
+
+class _lazy(Generic[_T]):
+    """functools.cached_property without its lock, which Python 3.11 takes on every first
+    read (a third of the cost of a small property). A _Text is never shared by threads."""
+
+    def __init__(self, compute: Callable[[Any], _T]) -> None:
+        self.compute = compute
+        self.name = compute.__name__
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _lazy[_T]: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type) -> _T: ...
+
+    def __get__(self, obj: object, owner: type) -> _T | _lazy[_T]:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.compute(obj)
+        return value
 
 
 class _Text:
@@ -774,6 +853,26 @@ class _Text:
         self.inside: frozenset[str] | None = None  # words inside health terms
         self.firms: list[tuple[int, int]] | None = None  # spans of firm names
 
+    @_lazy
+    def runs(self) -> frozenset[str]:
+        """Maximal letter-and-digit runs of the folded text (see relay.phi.rules.runs)."""
+        return runs(self.folded, self.wordset)
+
+    @_lazy
+    def digits(self) -> tuple[int, int]:
+        """(how many digits, the longest run of digits) in the text."""
+        found = _DIGITS.findall(self.text)
+        return sum(map(len, found)), max(map(len, found), default=0)
+
+    def numbers(self, pattern: re.Pattern[str]) -> Iterator[re.Match[str]]:
+        """The matches of an identifier pattern in the text; none searched for when the
+        text has fewer digits, or a shorter run of them, than every match holds."""
+        total, run, literal = _DIGITS_NEEDED[pattern]
+        found = self.digits
+        if found[0] < total or found[1] < run or literal not in self.text:
+            return iter(())
+        return pattern.finditer(self.text)
+
     def index_at(self, pos: int) -> int:
         return bisect_left(self.starts, pos)
 
@@ -784,7 +883,7 @@ class _Text:
     def any(self, words: frozenset[str]) -> bool:
         return not self.wordset.isdisjoint(words)
 
-    @cached_property
+    @_lazy
     def generic(self) -> bool:
         if self.wordset.isdisjoint(lexicon.GENERIC):
             return (
@@ -811,7 +910,7 @@ class _Text:
             not self.wordset.isdisjoint(_HOW_TO_WORDS) and _HOW_TO.search(self.folded) is not None
         )
 
-    @cached_property
+    @_lazy
     def title_case(self) -> bool:
         alpha = [w for w in self.orig if w[0].isalpha() and len(w) > 3]
         caps = sum(1 for w in alpha if w[0].isupper())
@@ -996,15 +1095,17 @@ class PhiDetector:
 
     def _identifiers(self, t: _Text, out: list[Finding]) -> None:
         text, taken = t.text, []
-        for m in _SSN.finditer(text):
+        # Each pattern below is searched only when the text has as many digits, and as
+        # long a run of them, as every match of it holds (_DIGITS_NEEDED).
+        for m in t.numbers(_SSN):
             area, sep, group, serial = m.groups()
             cued = bool({"ssn", "social", "ss", "seguro", "ssa"} & set(t.before(m.start(), 4)))
             if ssn_ok(area, group, serial) and (sep or cued):
                 out.append(Finding(kinds.SSN, m.start(), m.end(), 0.95 if cued else 0.8, "id.ssn"))
                 taken.append((m.start(), m.end()))
-        for m in _SSN_LAST4.finditer(text):
+        for m in t.numbers(_SSN_LAST4):
             out.append(Finding(kinds.SSN, m.start(), m.end(), 0.9, "id.ssn-last4"))
-        for m in _PHONE.finditer(text):
+        for m in t.numbers(_PHONE):
             if _overlaps(taken, m.start(), m.end()):
                 continue
             area = m.group(1) or m.group(2)
@@ -1015,7 +1116,7 @@ class PhiDetector:
             out.append(Finding(kind, m.start(), m.end(), 0.8, "id.phone"))
             taken.append((m.start(), m.end()))
         for pattern in (_PHONE_INTL, _PHONE_TRUNK):
-            for m in pattern.finditer(text):
+            for m in t.numbers(pattern):
                 if _overlaps(taken, m.start(), m.end()):
                     continue
                 before = set(t.before(m.start(), 4))
@@ -1024,28 +1125,28 @@ class PhiDetector:
                     continue
                 out.append(Finding(kind, m.start(), m.end(), 0.75, "id.phone-intl"))
                 taken.append((m.start(), m.end()))
-        for m in _NINO.finditer(text):
+        for m in t.numbers(_NINO):
             if not _overlaps(taken, m.start(), m.end()):
                 out.append(Finding(kinds.SSN, m.start(), m.end(), 0.8, "id.nino"))
                 taken.append((m.start(), m.end()))
-        for m in _PHONE_BARE.finditer(text):
+        for m in t.numbers(_PHONE_BARE):
             before = set(t.before(m.start(), 3))
             if before & {"phone", "cell", "tel", "mobile", "call", "fax", "telefono", "celular"}:
                 kind = kinds.FAX if "fax" in before else kinds.PHONE
                 out.append(Finding(kind, m.start(), m.end(), 0.8, "id.phone-cued"))
                 taken.append((m.start(), m.end()))
-        for m in _DEA.finditer(text):
+        for m in t.numbers(_DEA):
             if dea_ok(m.group(0)):
                 out.append(Finding(kinds.DEA, m.start(), m.end(), 0.9, "id.dea"))
                 taken.append((m.start(), m.end()))
-        for m in _NPI.finditer(text):
+        for m in t.numbers(_NPI):
             if _overlaps(taken, m.start(), m.end()):
                 continue
             cued = "npi" in t.before(m.start(), 4)
             if npi_ok(m.group(1)):
                 out.append(Finding(kinds.NPI, m.start(), m.end(), 0.95 if cued else 0.6, "id.npi"))
                 taken.append((m.start(), m.end()))
-        for m in _ICD_DOTTED.finditer(text):
+        for m in t.numbers(_ICD_DOTTED):
             if m.group(1) in self.vocab.icd_categories:
                 out.append(Finding(kinds.ICD10, m.start(), m.end(), 0.8, "id.icd10"))
                 out.extend(
@@ -1071,12 +1172,13 @@ class PhiDetector:
                 if cued and not _overlaps(taken, m.start(), m.end()):
                     out.append(Finding(kinds.CPT, m.start(), m.end(), 0.8, "id.cpt-cued"))
                     taken.append((m.start(), m.end()))
-        self._cued_ids(t, out, taken)
-        for m in _LONG_NUMBER.finditer(text):
+        if not t.wordset.isdisjoint(_CUE_FIRST_WORDS):
+            self._cued_ids(t, out, taken)
+        for m in t.numbers(_LONG_NUMBER):
             if not _overlaps(taken, m.start(), m.end()):
                 out.append(Finding(kinds.ACCOUNT, m.start(), m.end(), 0.5, "id.long-number"))
                 taken.append((m.start(), m.end()))
-        for m in _ALNUM_ID.finditer(text):
+        for m in t.numbers(_ALNUM_ID):
             if not _overlaps(taken, m.start(), m.end()):
                 out.append(Finding(kinds.ACCOUNT, m.start(), m.end(), 0.5, "id.alnum-number"))
                 taken.append((m.start(), m.end()))
@@ -1125,17 +1227,21 @@ class PhiDetector:
         org = t.any(lexicon.ORG_WORDS) and not personal
         if org:
             return
-        for m in self.vocab.address.finditer(t.text):
+        v, ascii_text = self.vocab, t.text.isascii()
+        # The patterns ignore case: on ASCII text their words are lower-case runs.
+        street = not ascii_text or not t.runs.isdisjoint(v.street_suffix_words)
+        for m in v.address.finditer(t.text) if street else ():
             words = m.group(0).split()
             # "Join the 2025 Heart Walk": a year is not a house number unless a person lives there.
             year = re.fullmatch(r"(?:19[5-9]|20[0-3])\d", words[0]) is not None
             if len(words) >= 3 and words[1][:1].isupper() and (personal or not year):
                 out.append(Finding(kinds.ADDRESS, m.start(), m.end(), 0.8, "id.address"))
-        for m in self.vocab.address_es.finditer(t.text):
+        street = not ascii_text or not t.runs.isdisjoint(v.street_prefix_words)
+        for m in v.address_es.finditer(t.text) if street else ():
             if m.group(0)[:1].isupper():
                 out.append(Finding(kinds.ADDRESS, m.start(), m.end(), 0.75, "id.address-es"))
         for pattern in (_ZIP_AFTER_STATE, _ZIP_CUE, _POSTCODE_UK):
-            for m in pattern.finditer(t.text):
+            for m in t.numbers(pattern):
                 out.append(Finding(kinds.ZIP, m.start(1), m.end(1), 0.7, "id.zip"))
 
     def _emails(self, t: _Text, out: list[Finding]) -> None:
@@ -1515,7 +1621,9 @@ class PhiDetector:
                         )
                 i += 1
                 continue
-            for size in range(min(self.vocab.max_words, n - i), 0, -1):
+            for size in self.vocab.phrase_sizes[words[i]]:
+                if size > n - i:
+                    continue
                 key = words[i] if size == 1 else " ".join(words[i : i + size])
                 hit = phrases.get(key)
                 if hit is not None:
@@ -1559,7 +1667,9 @@ class PhiDetector:
         if t.any(_POSS_WORDS):
             self._possessive_facts(t, out, generic)
         if not generic:
-            for rm in _ANALYTE_VALUE.finditer(t.folded):
+            # Every analyte value starts with one of _ANALYTE_WORDS.
+            analyte = not t.runs.isdisjoint(_ANALYTE_WORDS)
+            for rm in _ANALYTE_VALUE.finditer(t.folded) if analyte else ():
                 out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.75, "health.result"))
             if results:
                 for rm in _RESULTS_READY.finditer(t.folded):
@@ -1583,8 +1693,9 @@ class PhiDetector:
         results: bool,
     ) -> None:
         strong_result = t.any(lexicon.STRONG_RESULT)
-        rx = t.any(lexicon.PRESCRIPTION_WORDS) or bool(_DOSE.search(t.text))
-        otc = _NO_RX.search(t.folded) is not None
+        # A dose has digits; every over-the-counter phrase has one of _NO_RX_WORDS.
+        rx = t.any(lexicon.PRESCRIPTION_WORDS) or (t.has_digit and bool(_DOSE.search(t.text)))
+        otc = not t.runs.isdisjoint(_NO_RX_WORDS) and _NO_RX.search(t.folded) is not None
         # A care word that is itself a health term inside a mention is no event:
         # "Infusion center expansion", "Preparing for surgery", "Physical therapy may
         # help"; "ER visit" and "therapy session" still are.
@@ -1661,8 +1772,9 @@ class PhiDetector:
             before = t.before(rm.start(), 2)
             if not generic and not (set(before) & _CTA):
                 out.append(Finding(kinds.PROCEDURE, rm.start(), rm.end(), 0.7, "health.possessive"))
-        for pattern, kind in ((_RESULTS_POSS, kinds.RESULT), (_RX_POSS, kinds.PRESCRIPTION)):
-            for rm in pattern.finditer(t.folded):
+        for pattern, kind, nouns in _POSSESSED_NOUNS:
+            # Every match ends with one of the nouns.
+            for rm in pattern.finditer(t.folded) if not t.runs.isdisjoint(nouns) else ():
                 # "Your monthly activity report" is an app summary, not a test report.
                 if (
                     kind == kinds.RESULT

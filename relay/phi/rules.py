@@ -34,6 +34,48 @@ class Subject:
 
 Rule = Callable[[Subject], list[Finding]]
 
+# --- cheap tests that let a rule skip its pattern ----------------------------------------
+#
+# A pattern is searched only when the subject holds something every match of it must
+# hold, so skipping it never changes a finding: a literal word that a match has between
+# word boundaries is one of the text's letter-and-digit runs (`runs`); digits a match
+# needs are in the text. Literal tests on a pattern compiled with re.I are made only
+# on ASCII text, where ignoring case is lower-casing (elsewhere the long s, U+017F, matches "s").
+
+_RUN = re.compile(r"[^\W_]+")
+_LITERAL_WORD = re.compile(r"[a-z0-9]+\??")
+
+
+def runs(folded: str, words: frozenset[str]) -> frozenset[str]:
+    """The maximal runs of letters and digits in `folded`; `words` are its tokens.
+
+    A word of a pattern between word boundaries (`\\bword\\b`, or after a space and
+    before a non-word character) can only match one of these. Tokens join runs with an
+    apostrophe or hyphen, so without those in the text the tokens are the runs.
+    """
+    if "-" not in folded and "'" not in folded:
+        return words
+    return frozenset(_RUN.findall(folded))
+
+
+def first_words(alternation: str) -> frozenset[str]:
+    """Every word an alternative of `alternation` ("a1c|blood sugar|platelets?") starts with.
+
+    Only plain words, spaces and an optional last letter ("platelets?") are understood;
+    anything else raises, so a pattern that outgrows this test is noticed at import.
+    """
+    out: set[str] = set()
+    for alternative in alternation.split("|"):
+        word = alternative.split(" ")[0]
+        if _LITERAL_WORD.fullmatch(word) is None:
+            raise ValueError(f"not a plain word: {word!r}")
+        if word.endswith("?"):
+            out.add(word[:-2])  # without the optional letter
+            word = word[:-1]
+        out.add(word)
+    return frozenset(out)
+
+
 # --- shared word classes (data/rule_words.tsv) -------------------------------------------
 
 
@@ -102,10 +144,10 @@ _OFFER = _class("offer")
 
 def billing_amount(s: Subject) -> list[Finding]:
     """id.amount: a money amount with a patient-billing word ("$40 copay", "Usted debe $318")."""
-    if not s.has_digit:
+    if not s.has_digit or s.words.isdisjoint(_BILLING) or not s.words.isdisjoint(_BUSINESS):
         return []
     m = _AMOUNT.search(s.folded)
-    if m is None or s.words.isdisjoint(_BILLING) or not s.words.isdisjoint(_BUSINESS):
+    if m is None:
         return []
     if not s.words.isdisjoint(_OFFER) and s.words.isdisjoint(_YOU):
         return []
@@ -136,7 +178,10 @@ _DX = re.compile(r"(?:^|[\s(\[|,;-])(?:dx|ddx|diagnosis|diagnostico|diagnostic)\
 
 def dx_cue(s: Subject) -> list[Finding]:
     """health.dx: a labelled diagnosis ("Dx: new onset afib", "Diagnóstico: asma")."""
-    m = _DX.search(s.folded)
+    folded = s.folded
+    if folded.isascii() and "dx" not in folded and "diagnos" not in folded:
+        return []  # every cue holds "dx" or "diagnos"
+    m = _DX.search(folded)
     if m is None:
         return []
     return [Finding(kinds.CONDITION, m.start(), m.end(), 0.9, "health.dx")]
@@ -173,17 +218,22 @@ def record_cue(s: Subject) -> list[Finding]:
     return out
 
 
+# The audience is the organisation's own patients or members; "people", "anyone" or
+# "families" describe who a public programme is for (B6), not who receives it.
+_AUDIENCE = (
+    "patients?|members?|clients?|everyone|those|users|"
+    "participants|residents|pacientes|miembros|afiliados|todos|todas|quienes|usuarios|"
+    "familias|clientes"
+)
+_AUDIENCE_OF_OURS = "users|patients|members|families"
+_SEGMENT_WORDS = first_words(_AUDIENCE) | first_words(_AUDIENCE_OF_OURS)
 _SEGMENT = re.compile(
-    # The audience is the organisation's own patients or members; "people", "anyone" or
-    # "families" describe who a public programme is for (B6), not who receives it.
-    r"\b(?:patients?|members?|clients?|everyone|those|users|"
-    r"participants|residents|pacientes|miembros|afiliados|todos|todas|quienes|usuarios|"
-    r"familias|clientes)\b\s(?:[\w'-]+\s){0,2}?"
+    rf"\b(?:{_AUDIENCE})\b\s(?:[\w'-]+\s){{0,2}}?"
     r"(?:taking|on|prescribed|using|receiving|who (?:take|use|have|are|had|receive)|"
     r"with|in (?:our|the)|enrolled|living with|diagnosed|scheduled for|recovering|"
     r"que (?:toman|usan|reciben|tienen|padecen|viven)|con|en (?:el|nuestro|tratamiento)|"
     r"inscritos|diagnosticados)\b"
-    r"|\b[\w-]+ (?:users|patients|members|families) (?:we (?:care for|serve|treat)|of ours)\b"
+    rf"|\b[\w-]+ (?:{_AUDIENCE_OF_OURS}) (?:we (?:care for|serve|treat)|of ours)\b"
 )
 
 
@@ -194,6 +244,8 @@ def segment(s: Subject) -> list[Finding]:
     segment cue alone is not enough: the detector adds this rule's finding only when
     the subject also names a health term (see PhiDetector._scan_view).
     """
+    if runs(s.folded, s.words).isdisjoint(_SEGMENT_WORDS):
+        return []
     m = _SEGMENT.search(s.folded)
     if m is None:
         return []
@@ -234,6 +286,8 @@ def care_word(s: Subject) -> list[Finding]:
     """
     single, phrases, pattern, you = _care_words()
     folded = s.folded
+    if s.words.isdisjoint(you) and not any(w in folded for w in you if " " in w or not w.isascii()):
+        return []  # no second-person or patient word: nothing to tie a care word to
     hits = s.words & single
     # The first in the text, so the finding (and the scorer's input) never depends on
     # set order.
@@ -244,8 +298,6 @@ def care_word(s: Subject) -> list[Finding]:
         m = pattern.search(folded)
         hit = m.group(0) if m else None
     if hit is None:
-        return []
-    if s.words.isdisjoint(you) and not any(w in folded for w in you if " " in w or not w.isascii()):
         return []
     at = max(0, folded.find(hit))
     return [Finding(kinds.PROCEDURE, at, at + len(hit), 0.7, "health.care-word")]

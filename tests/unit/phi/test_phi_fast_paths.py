@@ -10,12 +10,16 @@ spaced-out letters, control and non-ASCII characters).
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from relay.phi import detector, rules
+from relay.phi.detector import _DIGITS_NEEDED, vocabulary
 from relay.phi.normalize import _decoded_texts, _fold, _normalize, fold, normalize, subject_texts
+from relay.phi.rules import first_words, runs
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 _ALPHABET = [*"ab CDe1 2  3\t\r\n=?QBq_:#([x", "\x0b", "\x1c", "\xa0", "é", "İ", "\u200b", " "]
@@ -55,3 +59,128 @@ def test_plain_subjects_skip_decoding_with_the_same_result() -> None:
     raw = [t.replace("\\r\\n", "\r\n") for t in TEXTS]
     differ = [t for t in raw if subject_texts(t) != _decoded_texts(t)]
     assert differ == []
+
+
+# --- patterns skipped when the text lacks what every match holds --------------------
+
+_TOKEN = re.compile(r"[^\W_]+(?:['\-][^\W_]+)*")
+
+
+def test_runs_are_the_maximal_letter_and_digit_runs() -> None:
+    for text in TEXTS:
+        folded = fold(text)
+        assert runs(folded, frozenset(_TOKEN.findall(folded))) == set(
+            re.findall(r"[^\W_]+", folded)
+        )
+
+
+def test_first_words_reads_plain_alternations_only() -> None:
+    assert first_words("a1c|blood sugar|platelets?") == {"a1c", "blood", "platelet", "platelets"}
+    with pytest.raises(ValueError, match="not a plain word"):
+        first_words("a1c|(?:x)")
+
+
+_DIGIT_EXAMPLES = [
+    "SSN 123-45-6789 and 123 45 6789",
+    "ssn ending 6789",
+    "call (312) 555-0187 or 312.555.0187 x12, +1-312-555-0187",
+    "+44 20 7946 0958, +34 612 34 56 78, +33 (0) 1 23 45 67 89",
+    "(0121) 496 0218 and 020 7946 0958",
+    "NI AB 12 34 56 C and AB123456C",
+    "cell 2125550100 or +12125550100",
+    "DEA AB1234563 and BX9876543",
+    "NPI 1234567893, 2234567891",
+    "Dx E11.9, F32.A, Z30.01",
+    "acct 12345678901 and 99887766",
+    "ref XJH882311901 and AB-123456",
+    "Springfield, IL 62704 and CA 90210-1234",
+    "zip 90210, codigo postal 28001",
+    "London SW1A 1AA, M1 1AE",
+]
+
+
+def _digit_samples() -> list[str]:
+    rng = random.Random(9)
+    chars = "0123456789" * 4 + " -./()+\tABCDEFGHJKLMNPRSTWXZ" + "abc"
+    out = _DIGIT_EXAMPLES + TEXTS
+    out += ["".join(rng.choice(chars) for _ in range(rng.randrange(4, 30))) for _ in range(6000)]
+    return out
+
+
+def test_identifier_patterns_need_the_digits_they_are_skipped_without() -> None:
+    samples = _digit_samples()
+    for pattern, (total, run, literal) in _DIGITS_NEEDED.items():
+        matches = [m.group(0) for text in samples for m in pattern.finditer(text)]
+        assert matches, pattern.pattern  # the examples exercise every pattern
+        for match in matches:
+            digits = re.findall(r"\d+", match)
+            assert sum(map(len, digits)) >= total, (pattern.pattern, match)
+            assert max(map(len, digits)) >= run, (pattern.pattern, match)
+            assert literal in match, (pattern.pattern, match)
+
+
+def _word_gates() -> list[tuple[re.Pattern[str], frozenset[str], list[str]]]:
+    v = vocabulary()
+    analytes = [a for a in detector._ANALYTES.split("|") if "?" not in a]
+    return [
+        (
+            detector._ANALYTE_VALUE,
+            detector._ANALYTE_WORDS,
+            [f"your {a} was high" for a in analytes] + ["platelets low", "a1c-level 9.1%"],
+        ),
+        (
+            detector._NO_RX,
+            detector._NO_RX_WORDS,
+            ["without a prescription", "no receta", "over-the-counter", "otc pain relief"],
+        ),
+        (
+            detector._RESULTS_POSS,
+            detector._POSSESSED_NOUNS[0][2],
+            [f"your lab {w} are in" for w in detector._POSSESSED_NOUNS[0][2]],
+        ),
+        (
+            detector._RX_POSS,
+            detector._POSSESSED_NOUNS[1][2],
+            [f"your new {w} is ready" for w in detector._POSSESSED_NOUNS[1][2]],
+        ),
+        (
+            rules._SEGMENT,
+            rules._SEGMENT_WORDS,
+            [f"for {w} taking insulin" for w in rules._SEGMENT_WORDS]
+            + ["insulin users we care for", "pump patients of ours"],
+        ),
+        (
+            v.address,
+            v.street_suffix_words,
+            [f"42 Oak {s.title()} and 7 N Elm {s}" for s in v.street_suffix_words],
+        ),
+        (
+            v.address_es,
+            v.street_prefix_words,
+            [f"{p.title()} Mayor 12" for p in v.street_prefix_words],
+        ),
+    ]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_word_patterns_need_a_word_they_are_skipped_without(index: int) -> None:
+    pattern, words, examples = _word_gates()[index]
+    hits = 0
+    for text in examples + TEXTS:
+        folded = fold(normalize(text))
+        # Case-insensitive patterns are tested against lower-case runs on ASCII text only.
+        if pattern.flags & re.IGNORECASE and not text.isascii():
+            continue
+        subject = text if pattern.flags & re.IGNORECASE else folded
+        for m in pattern.finditer(subject):
+            hits += 1
+            found = set(re.findall(r"[^\W_]+", m.group(0).lower()))
+            assert found & words, (pattern.pattern[:40], m.group(0))
+    assert hits >= len(examples) // 2
+
+
+def test_dx_cue_needs_dx_or_diagnos() -> None:
+    for text in ["Dx: asthma", "DDX - flu", "Diagnosis: x", "diagnostico: asma", *TEXTS]:
+        folded = fold(normalize(text))
+        for m in rules._DX.finditer(folded):
+            assert not folded.isascii() or "dx" in m.group(0) or "diagnos" in m.group(0)
