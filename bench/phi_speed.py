@@ -217,12 +217,19 @@ def _startup() -> dict[str, float]:
         "r1 = rss()", "r1 = tracemalloc.get_traced_memory()[0] + r0"
     )
     env = dict(os.environ)
+    # `python -c` puts the working directory first on sys.path: run in the checkout, so
+    # its own relay is the one imported.
+    src = env.get("PYTHONPATH", str(ROOT))
     times, rss, mib = [], 0.0, 0.0
     for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=src
+        )
         dt, rss = json.loads(out.stdout)
         times.append(dt)
-    out = subprocess.run([sys.executable, "-c", traced], capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", traced], capture_output=True, text=True, env=env, cwd=src
+    )
     mib = json.loads(out.stdout)[1]
     return {"startup_ms": min(times) * 1000, "rss_mib": rss, "traced_mib": mib}
 
