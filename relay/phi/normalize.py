@@ -38,6 +38,7 @@ _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*?)\?=")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _BARE_NEWLINE = re.compile(r"[\r\n]+")
 _SPACES = re.compile(r"\s+")
+_UNUSUAL_SPACE = re.compile(r"[^\S ]|  ")
 _SURROGATE = re.compile("[\udc80-\udcff]")
 # Three or more single letters or digits each followed by exactly one space: a word
 # written spaced out ("d i a b e t e s", "4 4 5 1 2 3 4"). Two spaces end the word.
@@ -46,6 +47,7 @@ _SPACED = re.compile(r"(?<![^\s(\[:#])(?:[^\W_] (?! )){2,}[^\W_](?![^\W_])")
 # with a literal prefix the regex engine scans for, before the costly pattern.
 _SPACED_HINT = re.compile(r" [^\W_] ")
 _REPLACEMENT = "\ufffd"
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _LOST_IN_WORD = re.compile(r"(?<=[^\W\d_])\ufffd+(?=[^\W\d_])")
 _FOR_YOU = re.compile(r"\b4 (?=you\b|your\b)", re.I)
 
@@ -227,6 +229,8 @@ def decode_rfc2047_all(value: str) -> list[str]:
     would turn it into garbage. Whitespace between encoded-words is dropped (RFC
     2047 section 6.2). A malformed word is kept as text, never dropped.
     """
+    if "=?" not in value:
+        return [value]  # no encoded-word: what the loop below gives
     # Segments: plain text, or (bytes, label) runs; each run has one or more readings.
     segments: list[list[str]] = []
     pending = bytearray()
@@ -318,7 +322,7 @@ def _normalize(text: str) -> str:
             text = _SCRIPT_WORD.sub(_unmask_word, text)
         # Combining marks stacked on letters survive NFKC as separate characters
         # ("d̸iabetes"); drop marks that did not compose into a precomposed letter.
-        if any(unicodedata.combining(ch) for ch in text if not ch.isascii()):
+        if any(map(unicodedata.combining, _NON_ASCII.findall(text))):
             text = "".join(ch for ch in text if not unicodedata.combining(ch))
         if _REPLACEMENT in text:
             # A stray byte inside a word ("H\ufffdIV") must not split it; elsewhere it
@@ -328,6 +332,8 @@ def _normalize(text: str) -> str:
         text = text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
     if _SPACED_HINT.search(text) is not None and _SPACED.search(text) is not None:
         text = _SPACED.sub(_join_spaced, text)
+    if _UNUSUAL_SPACE.search(text) is None:
+        return text.strip()  # every run of whitespace is one space already
     return _SPACES.sub(" ", text).strip()
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import pytest
 
 from relay.phi import detector, rules
+from relay.phi import normalize as normalize_module
 from relay.phi.detector import _DIGITS_NEEDED, vocabulary
 from relay.phi.normalize import _decoded_texts, _fold, _normalize, fold, normalize, subject_texts
 from relay.phi.rules import first_words, runs
@@ -45,6 +47,11 @@ def _random(n: int = 4000) -> list[str]:
 
 
 TEXTS = _corpus() + _random()
+
+
+@cache
+def _folded() -> dict[str, str]:
+    return {t: fold(normalize(t)) for t in TEXTS}
 
 
 @pytest.mark.parametrize(("fast", "general"), [(normalize, _normalize), (fold, _fold)])
@@ -166,8 +173,9 @@ def _word_gates() -> list[tuple[re.Pattern[str], frozenset[str], list[str]]]:
 def test_word_patterns_need_a_word_they_are_skipped_without(index: int) -> None:
     pattern, words, examples = _word_gates()[index]
     hits = 0
+    folded_corpus = _folded()
     for text in examples + TEXTS:
-        folded = fold(normalize(text))
+        folded = folded_corpus.get(text) or fold(normalize(text))
         # Case-insensitive patterns are tested against lower-case runs on ASCII text only.
         if pattern.flags & re.IGNORECASE and not text.isascii():
             continue
@@ -181,6 +189,23 @@ def test_word_patterns_need_a_word_they_are_skipped_without(index: int) -> None:
 
 def test_dx_cue_needs_dx_or_diagnos() -> None:
     for text in ["Dx: asthma", "DDX - flu", "Diagnosis: x", "diagnostico: asma", *TEXTS]:
-        folded = fold(normalize(text))
+        folded = _folded().get(text) or fold(normalize(text))
         for m in rules._DX.finditer(folded):
             assert not folded.isascii() or "dx" in m.group(0) or "diagnos" in m.group(0)
+
+
+def test_whitespace_is_collapsed_unless_it_is_single_spaces_already() -> None:
+    spaces = [" ", "  ", "\t", "\xa0", "\u2003", "\u3000", "\x1c", "\x85", "\u2028"]
+    rng = random.Random(10)
+    texts = TEXTS + [
+        "".join(rng.choice(["a", "é", *spaces]) for _ in range(12)) for _ in range(3000)
+    ]
+    for text in texts:
+        if normalize_module._UNUSUAL_SPACE.search(text) is None:
+            assert normalize_module._SPACES.sub(" ", text) == text
+
+
+def test_a_text_without_encoded_words_decodes_to_itself() -> None:
+    for text in TEXTS:
+        if "=?" not in text:
+            assert normalize_module.decode_rfc2047_all(text) == [text]
