@@ -574,6 +574,7 @@ _RX_NOUNS = frozenset(
         "medicamentos",
     }
 )
+_POSS_OR_YOU = _POSS_WORDS | _YOU
 _POSSESSED_NOUNS = (
     (_RESULTS_POSS, kinds.RESULT, first_words(_RESULT_NOUNS)),
     (_RX_POSS, kinds.PRESCRIPTION, first_words(_RX_POSS_NOUNS)),
@@ -619,6 +620,9 @@ _DIGITS_NEEDED: dict[re.Pattern[str], tuple[int, int, str]] = {
     _ZIP_CUE: (5, 5, ""),
     _POSTCODE_UK: (2, 1, ""),
 }
+_DIGITS_NEEDED_BY_ID = {id(p): needs for p, needs in _DIGITS_NEEDED.items()}
+_ICD_CUES = frozenset({"icd", "icd-10", "icd10", "dx", "diagnosis", "code", "codigo"})
+_CPT_CUES = frozenset({"cpt", "hcpcs", "procedure", "billing", "code", "codigo"})
 _SENSITIVE_ICD: tuple[tuple[str, str, str], ...] = (
     ("B20", "B20", kinds.HIV),
     ("Z21", "Z21", kinds.HIV),
@@ -867,7 +871,7 @@ class _Text:
     def numbers(self, pattern: re.Pattern[str]) -> Iterator[re.Match[str]]:
         """The matches of an identifier pattern in the text; none searched for when the
         text has fewer digits, or a shorter run of them, than every match holds."""
-        total, run, literal = _DIGITS_NEEDED[pattern]
+        total, run, literal = _DIGITS_NEEDED_BY_ID[id(pattern)]  # hashing a Pattern is slow
         found = self.digits
         if found[0] < total or found[1] < run or literal not in self.text:
             return iter(())
@@ -1154,8 +1158,8 @@ class PhiDetector:
                     for k in self._icd_kinds(m.group(1))
                 )
                 taken.append((m.start(), m.end()))
-        cue_words = set(t.words)
-        if cue_words & {"icd", "icd-10", "icd10", "dx", "diagnosis", "code", "codigo"}:
+        cue_words = t.wordset
+        if not cue_words.isdisjoint(_ICD_CUES):
             for m in _ICD_BARE.finditer(text):
                 if m.group(1) in self.vocab.icd_categories and not _overlaps(
                     taken, m.start(), m.end()
@@ -1166,7 +1170,7 @@ class PhiDetector:
                         for k in self._icd_kinds(m.group(1))
                     )
                     taken.append((m.start(), m.end()))
-        if cue_words & {"cpt", "hcpcs", "procedure", "billing", "code", "codigo"}:
+        if not cue_words.isdisjoint(_CPT_CUES):
             for m in _CPT.finditer(text):
                 cued = "code" in t.before(m.start(), 3) or bool(cue_words & {"cpt", "hcpcs"})
                 if cued and not _overlaps(taken, m.start(), m.end()):
@@ -1400,7 +1404,7 @@ class PhiDetector:
             # An everyday-word name ("Grace", "Maria") counts when the reader is addressed
             # right after it, or when it closes the subject after a comma.
             after = text[t.ends[i] : t.ends[i] + 2]
-            addressed = i + 1 < n and words[i + 1] in _POSS_WORDS | _YOU
+            addressed = i + 1 < n and words[i + 1] in _POSS_OR_YOU
             if first and (
                 (i == 0 and after.startswith(",") and (not ambiguous or addressed))
                 or (i == n - 1 and gap_before.strip() == ",")
@@ -1569,7 +1573,7 @@ class PhiDetector:
                 # the reader; the name must be a known one ("Nurse Appreciation Week").
                 j = i + 1
                 known = words[j] in self.vocab.first_names or words[j] in self.vocab.last_names
-                if known and t.any(_POSS_WORDS | _YOU) and not t.any(_PROVIDER_INTRO):
+                if known and t.any(_POSS_OR_YOU) and not t.any(_PROVIDER_INTRO):
                     out.append(
                         Finding(kinds.PROVIDER, t.starts[i], t.ends[j], 0.75, "provider.named")
                     )
@@ -1835,6 +1839,8 @@ def _overlaps(taken: Iterable[tuple[int, int]], start: int, end: int) -> bool:
 
 
 def _dedupe(found: list[Finding]) -> list[Finding]:
+    if len(found) < 2:
+        return list(found)  # nothing to sort or drop
     seen: set[tuple[str, int, int]] = set()
     out: list[Finding] = []
     for f in sorted(found, key=lambda f: (f.start, f.end, f.kind)):

@@ -159,14 +159,17 @@ _ENDING = re.compile(
     r"terminad[ao] en|que termina en|ultimos (?:4|cuatro)(?: digitos)?|final|"
     r"terminando em|com final)\W{0,3}(?:[a-z#]+\W{1,3}){0,2}?-?(\d{4})\b"
 )
+# Every cue of _ENDING holds one of these.
+_ENDING_CUES = ("end", "last", "termin", "ultimos", "final")
 _SOCIAL = _class("social")
 
 
 def ending_digits(s: Subject) -> list[Finding]:
     """id.ending: a labelled tail of a number ("acct ending in 0463", "Social ending -5184")."""
-    if not s.has_digit:
+    folded = s.folded
+    if not s.has_digit or not any(cue in folded for cue in _ENDING_CUES):
         return []
-    m = _ENDING.search(s.folded)
+    m = _ENDING.search(folded)
     if m is None:
         return []
     kind = kinds.SSN if not s.words.isdisjoint(_SOCIAL) else kinds.ACCOUNT

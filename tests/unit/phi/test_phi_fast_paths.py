@@ -209,3 +209,16 @@ def test_a_text_without_encoded_words_decodes_to_itself() -> None:
     for text in TEXTS:
         if "=?" not in text:
             assert normalize_module.decode_rfc2047_all(text) == [text]
+
+
+def test_ending_cues_hold_a_cue_word() -> None:
+    examples = ["acct ending in 0463", "ends with 1234", "last four 1234", "last 4 digits of 9876"]
+    examples += ["terminada en 1234", "que termina en 5678", "ultimos 4 digitos 1111"]
+    examples += ["final 2222", "terminando em 3333", "com final 4444", *TEXTS]
+    hits = 0
+    for text in examples:
+        folded = _folded().get(text) or fold(normalize(text))
+        for m in rules._ENDING.finditer(folded):
+            hits += 1
+            assert any(cue in m.group(0) for cue in rules._ENDING_CUES), m.group(0)
+    assert hits >= 10
