@@ -31,6 +31,7 @@ MASK = DIM - 1
 # figures (docs/phi-detection.md) and cost twice the time.
 CHAR_NGRAMS = (4,)
 _DIGITS = str.maketrans("123456789", "000000000")
+_NONZERO_DIGIT = re.compile("[1-9]")
 _WORD = re.compile(r"[^\W_]+|[^\w\s]")
 _SHAPE_TOKEN = re.compile(r"[^\W\d_]+|\d+|[^\w\s]")
 # Punctuation that separates names and fields keeps its own shape; the rest is "p"
@@ -77,7 +78,9 @@ def feature_set(
 
     `folded` is `fold(view)` when the caller has it already.
     """
-    text = (fold(view) if folded is None else folded).translate(_DIGITS)
+    text = fold(view) if folded is None else folded
+    if _NONZERO_DIGIT.search(text) is not None:  # translate costs even when nothing maps
+        text = text.translate(_DIGITS)
     data = (" " + text + " ").encode("utf-8")
     crc = zlib.crc32
     n = len(data)

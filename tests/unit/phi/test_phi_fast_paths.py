@@ -222,3 +222,15 @@ def test_ending_cues_hold_a_cue_word() -> None:
             hits += 1
             assert any(cue in m.group(0) for cue in rules._ENDING_CUES), m.group(0)
     assert hits >= 10
+
+
+def test_feature_set_equals_hashing_every_4gram_of_the_digit_masked_text() -> None:
+    import zlib
+
+    from relay.phi.features import MASK, feature_set, model_text
+
+    for text in TEXTS[::7]:
+        data = (" " + model_text(text) + " ").encode("utf-8")
+        grams = {zlib.crc32(data[i : i + 4]) & MASK for i in range(len(data) - 3)}
+        assert feature_set(text) - grams <= {zlib.crc32(b"^ $", 5) & MASK}
+        assert grams <= feature_set(text)
