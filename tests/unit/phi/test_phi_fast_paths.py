@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.phi import detector, rules
+from relay.phi import detector, features, rules
 from relay.phi import normalize as normalize_module
 from relay.phi.detector import _DIGITS_NEEDED, vocabulary
 from relay.phi.normalize import _decoded_texts, _fold, _normalize, fold, normalize, subject_texts
@@ -234,3 +234,24 @@ def test_feature_set_equals_hashing_every_4gram_of_the_digit_masked_text() -> No
         grams = {zlib.crc32(data[i : i + 4]) & MASK for i in range(len(data) - 3)}
         assert feature_set(text) - grams <= {zlib.crc32(b"^ $", 5) & MASK}
         assert grams <= feature_set(text)
+
+
+def test_the_scorer_sums_the_shipped_int8_weights() -> None:
+    import array
+    import math
+
+    from relay.phi.scorer import WEIGHTS, Scorer
+
+    scorer = Scorer.load()
+    weights = array.array("b")
+    weights.frombytes(WEIGHTS.read_bytes().partition(b"\n")[2])
+    assert scorer._w == weights
+    rng = random.Random(11)
+    for text in TEXTS[::50]:
+        found = sorted(features.feature_set(text))
+        expected = sum(weights[i] for i in found) * scorer.scale + scorer.bias
+        assert math.isclose(scorer.log_odds(text), expected, rel_tol=0, abs_tol=1e-12)
+    for n in (0, 1, 2, 300):
+        picked = {rng.randrange(len(weights)) for _ in range(n)}
+        biased = [scorer._biased[i] - 128 for i in picked]
+        assert biased == [weights[i] for i in picked]
