@@ -726,16 +726,21 @@ class Vocabulary:
             for term in terms:
                 phrases.setdefault(term, ("condition", kind, term if tag == "lay" else tag))
         self.phrases = phrases
-        self.words = frozenset(w for p in phrases for w in p.split())
-        self.max_words = max(len(p.split()) for p in phrases)
-        self.phrase_starts = frozenset(p.split()[0] for p in phrases)
-        # first word -> the lengths in words of the phrases it starts, longest first:
-        # the only lengths worth looking up at a word.
+        # One pass over the phrases: their words, and for each first word the lengths in
+        # words of the phrases it starts, longest first (the only lengths worth looking
+        # up at a word).
+        phrase_words: set[str] = set()
         sizes: dict[str, set[int]] = {}
         for p in phrases:
             split = p.split()
+            phrase_words.update(split)
             sizes.setdefault(split[0], set()).add(len(split))
-        self.phrase_sizes = {w: tuple(sorted(n, reverse=True)) for w, n in sizes.items()}
+        self.words = frozenset(phrase_words)
+        self.max_words = max(max(n) for n in sizes.values())
+        self.phrase_starts = frozenset(sizes)
+        self.phrase_sizes = {
+            w: tuple(n) if len(n) == 1 else tuple(sorted(n, reverse=True)) for w, n in sizes.items()
+        }
         # Folded like subject words, so "Serafín" in a subject meets "serafín" in the list.
         self.first_names = frozenset(fold(n) for n in _lines("names_first.txt"))
         self.last_names = frozenset(fold(n) for n in _lines("names_last.txt"))
