@@ -244,10 +244,10 @@ def test_feature_set_equals_hashing_every_4gram_of_the_digit_masked_text() -> No
 
     from relay.phi.features import MASK, feature_set, model_text
 
-    for text in TEXTS[::7]:
+    for text in [*TEXTS[::7], "MRN 4451234", "call 312-555-0187", "A1C 9.2%"]:
         data = (" " + model_text(text) + " ").encode("utf-8")
         grams = {zlib.crc32(data[i : i + 4]) & MASK for i in range(len(data) - 3)}
-        assert feature_set(text) - grams <= {zlib.crc32(b"^ $", 5) & MASK}
+        # Every 4-gram of the digit-masked text is a feature (digits 1-9 read as 0).
         assert grams <= feature_set(text)
 
 
