@@ -289,8 +289,6 @@ def care_word(s: Subject) -> list[Finding]:
     """
     single, phrases, pattern, you = _care_words()
     folded = s.folded
-    if s.words.isdisjoint(you) and not any(w in folded for w in you if " " in w or not w.isascii()):
-        return []  # no second-person or patient word: nothing to tie a care word to
     hits = s.words & single
     # The first in the text, so the finding (and the scorer's input) never depends on
     # set order.
@@ -301,6 +299,8 @@ def care_word(s: Subject) -> list[Finding]:
         m = pattern.search(folded)
         hit = m.group(0) if m else None
     if hit is None:
+        return []
+    if s.words.isdisjoint(you) and not any(w in folded for w in you if " " in w or not w.isascii()):
         return []
     at = max(0, folded.find(hit))
     return [Finding(kinds.PROCEDURE, at, at + len(hit), 0.7, "health.care-word")]
