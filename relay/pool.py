@@ -277,14 +277,28 @@ class Pool:
     async def ping(self) -> None:
         """Readiness: a new connection can be opened now (connect, TLS verified, AUTH) and
         answers NOOP; raises UpstreamError otherwise. A pooled one would prove less: an
-        expired certificate or a revoked login shows only on a new connection."""
-        conn = await self.open()
+        expired certificate or a revoked login shows only on a new connection. With every
+        slot in use it does not queue behind the mail (a probe that waits fails): it checks
+        one connection beyond `max_connections` and closes it."""
+        counted = self._slots < self.limits.max_connections and not self._waiters
+        if counted:
+            self._slots += 1
+            self.stats.peak = max(self.stats.peak, self._slots)
+            conn = await self._connect()
+        else:
+            conn = await self.connector.connect()
         try:
             await conn.noop()
         except UpstreamError:
-            self._close(conn)
+            if counted:
+                self._close(conn)
+            else:
+                self._spawn(conn.close())
             raise
-        self.release(conn, clean=True)
+        if counted:
+            self.release(conn, clean=True)
+        else:
+            self._spawn(conn.close())
 
     async def close(self) -> None:
         """Close every idle connection and those being returned; later releases close."""

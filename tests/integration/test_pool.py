@@ -387,3 +387,30 @@ async def test_client_gone_while_waiting_for_a_connection_leaks_no_slot(
     assert DELIVERED.match(answers[-1]), answers
     assert sink.all_rcpts() == ["first@example.org", "third@example.org"]
     assert sink.connections == 1 and open_now == 1
+
+
+async def test_readiness_probe_does_not_queue_behind_busy_connections(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    # Every connection is held by mail: /readyz's upstream check must still answer now
+    # (a probe that waits its turn would time out and take the relay out of service).
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        await release.wait()
+
+    sink.faults.on_accept = hold
+    r = await start_relay(tmp_path, pki, sink, upstream_cfg={"pool_max_connections": 1})
+    try:
+        first = asyncio.create_task(send_one(r, "first@example.org", message()))
+        await until(lambda: len(sink.received) == 1)
+        async with asyncio.timeout(3):
+            await pool_of(r).ping()
+        await until(lambda: sink.open_now == 1)  # the probe's connection is closed again
+        release.set()
+        assert DELIVERED.match((await first)[-1])
+        opened = pool_of(r).open_connections
+    finally:
+        await r.stop()
+    assert sink.connections == 2 and sink.peak_open == 2
+    assert opened == 1
