@@ -41,6 +41,7 @@ from relay.phi.roster import Roster
 from relay.policy.base import ConfigError, PolicyDeps
 from relay.pool import Pool, PoolKey, PoolLimits
 from relay.session import Shared, factory
+from relay.sharedlimits import SharedCounters, shared_limits
 from relay.slot import READY, WorkerSlot
 from relay.spool.retry import Backoff, Retrier
 from relay.spool.store import Spool, SpoolError
@@ -303,6 +304,7 @@ class Relay:
     # holds the locks and the listening sockets, and made the keys.
     slot: WorkerSlot | None = None
     _opened_store: ConsentStore | None = None
+    _counters: SharedCounters | None = None
 
     async def start(self) -> None:
         startup.private_dir(self.config.state_dir)
@@ -369,6 +371,11 @@ class Relay:
         )
         runtime = build_runtime(cfg, self.services)
         self.shared = Shared(runtime, users, self.tls_context)
+        if self.slot is not None:
+            # Sessions and AUTH failures count over every worker, not just this one.
+            self._counters, self.shared.limiter, self.shared.throttle = shared_limits(
+                self.slot.limits_db, self.slot.worker, cfg.server
+            )
         s = cfg.server
         if self.slot is not None:
             await self._serve_slot(self.slot, runtime)
@@ -694,6 +701,8 @@ class Relay:
             self.services.dedup.close()
             await self.services.store.close()
             await self.services.decisions.close()
+        if self._counters is not None:
+            self._counters.close()
         self._unlock()
 
 

@@ -27,6 +27,7 @@ import selectors
 import shutil
 import signal
 import socket
+import sqlite3
 import sys
 import tempfile
 import time
@@ -50,7 +51,8 @@ from relay.server import (
     reload_refusal,
 )
 from relay.server import run as run_relay
-from relay.slot import METRICS_DIR, READY, WorkerSlot
+from relay.sharedlimits import SharedCounters
+from relay.slot import LIMITS_DB, METRICS_DIR, READY, WorkerSlot
 
 log = structlog.get_logger("relay.supervisor")
 
@@ -206,6 +208,7 @@ class Supervisor:
         # run only: a refused start leaves the state as it was.
         self._run_dir = Path(tempfile.mkdtemp(prefix="phi-relay-run-"))
         startup.private_dir(self._run_dir / METRICS_DIR)
+        SharedCounters.create(self._run_dir / LIMITS_DB)
         s = cfg.server
         reuse = s.reuse_port
         self._smtp = bind(s.listen, "server.listen", "--listen", reuse_port=reuse)
@@ -426,6 +429,11 @@ class Supervisor:
 
     def _gone(self, w: _Worker, pid: int, how: str, *, starting: bool) -> None:
         worker_gone(self.run_dir / METRICS_DIR, pid)
+        try:
+            SharedCounters.forget_worker(self.run_dir / LIMITS_DB, w.worker)
+        except sqlite3.Error as exc:
+            # Its slots stay taken: new sessions are refused sooner, never let past.
+            log.error("cannot release a dead worker's sessions", worker=w.worker, error=str(exc))
         lived = time.monotonic() - w.started
         w.pid, w.previous_exit = 0, how
         if self._draining:

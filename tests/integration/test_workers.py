@@ -310,3 +310,41 @@ async def test_a_worker_that_cannot_start_stops_the_supervisor_with_its_reason(
     assert "missing-users" in text and "Traceback" not in text, text
     # Refused before anything was made: no keys left behind.
     assert not (tmp_path / "state" / "keys").exists()
+
+
+async def test_two_workers_write_the_retry_store_at_once_and_nothing_doubles(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    """Each message sent twice at the same moment, on connections the two workers take:
+    both write the SQLite retry store (WAL, busy timeout) and each recipient gets one copy."""
+    service = await two_workers(tmp_path, pki, sink)
+    count = 12
+    try:
+
+        async def send(n: int) -> str:
+            _, rcpts, data = build(n)
+            conn = await RawSmtp.ready(service.smtp_port, pki.client_context())
+            try:
+                assert (await conn.cmd("MAIL FROM:<app@clinic.example>")).startswith("250")
+                for rcpt in rcpts:
+                    assert (await conn.cmd(f"RCPT TO:<{rcpt}>")).startswith("250")
+                assert (await conn.cmd("DATA")).startswith("354")
+                await conn.send(data + b".\r\n")
+                return await conn.reply()
+            finally:
+                await conn.close()
+
+        first = await asyncio.gather(*(send(n) for n in range(count) for _ in range(2)))
+        # One of each pair delivers; the other is delivered already, or still in flight.
+        assert all(r.startswith(("250 ", "451 ")) for r in first), first
+        again = await asyncio.gather(*(send(n) for n in range(count)))
+        assert all(r.startswith("250 ") for r in again), again
+    finally:
+        assert await service.stop() == 0, service.log_text()
+    every = {(mid, r) for mid, rcpts, _ in map(build, range(count)) for r in rcpts}
+    assert Counter(copies(sink)) == Counter(dict.fromkeys(every, 1))
+    found = chains(tmp_path / "state")
+    assert all(any(r["type"] == "decision" for r in rs) for rs in found.values()), found.keys()
+    assert "dedup_error" not in service.log_text() and "database is locked" not in (
+        service.log_text()
+    )
