@@ -105,13 +105,15 @@ MEANINGS: dict[str, str] = {
     "connection so a rotated secret is picked up.",
     "upstream.hostname": "Name the relay gives in EHLO to the upstream; empty: `server.hostname`.",
     "upstream.pool_size": "Idle upstream connections kept open for reuse (verified TLS, `RSET` "
-    "between transactions); 0: a new connection for every transaction.",
+    "between transactions); 0: a new connection for every transaction. With several "
+    "`workers`, each keeps its share (rounded up).",
     "upstream.pool_idle_timeout": "Seconds an idle upstream connection is kept before it is "
     "closed.",
     "upstream.pool_check_after": "Idle seconds after which a pooled connection is asked `NOOP` "
     "before it is used again.",
     "upstream.pool_max_connections": "Upstream connections open at once (in use, idle or being "
-    "opened); a transaction that finds all in use waits for one at MAIL, in order.",
+    "opened); a transaction that finds all in use waits for one at MAIL, in order. With "
+    "several `workers`, the relay's total: each worker gets its share (rounded up).",
     "upstream.pool_wait_timeout": "Seconds a transaction waits at MAIL for a free upstream "
     "connection when `upstream.pool_max_connections` are in use; then `451 4.4.5`.",
     "audit.file": "Audit log file (hash-chained JSON lines); empty: none.",

@@ -8,9 +8,11 @@ never exported, and label cardinality stays bounded. docs/metrics.md lists every
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from prometheus_client import (
@@ -19,11 +21,13 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     PlatformCollector,
     ProcessCollector,
     multiprocess,
     values,
 )
+from prometheus_client.registry import Collector
 
 from relay.model import Decision, DeliveryResult
 
@@ -100,12 +104,65 @@ def worker_gone(path: Path, pid: int) -> None:
     multiprocess.mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
 
 
+class ProcessTreeCollector(Collector):
+    """`process_*` for a supervised relay as a whole, whichever worker is scraped: the
+    supervisor and every process under it (workers and their decision workers).
+
+    CPU seconds, memory and open descriptors are summed; `process_max_fds` is the
+    answering worker's limit and `process_start_time_seconds` the supervisor's start.
+    """
+
+    _SUMMED = frozenset(
+        {
+            "process_cpu_seconds_total",
+            "process_virtual_memory_bytes",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+        }
+    )
+
+    def __init__(self, proc: str = "/proc") -> None:
+        self._proc = proc
+
+    def _tree(self, root: int) -> list[int]:
+        pids, todo = [], [root]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            with contextlib.suppress(OSError, ValueError):
+                text = Path(f"{self._proc}/{pid}/task/{pid}/children").read_text()
+                todo += [int(p) for p in text.split()]
+        return pids
+
+    def collect(self) -> Iterator[Metric]:
+        me, root = os.getpid(), os.getppid()
+        values: dict[str, float] = {}
+        families: dict[str, Metric] = {}
+        for pid in self._tree(root):
+            one = ProcessCollector(pid=functools.partial(int, pid), proc=self._proc, registry=None)
+            for family in one.collect():
+                for sample in family.samples:
+                    name = sample.name
+                    families.setdefault(name, family)
+                    if name in self._SUMMED:
+                        values[name] = values.get(name, 0.0) + sample.value
+                    elif (name == "process_max_fds" and pid == me) or (
+                        name == "process_start_time_seconds" and pid == root
+                    ):
+                        values[name] = sample.value
+        for name, value in values.items():
+            family = families[name]
+            out = Metric(family.name, family.documentation, family.type)
+            out.add_sample(name, {}, value)
+            yield out
+
+
 class Metrics:
     """The relay's metrics, in `registry` (a fresh one, with process metrics, by default).
 
     With `shared_dir` (a supervised worker) the values live in files there and
     `registry` serves the sums over every worker's files; process metrics are then
-    left out, as they would describe only the worker that answered the scrape.
+    `process_*` sum the supervisor and all its processes (`ProcessTreeCollector`).
     """
 
     def __init__(
@@ -118,6 +175,7 @@ class Metrics:
             use_shared_dir(shared_dir)
             served = CollectorRegistry()
             multiprocess.MultiProcessCollector(served, str(shared_dir))  # type: ignore[no-untyped-call]
+            served.register(ProcessTreeCollector())
             PlatformCollector(registry=served)
             self.registry = served
             registry = CollectorRegistry()  # holds the metrics; never served itself

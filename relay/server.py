@@ -112,6 +112,11 @@ def bind_error(exc: OSError, where: HostPort, key: str, flag: str) -> StartupErr
     return StartupError(f"cannot listen on {where} ({key}): {reason}; choose another {flag}")
 
 
+def _share(limit: int, workers: int) -> int:
+    """One worker's part of a relay-wide connection limit (rounded up; 0 stays 0)."""
+    return -(-limit // workers)
+
+
 @dataclass
 class Services:
     """Long-lived pieces that survive a reload: the store, keys, metrics, dedup, audit."""
@@ -124,6 +129,8 @@ class Services:
     audit_key: bytes
     decisions: Decisions
     spool: Spool | None = None  # the opt-in spool (relay/spool); None: off
+    # Worker processes sharing the upstream limits (relay.supervisor); each has a pool.
+    workers: int = 1
     # Upstream connection pools by upstream and credentials: a reload that keeps the
     # upstream keeps its open connections.
     pools: dict[tuple[PoolKey, PoolLimits], Pool] = field(default_factory=dict)
@@ -131,11 +138,12 @@ class Services:
 
     def pool(self, cfg: Config) -> Pool:
         u = cfg.upstream
+        # The connection limits are the relay's, not each worker's: a worker gets its share.
         limits = PoolLimits(
-            u.pool_size,
+            _share(u.pool_size, self.workers),
             u.pool_idle_timeout,
             u.pool_check_after,
-            u.pool_max_connections,
+            _share(u.pool_max_connections, self.workers),
             u.pool_wait_timeout,
         )
         key = (pool_key(cfg), limits)
@@ -368,6 +376,7 @@ class Relay:
             audit_key=audit_key,
             decisions=Decisions(cfg.server.decision_workers),
             spool=spool,
+            workers=self.slot.workers if self.slot is not None else 1,
         )
         runtime = build_runtime(cfg, self.services)
         self.shared = Shared(runtime, users, self.tls_context)

@@ -348,3 +348,26 @@ async def test_two_workers_write_the_retry_store_at_once_and_nothing_doubles(
     assert "dedup_error" not in service.log_text() and "database is locked" not in (
         service.log_text()
     )
+
+
+async def test_the_upstream_connection_limit_is_the_relays_not_each_workers(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    """`upstream.pool_max_connections = 2` with two workers: one connection each, so the
+    upstream never sees more than two, however many clients send at once."""
+    service = await start_service(
+        tmp_path, pki, sink, workers=2,
+        env={
+            "PHI_RELAY_SERVER_MAX_SESSIONS_PER_CLIENT": "50",
+            "PHI_RELAY_UPSTREAM_POOL_MAX_CONNECTIONS": "2",
+        },
+    )  # fmt: skip
+    try:
+        tally = await send_all(service, pki, 30)
+    finally:
+        assert await service.stop() == 0, service.log_text()
+    assert tally.five == [] and tally.gave_up == []
+    assert len(sink.received) == 30
+    found = chains(tmp_path / "state")
+    assert all(any(r["type"] == "decision" for r in rs) for rs in found.values())
+    assert sink.connections <= 2, sink.connections
