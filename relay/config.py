@@ -8,6 +8,7 @@ start rather than run in a weaker mode.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -26,6 +27,28 @@ LOOPBACK: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("127.0.0.0/8"),
     ipaddress.ip_network("::1/128"),
 )
+
+
+def cpu_count(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity, and a container's CPU limit if lower
+    (cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`), rounded up."""
+    cpus = max(len(os.sched_getaffinity(0)), 1)
+    quota: tuple[float, float] | None = None
+    try:
+        parts = (cgroup / "cpu.max").read_text().split()
+        if len(parts) == 2 and parts[0] != "max":
+            quota = float(parts[0]), float(parts[1])
+    except (OSError, ValueError):
+        try:
+            q = float((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+            p = float((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+            if q > 0:
+                quota = q, p
+        except (OSError, ValueError):
+            pass
+    if quota is not None and quota[1] > 0:
+        cpus = min(cpus, max(math.ceil(quota[0] / quota[1]), 1))
+    return cpus
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,10 +194,8 @@ class Config:
 
     @property
     def worker_count(self) -> int:
-        """`workers`, with 0 meaning one per CPU this process may run on."""
-        if self.workers:
-            return self.workers
-        return max(len(os.sched_getaffinity(0)), 1)
+        """`workers`, with 0 meaning one per CPU this process may use (`cpu_count`)."""
+        return self.workers or cpu_count()
 
     @property
     def store_url(self) -> str:

@@ -30,7 +30,8 @@ MEANINGS: dict[str, str] = {
     "record; give each replica its own (docs/scaling.md). Empty: not written.",
     "workers": "Worker processes (`--workers`), each with its own event loop on the same "
     "listeners, under one supervisor that restarts a worker that dies (docs/scaling.md); "
-    "`0`: one per CPU; `1`: one process, no supervisor.",
+    "`0`: one per CPU the process may use (its affinity, or a container's CPU limit "
+    "when lower); `1`: one process, no supervisor.",
     "server.listen": "Address for SMTP with STARTTLS.",
     "server.implicit_tls_listen": "Optional address for implicit TLS (port-465 style); empty: off.",
     "server.hostname": "Name in the greeting and EHLO reply, and the first DNS name of "
