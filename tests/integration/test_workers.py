@@ -371,3 +371,50 @@ async def test_the_upstream_connection_limit_is_the_relays_not_each_workers(
     found = chains(tmp_path / "state")
     assert all(any(r["type"] == "decision" for r in rs) for rs in found.values())
     assert sink.connections <= 2, sink.connections
+
+
+async def test_a_refused_reload_stays_refused_in_workers_started_after_it(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    """A reload that would switch the real upstream to the capture folder is refused by
+    every worker, and a worker restarted after it starts with the running configuration,
+    not the refused one: its mail still goes to the upstream."""
+    config = tmp_path / "relay.toml"
+    upstream = (
+        f'[upstream]\nhost = "localhost"\nport = {sink.port}\nca_file = "{pki.ca}"\ntimeout = 2\n'
+    )
+    config.write_text(upstream)
+    service = await start_service(
+        tmp_path, pki, sink, "--config", str(config), workers=2, upstream_flags=False,
+        env={"PHI_RELAY_SERVER_MAX_SESSIONS_PER_CLIENT": "50"},
+    )  # fmt: skip
+    state = tmp_path / "state"
+
+    def reloads() -> list[tuple[int, bool, str]]:
+        return sorted(
+            (r["worker"], r["ok"], r.get("error", ""))
+            for rs in chains(state).values()
+            for r in rs
+            if r.get("event") == "config-reload"
+        )
+
+    try:
+        config.write_text("# upstream removed\n")
+        service.signal(signal.SIGHUP)
+        refused = [(1, False, "upstream-to-capture"), (2, False, "upstream-to-capture")]
+        await wait_for("both refused", lambda: reloads() == refused)
+        os.kill(workers_of(service)[1], signal.SIGKILL)
+
+        def restarted() -> bool:
+            return any(
+                r.get("event") == "worker-restart" for rs in chains(state).values() for r in rs
+            )
+
+        await wait_for("restarted", restarted, timeout=60)
+        tally = await send_all(service, pki, 12, clients=4)
+        assert tally.five == [] and tally.gave_up == []
+    finally:
+        assert await service.stop() == 0, service.log_text()
+    assert len(sink.received) == 12
+    assert not (state / "captured").exists()
+    assert all(any(r["type"] == "decision" for r in rs) for rs in chains(state).values())
