@@ -158,6 +158,7 @@ class Supervisor:
     _signals: list[int] = field(default_factory=list)
     _generation: int = 0
     _draining: bool = False
+    _hup_pending: bool = False
     _drain_deadline: float = 0.0
     _lock: startup.StateLock | None = None
     _smtp: tuple[socket.socket, ...] = ()
@@ -232,9 +233,13 @@ class Supervisor:
         def note(signum: int, _frame: object) -> None:
             self._signals.append(signum)
 
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        ours = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+        for sig in ours:
             signal.signal(sig, note)
         signal.set_wakeup_fd(self._wake[1], warn_on_full_buffer=False)
+        # A mask inherited from whoever started us must not leave the supervisor (or the
+        # workers it forks) deaf to SIGTERM or SIGHUP.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, ours)
 
     def _spawn(self, w: _Worker) -> None:
         read_end, write_end = os.pipe()
@@ -338,6 +343,9 @@ class Supervisor:
     # --- supervise -------------------------------------------------------------------------
 
     def _supervise(self) -> None:
+        if self._hup_pending:
+            self._hup_pending = False
+            self._reload()
         while True:
             alive = [w for w in self._slots.values() if w.pid]
             if self._draining and not alive:
@@ -372,8 +380,11 @@ class Supervisor:
         for signum in signals:
             if signum == signal.SIGCHLD:
                 self._reap(starting=starting)
-            elif signum == signal.SIGHUP and not starting:
-                self._reload()
+            elif signum == signal.SIGHUP:
+                if starting:
+                    self._hup_pending = True  # reloaded once every worker listens
+                else:
+                    self._reload()
             elif signum in (signal.SIGTERM, signal.SIGINT):
                 self._drain()
         if signal.SIGCHLD not in signals:
@@ -534,6 +545,9 @@ class Supervisor:
             shutil.rmtree(self._run_dir, ignore_errors=True)
         if self._lock is not None:
             self._lock.close()
+        # A reload asked for while exiting is moot; it must not end the exit with SIGHUP
+        # (at interpreter shutdown Python gives signals their default action back).
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def _tell(fd: int, message: str) -> None:
