@@ -200,6 +200,9 @@ _RECORD_CUE = re.compile(
     r"([a-z]{0,4}[/-]?\d[\d/.-]{2,}[\da-z]*|[a-z]{1,3}\d{3,}[\da-z-]*)"
 )
 _MEMBER_CUES = _class("member-cue")
+# A year, or a round-the-clock idiom ("group 24/7", "patient 24x7", "24/365"), follows a
+# cue word often and is never a record number.
+_NOT_RECORD = re.compile(r"(?:19|20)\d\d|24[/x](?:7|365)")
 
 
 def record_cue(s: Subject) -> list[Finding]:
@@ -213,7 +216,7 @@ def record_cue(s: Subject) -> list[Finding]:
     out = []
     for m in _RECORD_CUE.finditer(s.folded):
         value = m.group(1)
-        if sum(ch.isdigit() for ch in value) < 3 or re.fullmatch(r"(?:19|20)\d\d", value):
+        if sum(ch.isdigit() for ch in value) < 3 or _NOT_RECORD.fullmatch(value):
             continue
         cue = m.group(0).split()[0].rstrip("#:.")
         kind = kinds.MEMBER_ID if cue in _MEMBER_CUES else kinds.MRN

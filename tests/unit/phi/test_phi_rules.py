@@ -84,7 +84,16 @@ TABLE: list[tuple[Rule, str, list[str], list[str]]] = [
             "Accession # 26-118830 needs a recut",
             "MR#4471902 wristband reprint",
         ],
-        ["Chart review training in 2026", "Patient portal update", "MR. Smith joins the board"],
+        [
+            "Chart review training in 2026",
+            "Patient portal update",
+            "MR. Smith joins the board",
+            # Round-the-clock idioms after a cue word are not record numbers.
+            "Clinic news: Cross-group 24/7 architecture",
+            "Our patient 24/7 line is open",
+            "Group 24x7 support desk moves floors",
+            "Member 24/365 service commitment",
+        ],
     ),
     (
         rules.segment,
