@@ -51,8 +51,9 @@ MEANINGS: dict[str, str] = {
     "(then `554 5.5.0` and the connection closes).",
     "server.max_message_size": "Largest message in bytes; above it `552 5.3.4`.",
     "server.max_bytes_in_flight": "Bytes of all messages being received, decided or delivered "
-    "at once in this process; while at or above it a new `DATA` gets `452 4.3.1` (the client "
-    "retries later; messages already being received finish).",
+    "at once in each worker process (with `--workers N` the relay holds up to N times this); "
+    "while at or above it a new `DATA` gets `452 4.3.1` (the client retries later; messages "
+    "already being received finish).",
     "server.max_recipients": "Recipients per message; above it `452 4.5.3`.",
     "server.max_line_length": "Longest line in bytes (at most 998, RFC 5322); above it "
     "`500 5.5.2`.",
