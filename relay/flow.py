@@ -174,9 +174,7 @@ class Transaction:
         if len(self.recipients) >= self.rt.config.server.max_recipients:
             return Reply(452, "4.5.3", "Too many recipients; send the rest in another message")
         if self.spooling:  # the upstream is away: the spool takes the envelope
-            self.recipients.append(rcpt)
-            self.rcpt_options[rcpt] = tuple(options)
-            return None
+            return self._accept(rcpt, options)
         if not self.upstream.open:
             # The upstream dropped this transaction at an earlier RCPT; a fresh upstream
             # session has no MAIL, and its "503" would refuse a good recipient for good.
@@ -192,11 +190,13 @@ class Transaction:
             if not self._may_spool(err.reply):
                 return err.reply
             self.spooling = True
-            self.recipients.append(rcpt)
-            self.rcpt_options[rcpt] = tuple(options)
-            return None
+            return self._accept(rcpt, options)
         if not reply.success:
             return reply
+        return self._accept(rcpt, options)
+
+    def _accept(self, rcpt: str, options: Sequence[str]) -> Reply | None:
+        """Take the recipient into the envelope; None is RCPT's "accepted"."""
         self.recipients.append(rcpt)
         self.rcpt_options[rcpt] = tuple(options)
         return None
