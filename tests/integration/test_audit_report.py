@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -28,25 +27,14 @@ import aiohttp
 import aiosmtplib
 import pytest
 
+from tests.support.mail import SENDER, message
 from tests.support.pki import Pki
 from tests.support.relay import ROOT, RunningRelay, start_relay
 from tests.support.upstream import Sink
 
 PHI_RELAY = Path(sys.executable).with_name("phi-relay")
-SENDER = "app@clinic.example"
 # Set to a path (docs/img/audit-report.png) to keep the rendered page.
 SAVE_SCREENSHOT = os.environ.get("PHI_RELAY_SAVE_REPORT_SCREENSHOT", "")
-
-
-def message(subject: str, to: list[str], category: str | None = None) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = SENDER
-    msg["To"] = ", ".join(to)
-    msg["Subject"] = subject
-    if category:
-        msg["X-PHI-Category"] = category
-    msg.set_content("The clinic on Elm Street opens at nine.\n")
-    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
 
 
 async def send(r: RunningRelay, to: list[str], data: bytes, *, tls12: bool = False) -> int:

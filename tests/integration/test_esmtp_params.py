@@ -240,6 +240,13 @@ async def until(check: Callable[[], bool], seconds: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
+async def deliver_first(r: RunningRelay) -> None:
+    """One message to a@example.org delivered, and its connection back in the pool, idle."""
+    first = await send(r, f"MAIL FROM:<{SENDER}>", ["RCPT TO:<a@example.org>"], message())
+    assert first[-1].startswith("250 2.0.0 Delivered to upstream"), first
+    await until(lambda: r.relay.runtime.upstream.idle == 1)
+
+
 async def test_a_pooled_connection_without_requiretls_never_carries_requiretls_mail(
     tmp_path: Path, pki: Pki
 ) -> None:
@@ -248,9 +255,7 @@ async def test_a_pooled_connection_without_requiretls_never_carries_requiretls_m
     sink = await Sink(pki.server_context(), extensions=("DSN",)).start()
     r = await start_relay(tmp_path, pki, sink)
     try:
-        first = await send(r, f"MAIL FROM:<{SENDER}>", ["RCPT TO:<a@example.org>"], message())
-        assert first[-1].startswith("250 2.0.0 Delivered to upstream"), first
-        await until(lambda: r.relay.runtime.upstream.idle == 1)
+        await deliver_first(r)
         sink.extensions = ("DSN", "REQUIRETLS")
         secure = await send(
             r, f"MAIL FROM:<{SENDER}> REQUIRETLS", ["RCPT TO:<b@example.org>"], message()
@@ -278,9 +283,7 @@ async def test_no_connection_offers_requiretls_then_the_client_hears_550_and_not
     sink = await Sink(pki.server_context(), extensions=("DSN",)).start()
     r = await start_relay(tmp_path, pki, sink)
     try:
-        first = await send(r, f"MAIL FROM:<{SENDER}>", ["RCPT TO:<a@example.org>"], message())
-        assert first[-1].startswith("250 2.0.0 Delivered to upstream"), first
-        await until(lambda: r.relay.runtime.upstream.idle == 1)
+        await deliver_first(r)
         conn = await RawSmtp.ready(r.port, r.pki.client_context())
         refused = await conn.cmd(f"MAIL FROM:<{SENDER}> REQUIRETLS")
         await conn.close()
@@ -307,9 +310,7 @@ async def test_a_stale_pooled_connection_is_retried_with_every_dsn_parameter(
     sink.session_faults = lambda: first if sink.connections == 1 else None
     r = await start_relay(tmp_path, pki, sink)
     try:
-        warm = await send(r, f"MAIL FROM:<{SENDER}>", ["RCPT TO:<a@example.org>"], message())
-        assert warm[-1].startswith("250 2.0.0 Delivered to upstream"), warm
-        await until(lambda: r.relay.runtime.upstream.idle == 1)
+        await deliver_first(r)
         answers = await send(
             r,
             f"MAIL FROM:<{SENDER}> RET=HDRS ENVID=Case+2B7",

@@ -18,7 +18,7 @@ from relay.policy.base import ConfigError
 from tests.support.pki import Pki
 from tests.support.rawsmtp import RawSmtp
 from tests.support.relay import RunningRelay, start_relay
-from tests.support.upstream import Sink
+from tests.support.upstream import Sink, hold_accepts
 
 fake = Faker()
 Faker.seed(2211)
@@ -59,12 +59,7 @@ async def until_received(sink: Sink, count: int) -> None:
 async def test_data_over_the_cap_gets_452_and_arrives_once_on_retry(
     tmp_path: Path, pki: Pki, sink: Sink
 ) -> None:
-    release = asyncio.Event()
-
-    async def hold() -> None:  # the upstream keeps both messages unanswered: in flight
-        await release.wait()
-
-    sink.faults.on_accept = hold
+    release = hold_accepts(sink)  # the upstream keeps both messages unanswered: in flight
     size = 1_500_000
     r = await start_relay(tmp_path, pki, sink, server={"max_bytes_in_flight": 2_000_000})
     flight = r.relay.shared.flight if r.relay.shared else None
@@ -108,12 +103,7 @@ async def test_concurrent_data_with_declared_size_is_admitted_up_to_the_cap(
     # the declared sizes are counted at DATA, so only two of 600 kB fit under 1.5 MB. The
     # other six hear 452, retry after the first two are delivered, and every message
     # arrives exactly once.
-    release = asyncio.Event()
-
-    async def hold() -> None:
-        await release.wait()
-
-    sink.faults.on_accept = hold
+    release = hold_accepts(sink)
     r = await start_relay(tmp_path, pki, sink, server={"max_bytes_in_flight": 1_500_000})
     flight = r.relay.shared.flight if r.relay.shared else None
     assert flight is not None

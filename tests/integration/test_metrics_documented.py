@@ -14,7 +14,6 @@ import sqlite3
 import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from email.message import EmailMessage
 from pathlib import Path
 
 import aiohttp
@@ -24,6 +23,7 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.users import add_user
+from tests.support.mail import SENDER, message
 from tests.support.pki import Pki
 from tests.support.rawsmtp import RawSmtp
 from tests.support.relay import ROOT, RunningRelay, start_relay
@@ -31,7 +31,6 @@ from tests.support.upstream import Sink
 
 DOC = ROOT / "docs" / "metrics.md"
 USER, PASSWORD = "clinic-app", "correct horse battery staple"
-SENDER = "app@clinic.example"
 _ROW = re.compile(r"^\|\s*`(phi_relay_[a-z_]+)`\s*\|\s*(\w+)\s*\|([^|]*)\|")
 _PLAIN_VALUE = re.compile(r"^[a-z0-9x.-]+$")
 
@@ -51,17 +50,6 @@ def documented() -> dict[str, tuple[str, dict[str, set[str] | None]]]:
             labels[label] = set(values) if plain else None
         out[name] = (kind, labels)
     return out
-
-
-def message(subject: str, to: list[str], category: str | None = None) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = SENDER
-    msg["To"] = ", ".join(to)
-    msg["Subject"] = subject
-    if category:
-        msg["X-PHI-Category"] = category
-    msg.set_content("The clinic on Elm Street opens at nine.\n")
-    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
 
 
 async def send(client: aiosmtplib.SMTP, to: list[str], data: bytes) -> int:

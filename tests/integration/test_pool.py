@@ -19,7 +19,7 @@ from relay.pool import Pool
 from tests.support.pki import Pki
 from tests.support.rawsmtp import RawSmtp
 from tests.support.relay import RunningRelay, start_relay
-from tests.support.upstream import Faults, Sink
+from tests.support.upstream import Faults, Sink, hold_accepts
 
 fake = Faker()
 Faker.seed(1111)
@@ -62,6 +62,19 @@ async def until(check: Callable[[], bool], seconds: float = 5.0) -> None:
     async with asyncio.timeout(seconds):
         while not check():  # noqa: ASYNC110 - polling state the relay owns
             await asyncio.sleep(0.01)
+
+
+async def deliver_first(r: RunningRelay) -> None:
+    """One message to a@example.org delivered, and its connection back in the pool, idle."""
+    assert DELIVERED.match((await send_one(r, "a@example.org", message()))[-1])
+    await until(lambda: pool_of(r).idle == 1)
+
+
+async def hold_a_connection(r: RunningRelay, sink: Sink) -> asyncio.Task[list[str]]:
+    """Send a first message the upstream holds (hold_accepts): one connection is now busy."""
+    first = asyncio.create_task(send_one(r, "first@example.org", message()))
+    await until(lambda: len(sink.received) == 1)
+    return first
 
 
 async def test_sessions_share_one_upstream_connection_with_rset_between(
@@ -112,8 +125,7 @@ async def test_stale_pooled_connection_is_retried_once_before_data(
     sink.session_faults = lambda: first if sink.connections == 1 else None
     r = await start_relay(tmp_path, pki, sink)
     try:
-        assert DELIVERED.match((await send_one(r, "a@example.org", message()))[-1])
-        await until(lambda: pool_of(r).idle == 1)
+        await deliver_first(r)
         answers = await send_one(r, "b@example.org", message())
     finally:
         await r.stop()
@@ -139,8 +151,7 @@ async def test_second_stale_connection_is_not_retried_again(
     sink.session_faults = lambda: first if sink.connections == 1 else Faults(reset_at="MAIL")
     r = await start_relay(tmp_path, pki, sink)
     try:
-        assert DELIVERED.match((await send_one(r, "a@example.org", message()))[-1])
-        await until(lambda: pool_of(r).idle == 1)
+        await deliver_first(r)
         answers = await send_one(r, "b@example.org", message())
     finally:
         await r.stop()
@@ -164,8 +175,7 @@ async def test_connection_lost_after_data_is_never_retried(
     sink.session_faults = lambda: first if sink.connections == 1 else None
     r = await start_relay(tmp_path, pki, sink)
     try:
-        assert DELIVERED.match((await send_one(r, "a@example.org", message()))[-1])
-        await until(lambda: pool_of(r).idle == 1)
+        await deliver_first(r)
         answers = await send_one(r, "b@example.org", message())
     finally:
         await r.stop()
@@ -179,8 +189,7 @@ async def test_connection_lost_after_data_is_never_retried(
 async def test_idle_connection_expires_and_is_closed(tmp_path: Path, pki: Pki, sink: Sink) -> None:
     r = await start_relay(tmp_path, pki, sink, upstream_cfg={"pool_idle_timeout": 0.3})
     try:
-        assert DELIVERED.match((await send_one(r, "a@example.org", message()))[-1])
-        await until(lambda: pool_of(r).idle == 1)
+        await deliver_first(r)
         # Nothing else happens: the pool closes the idle connection on its own (QUIT).
         await until(lambda: sink.session_commands(1)[-1:] == ["QUIT"], seconds=3)
         assert pool_of(r).idle == 0
@@ -196,8 +205,7 @@ async def test_connection_idle_a_while_is_checked_with_noop(
 ) -> None:
     r = await start_relay(tmp_path, pki, sink, upstream_cfg={"pool_check_after": 0.2})
     try:
-        assert DELIVERED.match((await send_one(r, "a@example.org", message()))[-1])
-        await until(lambda: pool_of(r).idle == 1)
+        await deliver_first(r)
         await asyncio.sleep(0.3)
         assert DELIVERED.match((await send_one(r, "b@example.org", message()))[-1])
     finally:
@@ -211,8 +219,7 @@ async def test_connection_closed_while_idle_is_replaced_without_a_failure(
 ) -> None:
     r = await start_relay(tmp_path, pki, sink)
     try:
-        assert DELIVERED.match((await send_one(r, "a@example.org", message()))[-1])
-        await until(lambda: pool_of(r).idle == 1)
+        await deliver_first(r)
         await sink.stop()  # the upstream restarts: every connection it had is gone
         await sink.start(sink.port)
         answers = await send_one(r, "b@example.org", message())
@@ -309,12 +316,7 @@ async def test_concurrent_sessions_share_at_most_max_connections(
 async def test_lease_that_waits_too_long_gets_451_and_nothing_is_lost(
     tmp_path: Path, pki: Pki, sink: Sink
 ) -> None:
-    release = asyncio.Event()
-
-    async def hold() -> None:
-        await release.wait()
-
-    sink.faults.on_accept = hold
+    release = hold_accepts(sink)
     r = await start_relay(
         tmp_path,
         pki,
@@ -322,8 +324,7 @@ async def test_lease_that_waits_too_long_gets_451_and_nothing_is_lost(
         upstream_cfg={"pool_max_connections": 1, "pool_wait_timeout": 0.3},
     )
     try:
-        first = asyncio.create_task(send_one(r, "first@example.org", message()))
-        await until(lambda: len(sink.received) == 1)  # the one connection is now held
+        first = await hold_a_connection(r, sink)
         second = await send_one(r, "second@example.org", message())
         release.set()
         assert DELIVERED.match((await first)[-1])
@@ -362,16 +363,10 @@ async def test_client_gone_while_waiting_for_a_connection_leaks_no_slot(
 ) -> None:
     # With one connection held, a second client waits at MAIL and hangs up: its place in
     # the queue must go, and the held connection must serve the next client.
-    release = asyncio.Event()
-
-    async def hold() -> None:
-        await release.wait()
-
-    sink.faults.on_accept = hold
+    release = hold_accepts(sink)
     r = await start_relay(tmp_path, pki, sink, upstream_cfg={"pool_max_connections": 1})
     try:
-        first = asyncio.create_task(send_one(r, "first@example.org", message()))
-        await until(lambda: len(sink.received) == 1)
+        first = await hold_a_connection(r, sink)
         gone = await RawSmtp.ready(r.port, pki.client_context())
         await gone.send(f"MAIL FROM:<{SENDER}>\r\n".encode())
         await until(lambda: pool_of(r).stats.waited == 1)
@@ -394,16 +389,10 @@ async def test_readiness_probe_does_not_queue_behind_busy_connections(
 ) -> None:
     # Every connection is held by mail: /readyz's upstream check must still answer now
     # (a probe that waits its turn would time out and take the relay out of service).
-    release = asyncio.Event()
-
-    async def hold() -> None:
-        await release.wait()
-
-    sink.faults.on_accept = hold
+    release = hold_accepts(sink)
     r = await start_relay(tmp_path, pki, sink, upstream_cfg={"pool_max_connections": 1})
     try:
-        first = asyncio.create_task(send_one(r, "first@example.org", message()))
-        await until(lambda: len(sink.received) == 1)
+        first = await hold_a_connection(r, sink)
         async with asyncio.timeout(3):
             await pool_of(r).ping()
         await until(lambda: sink.open_now == 1)  # the probe's connection is closed again

@@ -289,3 +289,14 @@ class Sink:
 
     def all_rcpts(self) -> list[str]:
         return [r for m in self.received for r in m.rcpt_tos]
+
+
+def hold_accepts(sink: Sink) -> asyncio.Event:
+    """Make `sink` keep every message unanswered (in flight) until the returned event is set."""
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        await release.wait()
+
+    sink.faults.on_accept = hold
+    return release
