@@ -55,7 +55,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from load import Pki, make_messages, make_pki, percentile  # noqa: E402
+from load import Pki, make_messages, make_pki, percentile, serve_args  # noqa: E402
 from postfix import Postfix, ensure_installed  # noqa: E402
 
 SENDER = "bench@clinic.example"
@@ -256,33 +256,7 @@ async def start_relay(
         }
     )
     policies = checkout / "policies" / "default.toml"
-    cmd = [
-        sys.executable,
-        "-m",
-        "relay",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        str(pki.cert),
-        "--tls-key",
-        str(pki.key),
-        "--upstream",
-        f"localhost:{sink_port}",
-        "--upstream-ca",
-        str(pki.ca),
-        "--trusted-network",
-        "127.0.0.1/32",
-        "--state-dir",
-        str(state),
-        "--audit-log",
-        str(state / "audit.log"),
-        "--policy-file",
-        str(policies),
-        *extra,
-    ]
+    cmd = [sys.executable, *serve_args(pki, sink_port, state, policies), *extra]
     log = (work / "relay.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         *cmd, cwd=work, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT

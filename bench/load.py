@@ -295,26 +295,10 @@ async def run_load(
 # --- the relay subprocess ----------------------------------------------------------------
 
 
-async def start_relay(
-    tmp: Path, pki: Pki, sink_port: int, concurrency: int, profile: Path | None
-) -> tuple[asyncio.subprocess.Process, int, Path]:
-    ready = tmp / "ready"
-    state = tmp / "state"
-    env = dict(os.environ)
-    env.update(
-        {
-            "PHI_RELAY_READY_FILE": str(ready),
-            # All bench clients come from 127.0.0.1: lift the per-client cap above the load.
-            "PHI_RELAY_SERVER_MAX_SESSIONS_PER_CLIENT": str(concurrency + 10),
-            "PHI_RELAY_SERVER_MAX_SESSIONS": str(max(200, concurrency + 10)),
-            "PHI_RELAY_SERVER_HOSTNAME": "relay.bench",
-        }
-    )
-    env.pop("PHI_RELAY_CONFIG", None)
-    cmd = [sys.executable]
-    if profile is not None:
-        cmd += ["-m", "cProfile", "-o", str(profile)]
-    cmd += [
+def serve_args(pki: Pki, sink_port: int, state: Path, policy_file: Path) -> list[str]:
+    """`-m relay serve ...` on free loopback ports, relaying to the sink over verified TLS;
+    bench/anchors.py starts its checkouts with these too."""
+    return [
         "-m",
         "relay",
         "serve",
@@ -337,8 +321,30 @@ async def start_relay(
         "--audit-log",
         str(state / "audit.log"),
         "--policy-file",
-        str(ROOT / "policies" / "default.toml"),
+        str(policy_file),
     ]
+
+
+async def start_relay(
+    tmp: Path, pki: Pki, sink_port: int, concurrency: int, profile: Path | None
+) -> tuple[asyncio.subprocess.Process, int, Path]:
+    ready = tmp / "ready"
+    state = tmp / "state"
+    env = dict(os.environ)
+    env.update(
+        {
+            "PHI_RELAY_READY_FILE": str(ready),
+            # All bench clients come from 127.0.0.1: lift the per-client cap above the load.
+            "PHI_RELAY_SERVER_MAX_SESSIONS_PER_CLIENT": str(concurrency + 10),
+            "PHI_RELAY_SERVER_MAX_SESSIONS": str(max(200, concurrency + 10)),
+            "PHI_RELAY_SERVER_HOSTNAME": "relay.bench",
+        }
+    )
+    env.pop("PHI_RELAY_CONFIG", None)
+    cmd = [sys.executable]
+    if profile is not None:
+        cmd += ["-m", "cProfile", "-o", str(profile)]
+    cmd += serve_args(pki, sink_port, state, ROOT / "policies" / "default.toml")
     log = (tmp / "relay.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         *cmd, cwd=tmp, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT

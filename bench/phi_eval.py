@@ -24,7 +24,6 @@ recognizers, run in a separate interpreter so presidio never enters this project
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import random
 import subprocess
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "data" / "subjects.tsv"
 sys.path.insert(0, str(ROOT))
 
+from phi_speed import timed_rounds  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 # --- corpus generation ------------------------------------------------------------------
 
@@ -1100,16 +1100,13 @@ def throughput(rows: list[tuple[str, str, str]], seconds: float = 2.0) -> float:
 
     detector = default_detector()
     subjects = [s for _, _, s in rows]
-    done, start = 0, time.perf_counter()
-    gc.disable()
-    try:
-        while time.perf_counter() - start < seconds:
-            for s in subjects:
-                detector.scan(subject_text(s))
-            done += len(subjects)
-    finally:
-        gc.enable()
-    return done / (time.perf_counter() - start)
+
+    def one_round() -> None:
+        for s in subjects:
+            detector.scan(subject_text(s))
+
+    done, wall, _ = timed_rounds(one_round, len(subjects), seconds)
+    return done / wall
 
 
 PRESIDIO_SCRIPT = r"""
@@ -1268,16 +1265,13 @@ def _judge_throughput(inputs: list[str], seconds: float) -> float:
     from relay.phi.normalize import subject_texts
 
     detector = default_detector()
-    done, start = 0, time.perf_counter()
-    gc.disable()
-    try:
-        while time.perf_counter() - start < seconds:
-            for text in inputs:
-                detector.judge(subject_texts(text))
-            done += len(inputs)
-    finally:
-        gc.enable()
-    return done / (time.perf_counter() - start)
+
+    def one_round() -> None:
+        for text in inputs:
+            detector.judge(subject_texts(text))
+
+    done, wall, _ = timed_rounds(one_round, len(inputs), seconds)
+    return done / wall
 
 
 def evaluate_writers(part: str, old_src: Path | None, seconds: float) -> int:

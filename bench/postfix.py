@@ -13,38 +13,19 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout, for tests/
+from tests.support.postfix import MASTER_CF, free_port
+
 POSTFIX = "/usr/sbin/postfix"
 
-# Every service a relaying instance needs; chroot off (our queue folder has no /etc).
-_MASTER = """\
-{listen} inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"""
+# master.cf is the test instance's (tests/support/postfix.py, chroot off: our queue folder
+# has no /etc), plus the local service this instance has always listed.
+_MASTER = MASTER_CF + "local      unix  - n n -  - local\n"
 
 # A header policy of the kind sites use in front of a smarthost (regexp, like ours, cheap).
 HEADER_CHECKS = """\
@@ -66,12 +47,6 @@ def ensure_installed() -> None:
         check=True,
     )
     subprocess.run(["apt-get", "install", "-y", "-qq", "postfix"], env=env, check=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -148,7 +123,7 @@ class Postfix:
             *upstream_tls,
         ]
         (self.config_dir / "main.cf").write_text("\n".join(main) + "\n")
-        (self.config_dir / "master.cf").write_text(_MASTER.format(listen=f"127.0.0.1:{self.port}"))
+        (self.config_dir / "master.cf").write_text(_MASTER.format(smtpd_port=self.port))
 
     def _postfix(self, *args: str) -> subprocess.CompletedProcess[str]:
         # postfix(1) reports to syslog, or to stderr when that is a terminal: `script` gives
