@@ -100,6 +100,11 @@ class ServerConfig:
     inline_max_bytes: int = 32 * 1024
     mode: str = "enforce"
 
+    @property
+    def reserved_sessions(self) -> int:
+        """Of max_sessions, the slots only trusted and authenticated clients may take."""
+        return self.max_sessions * self.reserved_sessions_percent // 100
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:

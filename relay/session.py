@@ -118,8 +118,9 @@ class Shared:
         self.users = users
         self.tls_context = tls_context
         s = runtime.config.server
-        reserved = s.max_sessions * s.reserved_sessions_percent // 100
-        self.limiter = SessionLimiter(s.max_sessions, s.max_sessions_per_client, reserved)
+        self.limiter = SessionLimiter(
+            s.max_sessions, s.max_sessions_per_client, s.reserved_sessions
+        )
         self.throttle = AuthThrottle(
             per_pair=s.auth_max_failures,
             per_account=s.auth_max_failures_per_account,

@@ -40,9 +40,8 @@ def shared_limits(
 ) -> tuple[SharedCounters, SharedSessionLimiter, SharedAuthThrottle]:
     """The limits of `s` for `worker`, counted with every other worker in `path`."""
     counters = SharedCounters(path)
-    reserved = s.max_sessions * s.reserved_sessions_percent // 100
     limiter = SharedSessionLimiter(
-        counters, worker, s.max_sessions, s.max_sessions_per_client, reserved
+        counters, worker, s.max_sessions, s.max_sessions_per_client, s.reserved_sessions
     )
     throttle = SharedAuthThrottle(
         counters,
