@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 
 from relay import config as config_mod
-from relay import keys, rules, startup
+from relay import keys, rules, startup, tlsbuffers
 from relay.audit import AuditError, AuditLog
 from relay.audit.names import chain_path, head_name
 from relay.certs import server_context
@@ -315,6 +315,8 @@ class Relay:
     _counters: SharedCounters | None = None
 
     async def start(self) -> None:
+        # Before any TLS connection: they all read into one buffer (relay/tlsbuffers.py).
+        tlsbuffers.install()
         startup.private_dir(self.config.state_dir)
         if self.slot is None:
             self.lock = startup.lock_state(self.config.state_dir, self.config.audit.file)
