@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 
 from relay import config as config_mod
-from relay import keys, rules, startup, tlsbuffers
+from relay import keys, malloc, rules, startup, tlsbuffers
 from relay.audit import AuditError, AuditLog
 from relay.audit.names import chain_path, head_name
 from relay.certs import server_context
@@ -317,6 +317,7 @@ class Relay:
     async def start(self) -> None:
         # Before any TLS connection: they all read into one buffer (relay/tlsbuffers.py).
         tlsbuffers.install()
+        malloc.tune()  # before the first message buffer (relay/malloc.py)
         startup.private_dir(self.config.state_dir)
         if self.slot is None:
             self.lock = startup.lock_state(self.config.state_dir, self.config.audit.file)
@@ -354,6 +355,7 @@ class Relay:
         spool = self._open_spool(cfg, fresh=bool(created))
         audit_key = _key(cfg, "audit")
         worker = self.slot.worker if self.slot is not None else 0
+        workers = self.slot.workers if self.slot is not None else 1
         audit_file = chain_path(cfg.audit.file, worker) if cfg.audit.file else None
         try:
             audit = AuditLog(
@@ -378,7 +380,7 @@ class Relay:
             audit_key=audit_key,
             decisions=Decisions(cfg.server.decision_workers),
             spool=spool,
-            workers=self.slot.workers if self.slot is not None else 1,
+            workers=workers,
         )
         runtime = build_runtime(cfg, self.services)
         self.shared = Shared(runtime, users, self.tls_context)

@@ -149,8 +149,9 @@ class _Rules:
 
 def _serve(conn: Connection, log_json: bool) -> None:
     """The worker's main loop: one job at a time, answers ("ok", value) or ("error", reason)."""
-    from relay import logs
+    from relay import logs, malloc
 
+    malloc.tune()  # a spawned process starts with glibc's defaults: big messages come here
     logs.configure(json=log_json)  # the parent's format: a spawned process starts blank
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
