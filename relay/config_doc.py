@@ -91,7 +91,8 @@ MEANINGS: dict[str, str] = {
     "(SO_REUSEPORT) and the kernel spreads new connections evenly by address and port; "
     "`false`: the workers share one listening socket and the idlest one takes each "
     "connection (bench/README.md compares them).",
-    "server.decision_workers": "Worker processes that decide large or unusual messages.",
+    "server.decision_workers": "Processes that decide large or unusual messages, for the "
+    "whole relay: with `workers` > 1 each worker process starts its share (rounded up).",
     "server.inline_max_bytes": "Ordinary messages up to this many bytes are decided in the "
     "event loop; larger or unusual ones in a worker process under `decision_timeout`.",
     "server.mode": "`enforce`, or `monitor`: audit every verdict, enforce only TLS.",

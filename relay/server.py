@@ -378,7 +378,9 @@ class Relay:
             audit=audit,
             dedup=await _open_dedup(cfg),
             audit_key=audit_key,
-            decisions=Decisions(cfg.server.decision_workers),
+            # The relay's decision workers, shared out: with N worker processes each starts
+            # its part (rounded up), not N times the configured number.
+            decisions=Decisions(_share(cfg.server.decision_workers, workers)),
             spool=spool,
             workers=workers,
         )

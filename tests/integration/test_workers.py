@@ -418,3 +418,43 @@ async def test_a_refused_reload_stays_refused_in_workers_started_after_it(
     assert len(sink.received) == 12
     assert not (state / "captured").exists()
     assert all(any(r["type"] == "decision" for r in rs) for rs in chains(state).values())
+
+
+def decision_processes(worker: int) -> list[int]:
+    """A worker's decision processes: its multiprocessing children but the resource tracker
+    (started from a thread, so listed under that thread's task)."""
+    kids = [
+        k
+        for t in Path(f"/proc/{worker}/task").iterdir()
+        for k in (t / "children").read_text().split()
+    ]
+    out = []
+    for kid in kids:
+        cmdline = Path(f"/proc/{kid}/cmdline").read_bytes()
+        if b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
+            out.append(int(kid))
+    return out
+
+
+async def test_the_decision_workers_are_the_relays_not_each_workers(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    """`server.decision_workers = 2` with two workers: one decision process each (each
+    ~90 MB at its peak with a 5 MB message), however many messages go to them at once."""
+    service = await start_service(
+        tmp_path, pki, sink, workers=2,
+        env={
+            "PHI_RELAY_SERVER_MAX_SESSIONS_PER_CLIENT": "50",
+            "PHI_RELAY_SERVER_DECISION_WORKERS": "2",
+            "PHI_RELAY_SERVER_INLINE_MAX_BYTES": "0",  # every message to a decision process
+        },
+    )  # fmt: skip
+    try:
+        tally = await send_all(service, pki, 30)
+        per_worker = {w: decision_processes(w) for w in workers_of(service)}
+    finally:
+        assert await service.stop() == 0, service.log_text()
+    assert tally.five == [] and tally.gave_up == []
+    assert len(sink.received) == 30
+    assert sum(len(d) for d in per_worker.values()) >= 1, per_worker
+    assert all(len(d) <= 1 for d in per_worker.values()), per_worker
