@@ -16,11 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import dkim as dkimpy
-from dkim import HASH_ALGORITHMS
-from dkim.canonicalization import CanonicalizationPolicy
-from dkim.util import parse_tag_value
+from types import ModuleType
 
 STALE_POLICIES = ("remove", "keep", "refuse")
 # Signed when present (RFC 6376 5.4.1 and RFC 8058 3); those in FROZEN are signed once more
@@ -43,6 +39,17 @@ SIGNED = (
 )
 FROZEN = (b"from", b"subject", b"list-unsubscribe", b"list-unsubscribe-post")
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+
+
+def _dkimpy() -> ModuleType:
+    """dkimpy (and the dnspython it imports, ~5 MB a process), loaded when first needed:
+    a relay that signs nothing and meets no signed message never does."""
+    import dkim
+    import dkim.canonicalization
+    import dkim.util
+
+    module: ModuleType = dkim
+    return module
 
 
 class DkimError(Exception):
@@ -77,7 +84,7 @@ def load_key(domain: str, selector: str, path: Path) -> DkimKey:
     except OSError as exc:
         raise DkimError(f"DKIM key {path}: {exc.strerror or exc}") from exc
     try:
-        dkimpy.crypto.parse_pem_private_key(data)
+        _dkimpy().crypto.parse_pem_private_key(data)
     except Exception as exc:
         raise DkimError(
             f"DKIM key {path}: not a PEM RSA private key (make one with "
@@ -124,8 +131,11 @@ def _values(message: bytes, name: bytes) -> list[bytes]:
 
 def _body_hash(body: bytes, tags: Mapping[bytes, bytes]) -> bytes | None:
     try:
-        policy = CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
-        hasher = HASH_ALGORITHMS[tags.get(b"a", b"rsa-sha256")]
+        dkimpy = _dkimpy()
+        policy = dkimpy.canonicalization.CanonicalizationPolicy.from_c_value(
+            tags.get(b"c", b"simple/simple")
+        )
+        hasher = dkimpy.HASH_ALGORITHMS[tags.get(b"a", b"rsa-sha256")]
     except Exception:
         return None
     canonical = policy.canonicalize_body(body)
@@ -147,7 +157,7 @@ def stale_signatures(original: bytes, changed: bytes) -> list[int]:
     stale: list[int] = []
     for index, value in enumerate(_values(changed, b"dkim-signature")):
         try:
-            tags = parse_tag_value(value)
+            tags = _dkimpy().util.parse_tag_value(value)
         except Exception:
             stale.append(index)
             continue
@@ -201,6 +211,7 @@ class Signer:
         key = self.keys.get(domain or "")
         if key is None:
             return message, ""
+        dkimpy = _dkimpy()
         signer = dkimpy.DKIM(message)
         present = {name.lower() for name, _ in header_fields(message)}
         include = [h for h in SIGNED if h in present]

@@ -24,7 +24,6 @@ from relay.config import Config, HostPort
 from relay.consent import open_store
 from relay.consent.api import ConsentStore, StoreError
 from relay.dedup import Dedup, DedupError, DedupStore
-from relay.dedup_pg import PostgresDedup
 from relay.delivery import (
     CaptureUpstream,
     Connector,
@@ -207,6 +206,9 @@ async def _open_dedup(cfg: Config) -> DedupStore:
     """With a PostgreSQL consent store the retry store is there too, shared by replicas."""
     if not cfg.store_url.startswith(("postgresql:", "postgres:")):
         return _dedup(cfg)
+    # Imported only here: asyncpg costs every worker process ~4 MB that SQLite never uses.
+    from relay.dedup_pg import PostgresDedup
+
     d = cfg.dedup
     try:
         return await PostgresDedup.open(
