@@ -458,3 +458,31 @@ async def test_the_decision_workers_are_the_relays_not_each_workers(
     assert len(sink.received) == 30
     assert sum(len(d) for d in per_worker.values()) >= 1, per_worker
     assert all(len(d) <= 1 for d in per_worker.values()), per_worker
+
+
+def smaps_kb(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, _, value = line.partition(":")
+        out[key] = int(value.split()[0])
+    return out
+
+
+async def test_workers_share_what_the_supervisor_loaded_before_the_fork(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    """The supervisor loads the HTTP side and the PHI vocabularies before it forks (and
+    freezes them out of the collector's reach), so most of each worker's memory is pages
+    it shares: about a quarter of a worker's resident memory is its own, half before."""
+    service = await two_workers(tmp_path, pki, sink)
+    try:
+        tally = await send_all(service, pki, 10)
+        maps = await asyncio.to_thread(Path(f"/proc/{service.proc.pid}/maps").read_text)
+        usage = {w: smaps_kb(w) for w in workers_of(service)}
+    finally:
+        assert await service.stop() == 0, service.log_text()
+    assert tally.five == [] and tally.gave_up == []
+    assert "aiohttp" in maps  # aiohttp's C parts are mapped in the supervisor itself
+    for worker, kb in usage.items():
+        own = kb["Private_Clean"] + kb["Private_Dirty"]
+        assert own < 0.4 * kb["Rss"], (worker, own, kb["Rss"])
