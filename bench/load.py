@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -326,7 +327,12 @@ def serve_args(pki: Pki, sink_port: int, state: Path, policy_file: Path) -> list
 
 
 async def start_relay(
-    tmp: Path, pki: Pki, sink_port: int, concurrency: int, profile: Path | None
+    tmp: Path,
+    pki: Pki,
+    sink_port: int,
+    concurrency: int,
+    profile: Path | None,
+    workers: int | None = None,
 ) -> tuple[asyncio.subprocess.Process, int, Path]:
     ready = tmp / "ready"
     state = tmp / "state"
@@ -345,6 +351,8 @@ async def start_relay(
     if profile is not None:
         cmd += ["-m", "cProfile", "-o", str(profile)]
     cmd += serve_args(pki, sink_port, state, ROOT / "policies" / "default.toml")
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
     log = (tmp / "relay.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         *cmd, cwd=tmp, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT
@@ -380,23 +388,40 @@ async def stop_relay(proc: asyncio.subprocess.Process) -> int:
 
 
 def process_cpu(pid: int | None = None) -> float:
-    """User+system CPU seconds of this process or of `pid` (Linux /proc; 0.0 elsewhere)."""
+    """User+system CPU seconds of this process, or of `pid` and its descendants (the
+    supervisor's workers, decision workers; Linux /proc; 0.0 elsewhere)."""
     if pid is None:
         t = os.times()
         return t.user + t.system
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    # Fields 14 and 15 (utime, stime) counted from 1; index 11/12 after the ")".
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    stats: dict[int, list[str]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    text = Path(f"/proc/{entry.name}/stat").read_text()
+                    stats[int(entry.name)] = text.rpartition(")")[2].split()
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        fields = stats.get(p)
+        if fields is None:
+            continue
+        # Fields 14 and 15 (utime, stime) counted from 1; index 11/12 after the ")".
+        total += int(fields[11]) + int(fields[12])
+        todo.extend(q for q, f in stats.items() if int(f[1]) == p)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 _LINE = re.compile(r":\d+\)$")
 
 
-async def start_py_spy(pid: int, out: Path) -> asyncio.subprocess.Process:
+async def start_py_spy(pid: int, out: Path, every_thread: bool) -> asyncio.subprocess.Process:
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    # Default: only samples holding the GIL, the event loop's CPU time, which bounds
+    # throughput (without it, idle thread-pool workers blocked in queue.get show up as
+    # hot). `every_thread`: every thread on a CPU with its C frames, so work done with the
+    # GIL released (TLS handshakes and records in OpenSSL, SQLite, writes) shows too.
+    which = ["--native"] if every_thread else ["--gil"]
     return await asyncio.create_subprocess_exec(
         exe,
         "record",
@@ -404,9 +429,7 @@ async def start_py_spy(pid: int, out: Path) -> asyncio.subprocess.Process:
         str(pid),
         "--rate",
         "250",
-        # Only samples holding the GIL: the event loop's CPU time, which bounds throughput
-        # (without it, idle thread-pool workers blocked in queue.get show up as hot).
-        "--gil",
+        *which,
         "--format",
         "raw",
         "--output",
@@ -496,9 +519,13 @@ async def main_async(args: argparse.Namespace) -> int:
             print(describe(direct), flush=True)
             sink.reset()
             proc, relay_port, audit = await start_relay(
-                tmp, pki, sink.port, args.concurrency, args.profile
+                tmp, pki, sink.port, args.concurrency, args.profile, args.workers
             )
-            spy = await start_py_spy(proc.pid, args.py_spy) if args.py_spy else None
+            spy = (
+                await start_py_spy(proc.pid, args.py_spy, args.py_spy_native)
+                if args.py_spy
+                else None
+            )
             cpu0, relay_cpu0 = process_cpu(), process_cpu(proc.pid)
             try:
                 relayed = await run_load(
@@ -539,7 +566,8 @@ async def main_async(args: argparse.Namespace) -> int:
         print(
             f"cpu seconds: direct run {direct_cpu:.2f} (load generator and sink, one process); "
             f"relay run: load generator and sink {bench_cpu:.2f}, relay {relay_cpu:.2f} "
-            f"of {relayed.seconds:.2f} s ({os.cpu_count()} cores)",
+            f"of {relayed.seconds:.2f} s ({os.cpu_count()} cores); relay "
+            f"{1000 * relay_cpu / max(relayed.sent, 1):.2f} ms CPU per message",
             flush=True,
         )
         print(
@@ -579,6 +607,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=300.0, help="time budget for both runs")
     p.add_argument("--timeout", type=float, default=60.0, help="per SMTP command, seconds")
     p.add_argument("--seed", type=int, default=20261123, help="faker seed")
+    p.add_argument(
+        "--py-spy-native",
+        action="store_true",
+        help="with --py-spy: every thread on a CPU, with C frames (TLS, SQLite), not only the "
+        "GIL holder",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        help="the relay's --workers (default: its own, one per CPU); 1 to profile one process",
+    )
     p.add_argument(
         "--profile", type=Path, help="run the relay under cProfile and write the stats here"
     )
