@@ -16,9 +16,13 @@ A claim nobody confirmed or released within `lease` seconds was left by a crash 
 middle of a send; it is taken over (the outcome was unknown, so it is reported stale).
 
 `DedupStore` is the interface the flow uses; `SqliteDedup` keeps the records in one
-SQLite file (WAL, shared by the processes of one host). All database work runs on one
-dedicated thread with a bounded lock wait, so a busy or slow disk never holds the
-event loop.
+SQLite file (WAL, shared by the processes of one host). Each statement first runs where
+it is called (the event loop), on a connection that never waits for a lock and never
+checkpoints: a WAL commit with synchronous=NORMAL is a write to the page cache, far
+cheaper than a trip to a thread. When another connection (another worker) holds the
+write lock, the work goes to one dedicated thread that waits for it (`busy_timeout`);
+that thread also runs the checkpoints, whose fsyncs would hold the loop. So a busy or
+slow disk still never holds the event loop.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ T = TypeVar("T")
 DEFAULT_TTL = 7 * 86400.0
 DEFAULT_LEASE = 900.0
 DEFAULT_BUSY_TIMEOUT = 2.0
+# Commits on the event loop's connection between checkpoints run on the thread. Each
+# commit adds a few WAL pages; SQLite's own default is a checkpoint per 1000 pages.
+CHECKPOINT_EVERY = 200
 
 SENDING = "sending"
 DELIVERED = "delivered"
@@ -127,8 +134,11 @@ class SqliteDedup:
         self._unwritten_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedup")
         self._closed = False
+        self._commits = 0  # on the loop's connection since the last checkpoint
+        self._checkpointing = False
         try:
             self._db = self._pool.submit(self._open).result()
+            self._fast = self._connect_fast()
         except BaseException:
             self._pool.shutdown(wait=False)
             raise
@@ -158,6 +168,19 @@ class SqliteDedup:
                 db.execute("DROP TABLE delivered")
                 db.execute("COMMIT")
             db.execute("DELETE FROM recipients WHERE at < ?", (self._clock() - self.ttl,))
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _connect_fast(self) -> sqlite3.Connection:
+        """The connection used where a call is made: no lock wait, no checkpoints."""
+        # check_same_thread: closed by the thread in close(); used by one thread before.
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=0, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout=0")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint=0")
         except BaseException:
             db.close()
             raise
@@ -289,7 +312,35 @@ class SqliteDedup:
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise DedupError(f"dedup store {self.path} is closed")
+        if self._checkpointing:
+            # Queued behind the checkpoint: it catches up with the whole WAL (so SQLite can
+            # start the file over) only if this process writes nothing while it runs.
+            return await self._on_thread(fn)
+        try:
+            result = fn(self._fast)
+        except sqlite3.Error as exc:
+            if not _busy(exc):
+                raise DedupError(f"dedup store {self.path}: {_describe(exc)}") from exc
+            # Another connection holds the write lock: wait for it on the thread, not here.
+        else:
+            self._commits += 1
+            if self._commits >= CHECKPOINT_EVERY:
+                self._commits = 0
+                self._checkpointing = True
+                self._pool.submit(self._checkpoint)
+            return result
+        return await self._on_thread(fn)
 
+    def _checkpoint(self) -> None:
+        # PASSIVE: copies what no reader still needs and never waits; the WAL file is
+        # reused from its start once a checkpoint has caught up with it.
+        try:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            self._checkpointing = False
+
+    async def _on_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def locked() -> T:
             try:
                 return fn(self._db)
@@ -312,12 +363,22 @@ class SqliteDedup:
         self._closed = True
 
         def shut() -> None:
+            self._fast.close()
             with contextlib.suppress(sqlite3.Error):
                 self._flush_unwritten(self._db)
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             self._db.close()
 
         self._pool.submit(shut)
         self._pool.shutdown(wait=True)
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (any extended code): a lock another connection holds."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
 def _rollback(db: sqlite3.Connection) -> None:
