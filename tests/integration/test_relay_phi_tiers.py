@@ -8,6 +8,9 @@ from email.message import EmailMessage
 import aiosmtplib
 import pytest
 
+from relay.phi.api import UNCERTAIN, Judgement
+from relay.phi.detector import PhiDetector
+from relay.phi.normalize import subject_texts
 from tests.support.relay import RunningRelay
 from tests.support.upstream import Sink
 
@@ -23,11 +26,38 @@ def message(subject: str, **headers: str) -> bytes:
     return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
 
 
+# Subjects about a person's care with no identifier: the shipped scorer puts some of
+# them in its middle band. Which ones moves with every retrain, so the test asks the
+# shipped detector instead of naming one.
+CANDIDATES = (
+    "Checking in after your procedure",
+    "Any side effects since your visit?",
+    "How are you feeling after the procedure?",
+    "How did the treatment go?",
+    "Following up on your visit last week",
+    "A note about your follow-up care",
+    "How is your knee feeling?",
+    "Quick question about your new medicine",
+    "Checking in about your recent results",
+    "How's the recovery going?",
+    "About the scan you had on Monday",
+    "Your question about the side effects",
+)
+
+
+def an_uncertain_subject() -> tuple[str, Judgement]:
+    detector = PhiDetector()
+    for subject in CANDIDATES:
+        judged = detector.judge(subject_texts(subject))
+        if judged.tier == UNCERTAIN:
+            return subject, judged
+    raise AssertionError("no candidate lands in the scorer's middle band; add some")
+
+
 async def test_uncertain_subject_is_replaced_and_moved_to_the_body(
     relay: RunningRelay, sink: Sink
 ) -> None:
-    # The shipped scorer puts this subject in its middle band (no rule decides alone).
-    original = "Checking in after your procedure"
+    original, judged = an_uncertain_subject()
     client = await relay.client()
     errors, _ = await client.sendmail(
         "app@clinic.example", ["pat.doe@example.org"], message(original)
@@ -48,10 +78,12 @@ async def test_uncertain_subject_is_replaced_and_moved_to_the_body(
         "rule": "subject-phi",
         "action": "modify",
         "reason": "phi.subject.uncertain",
-        "kinds": ["health"],
-        "rules": ["model.health"],
+        "kinds": list(judged.kinds),
+        "rules": list(judged.rules),
     }
-    assert "procedure" not in relay.audit_path.read_text()
+    assert "model.health" in verdict["rules"]
+    audit = relay.audit_path.read_text()
+    assert all(word not in audit for word in original.split() if len(word) > 4)
 
 
 @pytest.mark.parametrize(
