@@ -261,10 +261,18 @@ def _load_users(cfg: Config) -> Users | None:
         raise StartupError(str(exc)) from exc
 
 
-def preflight(cfg: Config) -> tuple[ssl.SSLContext, Users | None]:
-    """The start-up checks that create nothing: certificate, users file, upstream CA."""
+def preflight(
+    cfg: Config, inherited: ssl.SSLContext | None = None
+) -> tuple[ssl.SSLContext, Users | None]:
+    """The start-up checks that create nothing: certificate, users file, upstream CA.
+    `inherited`: the supervisor's TLS context (shared ticket keys), given this config's
+    certificate (a worker restarted after a reload gets the reloaded one)."""
     try:
-        tls_context = server_context(cfg.server.tls_cert, cfg.server.tls_key)
+        if inherited is not None:
+            inherited.load_cert_chain(str(cfg.server.tls_cert), str(cfg.server.tls_key))
+            tls_context = inherited
+        else:
+            tls_context = server_context(cfg.server.tls_cert, cfg.server.tls_key)
     except (OSError, ssl.SSLError) as exc:
         raise StartupError(
             f"TLS certificate {cfg.server.tls_cert} or key {cfg.server.tls_key} cannot be "
@@ -346,7 +354,7 @@ class Relay:
         # What earlier runs left, seen before this one opens (and so creates) anything.
         history = startup.has_history(cfg.state_dir, cfg.audit.file)
         # Checks that create nothing come first: a refused start leaves no keys behind.
-        self.tls_context, users = preflight(cfg)
+        self.tls_context, users = preflight(cfg, self.slot.tls_context if self.slot else None)
         try:
             store = self._opened_store = await open_store(cfg.store_url)
         except (ValueError, StoreError) as exc:

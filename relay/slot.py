@@ -8,6 +8,7 @@ does I/O: it is the contract between the two sides.
 from __future__ import annotations
 
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,9 @@ class WorkerSlot:
     # How the previous process in this slot ended ("" for the first one).
     previous_exit: str = ""
     restarts: int = 0
+    # The server TLS context made before the fork: every worker holds the same session
+    # ticket keys, so a session cached by a client resumes on any worker.
+    tls_context: ssl.SSLContext | None = None
 
     @property
     def metrics_dir(self) -> Path:

@@ -29,6 +29,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import ssl
 import sys
 import tempfile
 import time
@@ -41,6 +42,7 @@ import structlog
 from relay import config as config_mod
 from relay import startup
 from relay.audit.names import chain_path
+from relay.certs import server_context
 from relay.config import Config, HostPort
 from relay.metrics import worker_gone
 from relay.policy.base import ConfigError
@@ -169,6 +171,7 @@ class Supervisor:
     _lifeline: tuple[int, int] = (-1, -1)
     _wake: tuple[int, int] = (-1, -1)
     _selector: selectors.BaseSelector | None = None
+    _tls: ssl.SSLContext | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -224,6 +227,11 @@ class Supervisor:
             )
         if cfg.http.listen is not None:
             self._http = bind(cfg.http.listen, "http.listen", "--http-listen", reuse_port=reuse)
+        # One server TLS context, made before the fork: each worker inherits its session
+        # ticket keys, so a client's cached session resumes on any worker (and on one
+        # restarted later). If it cannot be made, worker 1 says why as a single relay would.
+        with contextlib.suppress(OSError, ssl.SSLError):
+            self._tls = server_context(s.tls_cert, s.tls_key)
         self._lifeline = os.pipe()
         self._wake = os.pipe()
         os.set_blocking(self._wake[0], False)
@@ -256,6 +264,7 @@ class Supervisor:
             lifeline_fd=self._lifeline[0],
             previous_exit=w.previous_exit,
             restarts=w.restarts,
+            tls_context=self._tls,
         )
         sys.stdout.flush()
         sys.stderr.flush()

@@ -122,3 +122,45 @@ async def test_session_from_another_relay_gets_a_full_handshake(
     assert here[1] is False  # its ticket key is not ours: a full handshake, no failure
     assert here[3].startswith(b"250 2.0.0")
     assert len(sink.received) == 2
+
+
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["shared-socket", "reuse-port"])
+async def test_a_session_resumes_on_whichever_worker_a_connection_reaches(
+    tmp_path: Path, pki: Pki, sink: Sink, reuse_port: bool
+) -> None:
+    """`serve --workers 2`: the server TLS context is made before the fork, so both
+    workers hold the same ticket keys and a session one issued resumes on the other,
+    also after a SIGHUP reload (each worker reloads the certificate into that context)."""
+    import signal
+
+    from tests.adversarial.service import start_service
+
+    toml = tmp_path / "workers.toml"
+    # reuse_port: the kernel spreads connections by their addresses, so both get some.
+    toml.write_text(f"[server]\nreuse_port = {'true' if reuse_port else 'false'}\n")
+    svc = await start_service(tmp_path, pki, sink, "--config", str(toml), workers=2)
+    ctx = client(pki, ssl.TLSVersion.TLSv1_3)
+    results: list[tuple[bool, bytes]] = []
+    try:
+        first = await asyncio.to_thread(send, svc.smtp_port, ctx, implicit=False, n=0)
+        session = first[0]
+        for n in range(1, 41):
+            if n == 20:
+                svc.signal(signal.SIGHUP)
+                await asyncio.sleep(1.0)
+            got = await asyncio.to_thread(
+                send, svc.smtp_port, ctx, implicit=False, session=session, n=n
+            )
+            results.append((got[1], got[3]))
+    finally:
+        assert await svc.stop() == 0
+    assert first[1] is False
+    ids = {done.split()[-1].decode(): reused for reused, done in results}
+    workers = {
+        rec["decision_id"]: rec["worker"]
+        for rec in svc.audit_records()
+        if rec["type"] == "decision"
+    }
+    seen = {workers[i] for i in ids}
+    assert seen == {1, 2}, seen  # both workers served some of the resumed connections
+    assert all(ids.values()), [workers[i] for i, reused in ids.items() if not reused]
