@@ -42,6 +42,7 @@ import itertools
 import json
 import os
 import signal
+import ssl
 import sys
 import tempfile
 import time
@@ -60,6 +61,35 @@ from postfix import Postfix, ensure_installed  # noqa: E402
 
 SENDER = "bench@clinic.example"
 CLK = os.sysconf("SC_CLK_TCK")
+MODES = ("new", "reuse", "resume")
+
+
+class ResumingContext(ssl.SSLContext):
+    """A client context that offers the last session it saw, as Postfix's smtp client does
+    with its shared session cache (`smtp_tls_session_cache_database`). asyncio's start_tls
+    cannot pass `session=`, but it calls `wrap_bio`, which can. One per target and cell, so
+    a session is offered only to the server that issued it."""
+
+    session: ssl.SSLSession | None = None
+
+    def wrap_bio(  # type: ignore[override]
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        return super().wrap_bio(
+            incoming, outgoing, server_side, server_hostname, session=session or self.session
+        )
+
+
+def resuming_context(pki: Pki) -> ResumingContext:
+    ctx = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the certificate and the name
+    ctx.load_verify_locations(str(pki.ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 # --- process trees: CPU and memory from /proc --------------------------------------------
@@ -303,6 +333,8 @@ class Cell:
     drain: float = 0.0  # seconds after the last reply until the sink had every message
     peak_pss: float = 0.0
     upstream_sessions: int = 0
+    handshakes: int = 0
+    resumed: int = 0  # of those handshakes, how many resumed a session
 
     @property
     def rate(self) -> float:
@@ -360,6 +392,13 @@ async def drive(
                 client.close()
                 await asyncio.sleep(0.05)
                 continue
+            tls_object = client.transport.get_extra_info("ssl_object") if client.transport else None
+            if tls_object is not None:
+                cell.handshakes += 1
+                cell.resumed += bool(tls_object.session_reused)
+                if isinstance(tls, ResumingContext):
+                    # After the EHLO reply: a TLS 1.3 ticket has arrived by now.
+                    tls.session = tls_object.session
             try:
                 for _ in range(per_session):
                     if time.monotonic() >= stop_at:
@@ -398,7 +437,9 @@ async def run_cell(
     counter: Iterator[int],
 ) -> Cell:
     cell = Cell(target.label, clients, mode)
-    per_session = 1 if mode == "new" else args.per_session
+    per_session = args.per_session if mode == "reuse" else 1
+    if mode == "resume":
+        tls = resuming_context(args.pki)
     await sink.ask("reset")
     cpu0, sink0 = tree_cpu(target.pid), tree_cpu(sink.pid)
     with PeakSampler(target.pid) as sampler:
@@ -515,9 +556,12 @@ def table(cells: dict[tuple[str, int, str], list[Cell]], labels: list[str]) -> s
     lines = [
         f"{'mode':<5} {'cl':>3} {'target':<14} {'msgs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'cpu ms/msg':>10} {'sink cpu':>8} {'peak MB':>8} {'up sess':>7} {'drain s':>7} "
-        f"{'err':>4}  {'x postfix':>9} {'x direct':>8}"
+        f"{'err':>4}  {'x postfix':>9} {'x direct':>8} {'resumed':>7}"
     ]
-    for mode, clients in sorted({(k[2], k[1]) for k in cells}, key=lambda mc: (mc[0], mc[1])):
+    order = {m: i for i, m in enumerate(MODES)}
+    for mode, clients in sorted(
+        {(k[2], k[1]) for k in cells}, key=lambda mc: (order[mc[0]], mc[1])
+    ):
         med: dict[str, Cell] = {}
         for label in labels:
             runs = cells.get((label, clients, mode), [])
@@ -535,7 +579,8 @@ def table(cells: dict[tuple[str, int, str], list[Cell]], labels: list[str]) -> s
             lines.append(
                 f"{mode:<5} {clients:>3} {label:<14} {c.rate:8.1f} {c.p(50):7.1f} {c.p(99):7.1f} "
                 f"{c.cpu_ms:10.2f} {c.sink_cpu_ms:8.2f} {c.peak_pss:8.0f} "
-                f"{c.upstream_sessions:>7} {c.drain:7.2f} {errs:>4}  {xp} {xd}"
+                f"{c.upstream_sessions:>7} {c.drain:7.2f} {errs:>4}  {xp} {xd} "
+                f"{100 * c.resumed / c.handshakes if c.handshakes else 0:6.0f}%"
             )
         if direct is not None:
             for label in relays:
@@ -587,7 +632,7 @@ async def main_async(args: argparse.Namespace) -> int:
     postfix: Postfix | None = None
     tmp = Path(tempfile.mkdtemp(prefix="phi-relay-anchors-"))
     try:
-        pki = make_pki(tmp)
+        pki = args.pki = make_pki(tmp)
         tls = pki.client_context()
         sink = await SinkProc.start(pki)
         targets = [Target("direct", sink.tls_port, sink.pid)]
@@ -624,7 +669,7 @@ async def main_async(args: argparse.Namespace) -> int:
         labels = [t.label for t in targets]
         print(
             f"anchors: messages of {len(messages[0][1])} bytes, {args.seconds:g} s per cell, "
-            f"{args.rounds} round(s), clients {args.clients}, modes new / reuse "
+            f"{args.rounds} round(s), clients {args.clients}, modes {' / '.join(args.modes)} "
             f"({args.per_session} per session), {os.cpu_count()} cores, loopback only",
             flush=True,
         )
@@ -647,7 +692,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 print(f"warm-up {t.label}: errors {warm.errors} {warm.first_error}", flush=True)
         for rnd in range(args.rounds):
             for clients in args.clients:
-                for mode in ("new", "reuse"):
+                for mode in args.modes:
                     order = targets if rnd % 2 == 0 else targets[::-1]
                     for t in order:
                         c = await run_cell(t, sink, clients, mode, args, messages, tls, counter)
@@ -684,6 +729,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="LABEL=CHECKOUT[,EXTRA_SERVE_ARG...] (repeatable; default phi-relay=.)",
     )
     p.add_argument("--clients", type=int, nargs="+", default=[1, 10, 50])
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=list(MODES),
+        help="new: a new connection per message; reuse: --per-session per connection; "
+        "resume: a new connection per message resuming the last TLS session (default: all)",
+    )
     p.add_argument("--seconds", type=float, default=6.0, help="per cell (6)")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (1)")
     p.add_argument("--per-session", type=int, default=20, help="messages per reused session")
