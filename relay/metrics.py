@@ -54,6 +54,15 @@ DECISION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 UPSTREAM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
+# relay.pool's event names -> the `event` label of phi_relay_upstream_connections.
+_CONNECTION_EVENTS = {
+    "opened": "opened",
+    "reused": "reused",
+    "retried": "replaced",
+    "expired": "expired",
+}
+
+
 def code_label(value: str) -> str:
     """`value` lower-cased if it looks like a code (`phi.subject.mrn`), else "other"."""
     text = value.strip().lower()
@@ -277,6 +286,38 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self._upstream_connections = Counter(
+            "phi_relay_upstream_connections",
+            "Upstream connections, by event: opened (a new one), reused (leased again after "
+            "RSET), replaced (a pooled one the upstream had closed, retried on a new one "
+            "before DATA), expired (closed idle after upstream.pool_idle_timeout).",
+            ["event"],
+            registry=r,
+        )
+        self._pool_waits = Counter(
+            "phi_relay_upstream_pool_waits",
+            "Transactions that found every upstream connection in use "
+            "(upstream.pool_max_connections) and waited for one.",
+            registry=r,
+        )
+        self._pool_wait_timeouts = Counter(
+            "phi_relay_upstream_pool_wait_timeouts",
+            "Of those, the ones that gave up after upstream.pool_wait_timeout (451 4.4.5).",
+            registry=r,
+        )
+        self._upstream_open = Gauge(
+            "phi_relay_upstream_connections_open",
+            "Upstream connections open now: leased, idle or being opened.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self._bytes_in_flight = Gauge(
+            "phi_relay_bytes_in_flight",
+            "Bytes of the messages being received, decided or delivered now, summed over "
+            "workers (server.max_bytes_in_flight caps each worker's).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         # A fresh process has loaded its configuration, or it would not be running.
         self._reload_ok.set(1)
 
@@ -358,3 +399,19 @@ class Metrics:
 
     def dedup_error(self, stage: str) -> None:
         self._dedup_errors.labels(code_label(stage)).inc()
+
+    # --- the upstream pool (relay.pool.PoolObserver) and the bytes in flight ---------------
+
+    def pool_event(self, event: str) -> None:
+        if event == "waited":
+            self._pool_waits.inc()
+        elif event == "busy":
+            self._pool_wait_timeouts.inc()
+        elif event in _CONNECTION_EVENTS:
+            self._upstream_connections.labels(_CONNECTION_EVENTS[event]).inc()
+
+    def pool_open(self, delta: int) -> None:
+        self._upstream_open.inc(delta)
+
+    def bytes_in_flight(self, count: int) -> None:
+        self._bytes_in_flight.set(count)

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -87,14 +87,27 @@ class PoolStats:
     peak: int = 0  # most connections open at once
 
 
+class PoolObserver(Protocol):
+    """Where a pool reports what it does (relay.metrics.Metrics: prometheus counters)."""
+
+    def pool_event(self, event: str) -> None:
+        """`event`: a PoolStats field name (opened, reused, retried, expired, waited, busy)."""
+
+    def pool_open(self, delta: int) -> None:
+        """Connections open (leased, idle or being opened) changed by `delta`."""
+
+
 class Pool:
     """Idle connections to one upstream, most recently used first."""
 
-    def __init__(self, connector: Connector, limits: PoolLimits) -> None:
+    def __init__(
+        self, connector: Connector, limits: PoolLimits, observer: PoolObserver | None = None
+    ) -> None:
         self.connector = connector
         self.name = connector.name
         self.limits = limits
         self.stats = PoolStats()
+        self.observer = observer
         self._idle: deque[_Idle] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         # Connections open or being opened; a slot is held from before connect until close.
@@ -103,6 +116,17 @@ class Pool:
         # connection handed over after its RSET, or None: a slot is now yours, open one.
         self._waiters: deque[_Waiter] = deque()
         self.closed = False
+
+    def count(self, event: str) -> None:
+        setattr(self.stats, event, getattr(self.stats, event) + 1)
+        if self.observer is not None:
+            self.observer.pool_event(event)
+
+    def _slot_taken(self) -> None:
+        self._slots += 1
+        self.stats.peak = max(self.stats.peak, self._slots)
+        if self.observer is not None:
+            self.observer.pool_open(1)
 
     @property
     def idle(self) -> int:
@@ -129,7 +153,7 @@ class Pool:
         except BaseException:
             self._free_slot()
             raise
-        self.stats.opened += 1
+        self.count("opened")
         return conn
 
     async def acquire(self) -> tuple[Connection, bool]:
@@ -150,13 +174,13 @@ class Pool:
                     except UpstreamError:
                         self._close(conn)
                         continue
-                self.stats.reused += 1
+                self.count("reused")
                 return conn, True
             handed = await self._slot(fresh=False)
             if handed is None:
                 return await self._connect(), False
             if handed.is_open:
-                self.stats.reused += 1
+                self.count("reused")
                 return handed, True
             self._close(handed)  # died between its RSET and now: its slot is free again
 
@@ -164,10 +188,9 @@ class Pool:
         """Hold a slot for a new connection (None), or, unless `fresh`, take a connection
         another transaction hands over; waits at most `wait_timeout`, then 451."""
         if self._slots < self.limits.max_connections and not self._waiters:
-            self._slots += 1
-            self.stats.peak = max(self.stats.peak, self._slots)
+            self._slot_taken()
             return None
-        self.stats.waited += 1
+        self.count("waited")
         waiter = _Waiter(asyncio.get_running_loop().create_future(), fresh)
         self._waiters.append(waiter)
         try:
@@ -181,7 +204,7 @@ class Pool:
                 self._pass_on(waiter.future.result())
             if not isinstance(exc, TimeoutError):
                 raise
-        self.stats.busy += 1
+        self.count("busy")
         log.warning(
             "every upstream connection is busy; a transaction gave up waiting",
             max_connections=self.limits.max_connections,
@@ -213,6 +236,8 @@ class Pool:
                 waiter.future.set_result(None)  # the slot moves to the waiter: the count stays
                 return
         self._slots -= 1
+        if self.observer is not None:
+            self.observer.pool_open(-1)
 
     def _close(self, conn: Connection) -> None:
         self._free_slot()
@@ -260,7 +285,7 @@ class Pool:
     def _expire(self, entry: _Idle) -> None:
         with contextlib.suppress(ValueError):
             self._idle.remove(entry)
-            self.stats.expired += 1
+            self.count("expired")
             self._close(entry.conn)
 
     def _spawn(self, work: Awaitable[None]) -> None:
@@ -282,8 +307,7 @@ class Pool:
         one connection beyond `max_connections` and closes it."""
         counted = self._slots < self.limits.max_connections and not self._waiters
         if counted:
-            self._slots += 1
-            self.stats.peak = max(self.stats.peak, self._slots)
+            self._slot_taken()
             conn = await self._connect()
         else:
             conn = await self.connector.connect()
@@ -416,7 +440,7 @@ class UpstreamEnvelope:
 
     async def _retry(self, command: Callable[[Connection], Awaitable[T]], replay: bool) -> T:
         self.retried = True
-        self.pool.stats.retried += 1
+        self.pool.count("retried")
         log.info("pooled upstream connection was closed; retrying on a new one")
         conn = await self.pool.open()
         self._use(conn)

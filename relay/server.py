@@ -148,7 +148,7 @@ class Services:
         key = (pool_key(cfg), limits)
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = Pool(make_connector(cfg), limits)
+            pool = self.pools[key] = Pool(make_connector(cfg), limits, self.metrics)
         return pool
 
     async def retire_pools(self, keep: Pool | None) -> None:

@@ -8,6 +8,7 @@ in docs/metrics.md, both ways, so the documentation and the code cannot drift ap
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 import sqlite3
@@ -94,6 +95,8 @@ async def relay(tmp_path: Path, pki: Pki, sink: Sink) -> AsyncIterator[RunningRe
         sink,
         server={"users_file": str(users), "trusted_networks": []},
         audit={"stdout": True},
+        # One upstream connection: a transaction holding it makes the next one wait.
+        upstream_cfg={"pool_max_connections": 1, "pool_wait_timeout": 0.5},
         sections={"dedup": {"busy_timeout": 0.2}},
     )
     yield r
@@ -194,7 +197,26 @@ async def traffic(
     async with http.post(f"{base}/u/{token}", data={"List-Unsubscribe": "One-Click"}) as resp:
         assert resp.status == 503
 
-    samples = await scrape(r)  # `client` is still connected: one active session
+    # A message half sent holds the one upstream connection (leased at MAIL) and its
+    # bytes are in flight; another transaction waits for the connection and gives up.
+    held = await RawSmtp.ready(r.port, r.pki.client_context())
+    login = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+    assert (await held.cmd(f"AUTH PLAIN {login}")).startswith("235 ")
+    assert (await held.cmd(f"MAIL FROM:<{SENDER}>")).startswith("250 ")
+    assert (await held.cmd("RCPT TO:<pat@example.org>")).startswith("250 ")
+    assert (await held.cmd("DATA")).startswith("354 ")
+    body = message("Parking update 2", ["x@y.z"])
+    held.writer.write(body[: len(body) // 2])
+    await held.writer.drain()
+    with pytest.raises(aiosmtplib.SMTPSenderRefused) as busy:
+        await client.sendmail(SENDER, ["pat@example.org"], message("Lot 3", ["x@y.z"]))
+    assert busy.value.code == 451 and "upstream.pool_max_connections" in busy.value.message
+    await client.rset()
+
+    samples = await scrape(r)  # `client` and `held` are connected: two active sessions
+    held.writer.write(body[len(body) // 2 :] + b".\r\n")
+    assert (await held.reply()).startswith("250 2.0.0")
+    await held.close()
     await client.quit()
     return samples
 
@@ -245,7 +267,19 @@ def check(samples: Samples) -> None:
     assert value(samples, "phi_relay_config_reloads_total", result="error") == 1
     assert value(samples, "phi_relay_config_reloads_total", result="ok") == 1
     assert value(samples, "phi_relay_config_last_reload_success") == 1
-    assert value(samples, "phi_relay_sessions_active") == 1
+    assert value(samples, "phi_relay_sessions_active") == 2
+    assert value(samples, "phi_relay_upstream_connections_total", event="opened") == 1
+    assert value(samples, "phi_relay_upstream_connections_total", event="reused") >= 5
+    # Waited at least once (the held one; a lease may also wait for a connection's RSET).
+    assert value(samples, "phi_relay_upstream_pool_waits_total") >= 1
+    assert value(samples, "phi_relay_upstream_pool_wait_timeouts_total") == 1
+    assert value(samples, "phi_relay_upstream_connections_open") == 1
+    # The half message: what of it has arrived (some of it may still be on its way).
+    assert (
+        0
+        < value(samples, "phi_relay_bytes_in_flight")
+        <= len(message("Parking update 2", ["x@y.z"]))
+    )
     # Eight messages; the one whose audit record could not be written was never decided.
     assert value(samples, "phi_relay_decision_seconds_count") == 7
     assert value(samples, "phi_relay_upstream_seconds_count") == 4

@@ -58,6 +58,16 @@ async def test_metrics_are_summed_over_workers(tmp_path: Path, pki: Pki, sink: S
             assert m["phi_relay_upstream_seconds_count"] == MESSAGES
             assert m["phi_relay_config_last_reload_success"] == 1
             assert not [k for k in m if k.endswith("_created")]
+            # Every message leased an upstream connection, new or reused, in some worker;
+            # each worker keeps its idle ones open, and no message is in flight now.
+            leased = sum(
+                m.get(f'phi_relay_upstream_connections_total{{event="{e}"}}', 0.0)
+                for e in ("opened", "reused")
+            )
+            assert leased >= MESSAGES, m
+            assert m['phi_relay_upstream_connections_total{event="opened"}'] >= 2  # both
+            assert m["phi_relay_upstream_connections_open"] >= 2
+            assert m["phi_relay_bytes_in_flight"] == 0
         # process_* describe the relay as a whole: the supervisor and both workers.
         rss = [rss_bytes(pid) for pid in (service.proc.pid, *workers_of(service))]
         resident = m["process_resident_memory_bytes"]
@@ -72,9 +82,12 @@ async def test_metrics_are_summed_over_workers(tmp_path: Path, pki: Pki, sink: S
             if any(r.get("event") == "worker-restart" for r in service.audit_records()):
                 break
             await asyncio.sleep(0.1)
+        before = m["phi_relay_upstream_connections_open"]
         m = await scrape(service)
         decided = sum(v for k, v in m.items() if k.startswith("phi_relay_messages_total{"))
         assert decided == MESSAGES
         assert m["phi_relay_sessions_active"] == 0
+        # The dead worker's upstream connections left the gauge (the new one has none yet).
+        assert m["phi_relay_upstream_connections_open"] < before
     finally:
         assert await service.stop() == 0, service.log_text()
