@@ -3,9 +3,10 @@
 `<id>.msg` holds nonce + AES-GCM(envelope JSON + "\\n" + message), with the id as
 associated data so a payload cannot be swapped to another entry. `<id>.json` holds what
 scheduling needs and no PHI (times, attempts, counts, the last status code). Every write
-is tmp file -> fsync -> rename -> fsync of the directory, so after a crash an entry is
-either complete or absent; a payload whose metadata was not yet written is picked up with
-fresh metadata.
+is tmp file (named for its writer) -> fsync -> rename -> fsync of the directory, metadata
+before payload, so a scanner never lists an entry that is still being written and after a
+crash an entry is either complete or absent (a lone metadata file is ignored; a payload
+without metadata, from an older release, is picked up with fresh metadata).
 
 Whoever sends, changes or deletes an entry holds an exclusive `flock` on its payload
 (`lock`): worker processes sharing a spool, and the queue CLI, never act on one entry at
@@ -64,16 +65,23 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    # A name of this writer's own: processes sharing the folder may write the same
+    # entry's metadata at once, and a shared name lets one rename the other's file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.rename(path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.rename(path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 class Spool:
@@ -123,8 +131,10 @@ class Spool:
             dsn=dsn or (previous.dsn if previous else False),
         )
         try:
-            _write(self.folder / f"{entry_id}.msg", sealed)
+            # Metadata first: scanners list payloads, so an entry becomes visible only
+            # once it is complete (a lone metadata file after a crash is ignored).
             _write(self.folder / f"{entry_id}.json", json.dumps(asdict(meta)).encode())
+            _write(self.folder / f"{entry_id}.msg", sealed)
             _fsync_dir(self.folder)
         except OSError as exc:
             self._remove(entry_id)
