@@ -258,9 +258,21 @@ def segment(s: Subject) -> list[Finding]:
     return [Finding(kinds.CONDITION, m.start(), m.end(), 0.9, "health.segment")]
 
 
+@dataclass(frozen=True, slots=True)
+class _CareWords:
+    single: frozenset[str]  # one-word care words (whole words)
+    phrases: tuple[str, ...]  # care phrases, in the order they are tried
+    unspaced: re.Pattern[str]  # care words of unspaced scripts, matched anywhere
+    you: frozenset[str]  # you-words (whole words)
+    you_anywhere: tuple[str, ...]  # the you-words with a space or in another script
+    # The same for ASCII text, which holds no word of another script: fewer to try.
+    ascii_phrases: tuple[str, ...]
+    ascii_you_anywhere: tuple[str, ...]
+
+
 @cache
-def _care_words() -> tuple[frozenset[str], tuple[str, ...], re.Pattern[str], frozenset[str]]:
-    """(one-word care words, care phrases, pattern for unspaced scripts, you-words).
+def _care_words() -> _CareWords:
+    """The care and you-words of data/care_words.tsv, folded.
 
     A you-word with a space ("mon fils", "anak ko") or in another script is looked
     for anywhere in the folded subject; the others are whole words.
@@ -278,8 +290,16 @@ def _care_words() -> tuple[frozenset[str], tuple[str, ...], re.Pattern[str], fro
     other = sorted(care - spaced, key=len, reverse=True)
     single = frozenset(w for w in spaced if " " not in w and "-" not in w)
     phrases = tuple(sorted(spaced - single))
-    pattern = re.compile("|".join(map(re.escape, other)))
-    return single, phrases, pattern, frozenset(you)
+    anywhere = tuple(sorted(w for w in you if " " in w or not w.isascii()))
+    return _CareWords(
+        single,
+        phrases,
+        re.compile("|".join(map(re.escape, other))),
+        frozenset(you),
+        anywhere,
+        tuple(p for p in phrases if p.isascii()),
+        tuple(w for w in anywhere if w.isascii()),
+    )
 
 
 def care_word(s: Subject) -> list[Finding]:
@@ -290,20 +310,23 @@ def care_word(s: Subject) -> list[Finding]:
     "O laudo do seu ultrassom", "您的胃镜检查报告", "박서윤 님, 알레르기 검사 결과".
     Lower confidence: such a subject is at least replaced.
     """
-    single, phrases, pattern, you = _care_words()
+    cw = _care_words()
     folded = s.folded
-    hits = s.words & single
+    ascii_text = folded.isascii()
+    hits = s.words & cw.single
     # The first in the text, so the finding (and the scorer's input) never depends on
     # set order.
     hit = min(hits, key=lambda w: (folded.find(w), w)) if hits else None
     if hit is None:
+        phrases = cw.ascii_phrases if ascii_text else cw.phrases
         hit = next((p for p in phrases if p in folded), None)
-    if hit is None and not folded.isascii():
-        m = pattern.search(folded)
+    if hit is None and not ascii_text:
+        m = cw.unspaced.search(folded)
         hit = m.group(0) if m else None
     if hit is None:
         return []
-    if s.words.isdisjoint(you) and not any(w in folded for w in you if " " in w or not w.isascii()):
+    anywhere = cw.ascii_you_anywhere if ascii_text else cw.you_anywhere
+    if s.words.isdisjoint(cw.you) and not any(w in folded for w in anywhere):
         return []
     at = max(0, folded.find(hit))
     return [Finding(kinds.PROCEDURE, at, at + len(hit), 0.7, "health.care-word")]
