@@ -14,6 +14,8 @@ import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from itertools import compress
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
@@ -56,8 +58,10 @@ def windows(text: str) -> list[str]:
     return out
 
 
-def rule_features(found: Iterable[Finding]) -> list[str]:
+def rule_features(found: Sequence[Finding]) -> list[str]:
     """The scorer's rule features: which rules fired and which kinds they found."""
+    if not found:
+        return []
     return sorted({f"r:{f.rule}" for f in found} | {f"k:{f.kind}" for f in found})
 
 
@@ -66,6 +70,11 @@ DATA = Path(__file__).with_name("data")
 _DIGIT = re.compile(r"\d")
 _DIGITS = re.compile(r"\d+")
 _TOKEN = re.compile(r"[^\W_]+(?:['\-][^\W_]+)*")
+# _TOKEN on ASCII text, where a letter or digit is [A-Za-z0-9]: explicit ranges are
+# found faster than Unicode categories.
+_TOKEN_ASCII = re.compile(r"[A-Za-z0-9]+(?:['\-][A-Za-z0-9]+)*")
+_START, _END, _GROUP = re.Match.start, re.Match.end, re.Match.group
+_FIRST = itemgetter(0)
 
 _MONTHS_EN = (
     r"jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
@@ -367,6 +376,9 @@ _STAFF_TITLES = frozenset(
     {"nurse", "therapist", "counselor", "enfermera", "enfermero", "terapeuta", "midwife"}
 )
 _CASED_FOLDED = frozenset(k.lower() for k in lexicon.CASED_TERMS)
+# The doctor titles _provider names a doctor after, and every title it reads.
+_DR = lexicon.DOCTOR_TITLES & {"dr", "dra", "doctor", "doctora"}
+_PROVIDER_TITLES = _DR | _STAFF_TITLES
 _NOT_AFTER_DR = frozenset({"your", "our", "the", "and", "of", "appointment", "visit", "office"})
 # An introduced or featured doctor is marketing, not a patient's relationship.
 _PROVIDER_INTRO = frozenset(
@@ -850,17 +862,23 @@ class _Text:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.folded = fold(text)
-        spans = [(m.start(), m.end()) for m in _TOKEN.finditer(self.folded)]
-        self.starts = [s for s, _ in spans]
-        self.ends = [e for _, e in spans]
-        self.words = [self.folded[s:e] for s, e in spans]
-        self.orig = [text[s:e] for s, e in spans]
+        self.folded = folded = fold(text)
+        # map() over the matches: the per-token work stays in C.
+        found = list((_TOKEN_ASCII if text.isascii() else _TOKEN).finditer(folded))
+        self.starts = list(map(_START, found))
+        self.ends = list(map(_END, found))
+        self.words = list(map(_GROUP, found))
+        self.orig = list(map(text.__getitem__, map(slice, self.starts, self.ends)))
         self.wordset = frozenset(self.words)
         self.has_digit = _DIGIT.search(text) is not None
         self.mentions: list[_Mention] | None = None
         self.inside: frozenset[str] | None = None  # words inside health terms
         self.firms: list[tuple[int, int]] | None = None  # spans of firm names
+
+    @_lazy
+    def caps(self) -> list[int]:
+        """Indices of the tokens that start with a capital (the only ones a name rule reads)."""
+        return list(compress(range(len(self.orig)), map(str.isupper, map(_FIRST, self.orig))))
 
     @_lazy
     def runs(self) -> frozenset[str]:
@@ -977,7 +995,6 @@ class PhiDetector:
 
     def _classes(self, t: _Text) -> list[str]:
         v = self.vocab
-        at = {m.index: m for m in self._mentions(t)}
         words, orig = t.words, t.orig
         possessive, first, last, ambiguous = (
             lexicon.POSSESSIVE,
@@ -985,32 +1002,51 @@ class PhiDetector:
             v.last_names,
             v.ambiguous,
         )
-        out: list[str] = []
-        i, n = 0, len(words)
-        while i < n:
-            m = at.get(i) if at else None
-            if m is not None:
-                out.append(f"<{m.category}>")
-                i = max(i + 1, t.index_at(m.end))
+        # Each word stands for itself unless a class below takes it, tried in this
+        # order: a possessive, a capitalised first or last name, a number, another
+        # capitalised word. Only the words that can be one are visited.
+        out = list(words)
+        taken: set[int] = set()
+        if not t.wordset.isdisjoint(possessive):
+            for i, w in enumerate(words):
+                if w in possessive:
+                    out[i] = "<poss>"
+                    taken.add(i)
+        for i in t.caps:
+            if i in taken:
                 continue
-            w, o = words[i], orig[i]
-            upper = o[:1].isupper()
-            if w in possessive:
-                out.append("<poss>")
-            elif upper and w in first and w not in ambiguous:
-                out.append("<first>")
-            elif upper and w in last and w not in ambiguous:
-                out.append("<last>")
+            w = words[i]
+            if w in first and w not in ambiguous:
+                out[i] = "<first>"
+            elif w in last and w not in ambiguous:
+                out[i] = "<last>"
             elif w.isdigit():
-                out.append(f"<num{min(len(w), 9)}>")
-            elif i and upper and not o.isupper() and not t.title_case:
+                out[i] = f"<num{min(len(w), 9)}>"
+            elif i and not orig[i].isupper() and not t.title_case:
                 # A capitalised word inside a sentence-case subject: often a name the
                 # lists do not know ("Owen Marchetti").
-                out.append("<cap>")
-            else:
-                out.append(w)
+                out[i] = "<cap>"
+            taken.add(i)
+        if t.has_digit:
+            for i, w in enumerate(words):
+                if w.isdigit() and i not in taken:
+                    out[i] = f"<num{min(len(w), 9)}>"
+        mentions = self._mentions(t)
+        if not mentions:
+            return out
+        # A health term's words become one class token.
+        at = {m.index: m for m in mentions}
+        merged: list[str] = []
+        i, n = 0, len(words)
+        while i < n:
+            m = at.get(i)
+            if m is not None:
+                merged.append(f"<{m.category}>")
+                i = max(i + 1, t.index_at(m.end))
+                continue
+            merged.append(out[i])
             i += 1
-        return out
+        return merged
 
     def judge(self, readings: Sequence[str], org: Organisation | None = None) -> Judgement:
         """The tier of a subject over every plausible reading of it (the worst wins).
@@ -1106,55 +1142,72 @@ class PhiDetector:
         text, taken = t.text, []
         # Each pattern below is searched only when the text has as many digits, and as
         # long a run of them, as every match of it holds (_DIGITS_NEEDED).
-        for m in t.numbers(_SSN):
-            area, sep, group, serial = m.groups()
-            cued = bool({"ssn", "social", "ss", "seguro", "ssa"} & set(t.before(m.start(), 4)))
-            if ssn_ok(area, group, serial) and (sep or cued):
-                out.append(Finding(kinds.SSN, m.start(), m.end(), 0.95 if cued else 0.8, "id.ssn"))
-                taken.append((m.start(), m.end()))
-        for m in t.numbers(_SSN_LAST4):
-            out.append(Finding(kinds.SSN, m.start(), m.end(), 0.9, "id.ssn-last4"))
-        for m in t.numbers(_PHONE):
-            if _overlaps(taken, m.start(), m.end()):
-                continue
-            area = m.group(1) or m.group(2)
-            before = set(t.before(m.start(), 4))
-            kind = kinds.FAX if "fax" in before else kinds.PHONE
-            if kind == kinds.PHONE and self._org_contact(t, area):
-                continue
-            out.append(Finding(kind, m.start(), m.end(), 0.8, "id.phone"))
-            taken.append((m.start(), m.end()))
-        for pattern in (_PHONE_INTL, _PHONE_TRUNK):
-            for m in t.numbers(pattern):
+        # Every pattern of the two blocks under `many` needs at least four digits (a
+        # quarter of subjects with a digit have fewer): one test instead of one each.
+        many = t.digits[0] >= 4
+        if many:
+            for m in t.numbers(_SSN):
+                area, sep, group, serial = m.groups()
+                cued = bool({"ssn", "social", "ss", "seguro", "ssa"} & set(t.before(m.start(), 4)))
+                if ssn_ok(area, group, serial) and (sep or cued):
+                    out.append(
+                        Finding(kinds.SSN, m.start(), m.end(), 0.95 if cued else 0.8, "id.ssn")
+                    )
+                    taken.append((m.start(), m.end()))
+            for m in t.numbers(_SSN_LAST4):
+                out.append(Finding(kinds.SSN, m.start(), m.end(), 0.9, "id.ssn-last4"))
+            for m in t.numbers(_PHONE):
                 if _overlaps(taken, m.start(), m.end()):
                     continue
+                area = m.group(1) or m.group(2)
                 before = set(t.before(m.start(), 4))
                 kind = kinds.FAX if "fax" in before else kinds.PHONE
-                if kind == kinds.PHONE and self._org_contact(t, None):
+                if kind == kinds.PHONE and self._org_contact(t, area):
                     continue
-                out.append(Finding(kind, m.start(), m.end(), 0.75, "id.phone-intl"))
+                out.append(Finding(kind, m.start(), m.end(), 0.8, "id.phone"))
                 taken.append((m.start(), m.end()))
-        for m in t.numbers(_NINO):
-            if not _overlaps(taken, m.start(), m.end()):
-                out.append(Finding(kinds.SSN, m.start(), m.end(), 0.8, "id.nino"))
-                taken.append((m.start(), m.end()))
-        for m in t.numbers(_PHONE_BARE):
-            before = set(t.before(m.start(), 3))
-            if before & {"phone", "cell", "tel", "mobile", "call", "fax", "telefono", "celular"}:
-                kind = kinds.FAX if "fax" in before else kinds.PHONE
-                out.append(Finding(kind, m.start(), m.end(), 0.8, "id.phone-cued"))
-                taken.append((m.start(), m.end()))
-        for m in t.numbers(_DEA):
-            if dea_ok(m.group(0)):
-                out.append(Finding(kinds.DEA, m.start(), m.end(), 0.9, "id.dea"))
-                taken.append((m.start(), m.end()))
-        for m in t.numbers(_NPI):
-            if _overlaps(taken, m.start(), m.end()):
-                continue
-            cued = "npi" in t.before(m.start(), 4)
-            if npi_ok(m.group(1)):
-                out.append(Finding(kinds.NPI, m.start(), m.end(), 0.95 if cued else 0.6, "id.npi"))
-                taken.append((m.start(), m.end()))
+            for pattern in (_PHONE_INTL, _PHONE_TRUNK):
+                for m in t.numbers(pattern):
+                    if _overlaps(taken, m.start(), m.end()):
+                        continue
+                    before = set(t.before(m.start(), 4))
+                    kind = kinds.FAX if "fax" in before else kinds.PHONE
+                    if kind == kinds.PHONE and self._org_contact(t, None):
+                        continue
+                    out.append(Finding(kind, m.start(), m.end(), 0.75, "id.phone-intl"))
+                    taken.append((m.start(), m.end()))
+            for m in t.numbers(_NINO):
+                if not _overlaps(taken, m.start(), m.end()):
+                    out.append(Finding(kinds.SSN, m.start(), m.end(), 0.8, "id.nino"))
+                    taken.append((m.start(), m.end()))
+            for m in t.numbers(_PHONE_BARE):
+                before = set(t.before(m.start(), 3))
+                if before & {
+                    "phone",
+                    "cell",
+                    "tel",
+                    "mobile",
+                    "call",
+                    "fax",
+                    "telefono",
+                    "celular",
+                }:
+                    kind = kinds.FAX if "fax" in before else kinds.PHONE
+                    out.append(Finding(kind, m.start(), m.end(), 0.8, "id.phone-cued"))
+                    taken.append((m.start(), m.end()))
+            for m in t.numbers(_DEA):
+                if dea_ok(m.group(0)):
+                    out.append(Finding(kinds.DEA, m.start(), m.end(), 0.9, "id.dea"))
+                    taken.append((m.start(), m.end()))
+            for m in t.numbers(_NPI):
+                if _overlaps(taken, m.start(), m.end()):
+                    continue
+                cued = "npi" in t.before(m.start(), 4)
+                if npi_ok(m.group(1)):
+                    out.append(
+                        Finding(kinds.NPI, m.start(), m.end(), 0.95 if cued else 0.6, "id.npi")
+                    )
+                    taken.append((m.start(), m.end()))
         for m in t.numbers(_ICD_DOTTED):
             if m.group(1) in self.vocab.icd_categories:
                 out.append(Finding(kinds.ICD10, m.start(), m.end(), 0.8, "id.icd10"))
@@ -1175,22 +1228,23 @@ class PhiDetector:
                         for k in self._icd_kinds(m.group(1))
                     )
                     taken.append((m.start(), m.end()))
-        if not cue_words.isdisjoint(_CPT_CUES):
-            for m in _CPT.finditer(text):
-                cued = "code" in t.before(m.start(), 3) or bool(cue_words & {"cpt", "hcpcs"})
-                if cued and not _overlaps(taken, m.start(), m.end()):
-                    out.append(Finding(kinds.CPT, m.start(), m.end(), 0.8, "id.cpt-cued"))
+        if many:
+            if not cue_words.isdisjoint(_CPT_CUES):
+                for m in _CPT.finditer(text):
+                    cued = "code" in t.before(m.start(), 3) or bool(cue_words & {"cpt", "hcpcs"})
+                    if cued and not _overlaps(taken, m.start(), m.end()):
+                        out.append(Finding(kinds.CPT, m.start(), m.end(), 0.8, "id.cpt-cued"))
+                        taken.append((m.start(), m.end()))
+            if not t.wordset.isdisjoint(_CUE_FIRST_WORDS):
+                self._cued_ids(t, out, taken)
+            for m in t.numbers(_LONG_NUMBER):
+                if not _overlaps(taken, m.start(), m.end()):
+                    out.append(Finding(kinds.ACCOUNT, m.start(), m.end(), 0.5, "id.long-number"))
                     taken.append((m.start(), m.end()))
-        if not t.wordset.isdisjoint(_CUE_FIRST_WORDS):
-            self._cued_ids(t, out, taken)
-        for m in t.numbers(_LONG_NUMBER):
-            if not _overlaps(taken, m.start(), m.end()):
-                out.append(Finding(kinds.ACCOUNT, m.start(), m.end(), 0.5, "id.long-number"))
-                taken.append((m.start(), m.end()))
-        for m in t.numbers(_ALNUM_ID):
-            if not _overlaps(taken, m.start(), m.end()):
-                out.append(Finding(kinds.ACCOUNT, m.start(), m.end(), 0.5, "id.alnum-number"))
-                taken.append((m.start(), m.end()))
+            for m in t.numbers(_ALNUM_ID):
+                if not _overlaps(taken, m.start(), m.end()):
+                    out.append(Finding(kinds.ACCOUNT, m.start(), m.end(), 0.5, "id.alnum-number"))
+                    taken.append((m.start(), m.end()))
         self._addresses(t, out)
 
     def _cued_ids(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
@@ -1321,13 +1375,13 @@ class PhiDetector:
                     return i + 1
             return i
 
+        if not t.caps:
+            return found  # every rule below starts at a capitalised word
         health_context = (
             t.any(lexicon.CARE_EVENT) or t.any(lexicon.RESULT_WORDS) or bool(self._mentions(t))
         )
-        for i in range(n):
+        for i in t.caps:
             word, o = words[i], orig[i]
-            if not o[:1].isupper():
-                continue
             # "MILLER, GERALD - REFERRAL": an all-caps "LAST, FIRST" from a records system,
             # both parts in the lists and neither an everyday word.
             if (
@@ -1562,9 +1616,11 @@ class PhiDetector:
         return nxt in self.vocab.last_names or nxt in self.vocab.first_names
 
     def _provider(self, t: _Text, out: list[Finding]) -> None:
+        if t.wordset.isdisjoint(_PROVIDER_TITLES):
+            return  # both rules start at a title
         words, orig = t.words, t.orig
         for i in range(len(words) - 1):
-            if words[i] in lexicon.DOCTOR_TITLES and words[i] in {"dr", "dra", "doctor", "doctora"}:
+            if words[i] in _DR:
                 j = i + 1
                 if not orig[j][:1].isupper() or words[j] in _NOT_AFTER_DR:
                     continue

@@ -108,6 +108,27 @@ def _confusables() -> dict[int, str]:
 
 
 @cache
+def _look_alikes() -> tuple[dict[int, str | None], re.Pattern[str]]:
+    """One table that drops the invisibles and maps the look-alikes (no key is both, and
+    no replacement holds an invisible, so one pass is the two), and a pattern that finds
+    any of its characters: most text holds none, and searching a character class is much
+    cheaper than translating through a dict."""
+    table: dict[int, str | None] = {**_confusables(), **_INVISIBLE}
+    return table, re.compile(f"[{_ranges(table)}]")
+
+
+def _ranges(codes: Iterable[int]) -> str:
+    """A character class body for `codes`, runs of neighbours as ranges (a long list of
+    single characters is searched slowly)."""
+    out: list[str] = []
+    for _key, run in itertools.groupby(enumerate(sorted(codes)), lambda p: p[1] - p[0]):
+        found = [code for _i, code in run]
+        first, last = re.escape(chr(found[0])), re.escape(chr(found[-1]))
+        out.append(first if len(found) == 1 else f"{first}-{last}")
+    return "".join(out)
+
+
+@cache
 def _script_letters() -> dict[int, str]:
     table = {int(code[2:], 16): rep for code, rep, *_ in _data_lines("confusables.tsv")}
     return {k: v for k, v in table.items() if _in_scripts(k)}
@@ -317,7 +338,9 @@ def normalize(text: str) -> str:
 def _normalize(text: str) -> str:
     if not text.isascii():
         text = unicodedata.normalize("NFKC", text)
-        text = text.translate(_INVISIBLE).translate(_confusables())
+        table, present = _look_alikes()
+        if present.search(text) is not None:
+            text = text.translate(table)
         if _IN_SCRIPTS.search(text) is not None:
             text = _SCRIPT_WORD.sub(_unmask_word, text)
         # Combining marks stacked on letters survive NFKC as separate characters
