@@ -76,6 +76,8 @@ _TOKEN_ASCII = re.compile(r"[A-Za-z0-9]+(?:['\-][A-Za-z0-9]+)*")
 _START, _END, _GROUP = re.Match.start, re.Match.end, re.Match.group
 _FIRST = itemgetter(0)
 
+# Month names and their abbreviations: a closed calendar class, part of the date
+# patterns' grammar (not a vocabulary to extend), so written here.
 _MONTHS_EN = (
     r"jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
     r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?"
@@ -143,26 +145,7 @@ _ID_VALUE = re.compile(
     re.I,
 )
 # Cues of numbers a business uses for itself (B8): not a patient's account on their own.
-_BUSINESS_CUES = frozenset(
-    {
-        "order",
-        "invoice",
-        "case",
-        "ref",
-        "reference",
-        "ticket",
-        "po",
-        "tracking",
-        "confirmation",
-        "factura",
-        "pedido",
-        "no",
-        "number",
-        "numero",
-        "#",
-        "num",
-    }
-)
+_BUSINESS_CUES = lexicon.BUSINESS_CUES
 _DOSE = re.compile(r"\b\d+(?:\.\d+)?\s?(?:mg|mcg|µg|ml|iu|units?|tabs?|tablets?|caps?)\b", re.I)
 _ZIP_AFTER_STATE = re.compile(
     r"\b(?:A[LKZR]|C[AOT]|D[EC]|FL|GA|HI|I[DLNA]|K[SY]|LA|M[EDAINSOT]|N[EVHJMYCD]|O[HKR]|PA|RI|"
@@ -171,9 +154,7 @@ _ZIP_AFTER_STATE = re.compile(
 _ZIP_CUE = re.compile(
     r"\b(?:zip(?: code)?|codigo postal|c\.?p\.?)\W{0,3}(\d{5}(?:-\d{4})?)\b", re.I
 )
-_RESULT_NOUNS = (
-    "results?|resultados?|reports?|informes?|findings|levels?|niveles|readings?|numbers|counts"
-)
+_RESULT_NOUNS = lexicon.RESULT_NOUNS
 _RESULTS_POSS = re.compile(
     r"\b(?:your|you're|youre|tus|sus|tu|su|my|mis|mi)\s+(?:[\w'-]+\s+){0,3}?"
     rf"(?:{_RESULT_NOUNS})\b"
@@ -200,10 +181,7 @@ _POSS_TEST = re.compile(
     r"care summary|resumen de (?:la |su )?visita|"
     r"wound|incision|herida)\b"
 )
-_RX_POSS_NOUNS = (
-    "prescriptions?|rx|refills?|medications?|medicines?|recetas?|medicamentos?|"
-    "medicinas?|meds|dosis|dose"
-)
+_RX_POSS_NOUNS = lexicon.RX_POSSESSED_NOUNS
 _RX_POSS = re.compile(
     r"\b(?:your|tus|sus|tu|su|my|mis|mi)\s+(?:[\w'-]+\s+){0,2}?"
     rf"(?:{_RX_POSS_NOUNS})\b"
@@ -224,278 +202,43 @@ _HOW_TO = re.compile(
 _NO_RX = re.compile(
     r"\b(?:without a|no|sin)\s+(?:prescription|receta)\b|\bover[- ]the[- ]counter\b|\botc\b"
 )
-# A word every match of _NO_RX holds between word boundaries.
+# A word every match of _NO_RX holds between word boundaries (read off the pattern, so
+# it stays beside it).
 _NO_RX_WORDS = frozenset({"prescription", "receta", "counter", "otc"})
 _CAME_BACK = re.compile(r"\b(?:came|come|comes|coming|is|are|was|were|results?)\s+back\b")
-_ORG_MOVES = frozenset(
-    {"moving", "moved", "move", "relocating", "floor", "closed", "closing", "opens", "opening"}
-)
-_POSSESSED_GENERIC = frozenset({"symptoms", "sintomas"})
+_ORG_MOVES = lexicon.ORG_MOVES
+_POSSESSED_GENERIC = lexicon.POSSESSED_GENERIC
 _STAY_WELL = re.compile(
     r"\bstay (?:well|healthy|safe|active|cool|warm|informed|connected|strong|hydrated)\b"
 )
+# A word every match of _HOW_TO holds (read off the pattern, so it stays beside it).
 _HOW_TO_WORDS = frozenset({"to", "cuando", "que", "take", "no", "sin"})
-_ROLE_MAILBOX = frozenset(
-    {
-        "info",
-        "contact",
-        "support",
-        "billing",
-        "noreply",
-        "no-reply",
-        "appointments",
-        "scheduling",
-        "help",
-        "office",
-        "admin",
-        "hello",
-        "team",
-        "news",
-        "newsletter",
-        "records",
-        "frontdesk",
-        "privacy",
-        "compliance",
-        "care",
-        "careteam",
-        "pharmacy",
-        "marketing",
-        "events",
-        "webmaster",
-        "donotreply",
-        "do-not-reply",
-        "citas",
-        "contacto",
-    }
-)
-_TOLL_FREE = frozenset({"800", "888", "877", "866", "855", "844", "833"})
-_PERSONAL_PLACE = frozenset(
-    {
-        "home",
-        "house",
-        "your",
-        "su",
-        "tu",
-        "patient",
-        "paciente",
-        "mailing",
-        "deliver",
-        "delivery",
-        "ship",
-        "shipping",
-        "domicilio",
-        "direccion",
-        "residence",
-    }
-)
-_PHONE_PERSONAL = frozenset(
-    {
-        "cell",
-        "mobile",
-        "home",
-        "your",
-        "my",
-        "callback",
-        "call-back",
-        "patient",
-        "paciente",
-        "celular",
-        "movil",
-        "su",
-        "tu",
-        "contact",
-        "emergency",
-        "caregiver",
-        "wife",
-        "husband",
-        "mother",
-        "daughter",
-        "son",
-        "pt",
-        "me",
-        "back",
-        "reach",
-        "mine",
-        "personal",
-        "whatsapp",
-    }
-)
+_ROLE_MAILBOX = lexicon.ROLE_MAILBOXES
+_TOLL_FREE = lexicon.TOLL_FREE
+_PERSONAL_PLACE = lexicon.PERSONAL_PLACE
+_PHONE_PERSONAL = lexicon.PHONE_PERSONAL
 # The organisation's own numbers: "call us", "our office", "nurse line".
-_PHONE_ORG = frozenset(
-    {
-        "us",
-        "our",
-        "office",
-        "clinic",
-        "hotline",
-        "line",
-        "toll-free",
-        "tollfree",
-        "center",
-        "hospital",
-        "pharmacy",
-        "desk",
-        "department",
-        "llamenos",
-        "nuestra",
-        "nuestro",
-        "oficina",
-        "clinica",
-        "centro",
-        "farmacia",
-        "appointments",
-        "scheduling",
-        "helpline",
-        "info",
-    }
-)
-_MED_MARKETING = frozenset(
-    {"sale", "save", "discount", "coupon", "off", "deal", "deals", "savings", "oferta"}
-)
+_PHONE_ORG = lexicon.PHONE_ORG
+_MED_MARKETING = lexicon.MED_MARKETING
 # A second-person CTA verb before a preventive service is marketing ("Get your flu shot").
-_CTA = frozenset(
-    {
-        "get",
-        "schedule",
-        "book",
-        "protect",
-        "time",
-        "due",
-        "remember",
-        "dont",
-        "don't",
-        "reserve",
-        "make",
-        "plan",
-        "vacunese",
-        "programe",
-        "agende",
-    }
-)
-_STAFF_TITLES = frozenset(
-    {"nurse", "therapist", "counselor", "enfermera", "enfermero", "terapeuta", "midwife"}
-)
+_CTA = lexicon.CTA
+_STAFF_TITLES = lexicon.STAFF_TITLES
 _CASED_FOLDED = frozenset(k.lower() for k in lexicon.CASED_TERMS)
 # The doctor titles _provider names a doctor after, and every title it reads.
-_DR = lexicon.DOCTOR_TITLES & {"dr", "dra", "doctor", "doctora"}
+_DR = lexicon.DOCTOR_TITLES & lexicon.PHYSICIAN_TITLES
 _PROVIDER_TITLES = _DR | _STAFF_TITLES
-_NOT_AFTER_DR = frozenset({"your", "our", "the", "and", "of", "appointment", "visit", "office"})
+_NOT_AFTER_DR = lexicon.NOT_AFTER_DR
 # An introduced or featured doctor is marketing, not a patient's relationship.
-_PROVIDER_INTRO = frozenset(
-    {
-        "meet",
-        "welcome",
-        "welcomes",
-        "joins",
-        "joined",
-        "ask",
-        "featured",
-        "podcast",
-        "conozca",
-        "bienvenida",
-        "bienvenido",
-        "introducing",
-        "award",
-        "named",
-    }
-)
+_PROVIDER_INTRO = lexicon.PROVIDER_INTRO
 # Organisation news: a care word here is about a service, not one person's care.
-_ORG_NEWS = frozenset(
-    {"services", "service", "location", "locations", "hours", "our", "we", "us", "kit", "kits"}
-)
+_ORG_NEWS = lexicon.ORG_NEWS
 # Medical specialties and operations by their word form: "podiatry", "orthodontist",
 # "cardiología", "vasectomy", "rhinoplasty". Everyday words of the same form are listed.
-_SPECIALTY_SUFFIX = (
-    "ology",
-    "ologist",
-    "ologists",
-    "iatry",
-    "iatrist",
-    "odontist",
-    "ologia",
-    "ologo",
-    "ologa",
-    "iatra",
-    "ectomy",
-    "otomy",
-    "ostomy",
-    "oscopy",
-    "oscopia",
-    "plasty",
-)
-_NOT_SPECIALTY = frozenset(
-    {
-        "technology",
-        "technologies",
-        "tecnologia",
-        "biology",
-        "ideology",
-        "methodology",
-        "apology",
-        "theology",
-        "astrology",
-        "terminology",
-        "chronology",
-        "geology",
-        "ecology",
-        "sociology",
-        "anthology",
-        "mythology",
-        "archaeology",
-        "anthropology",
-        "criminology",
-        "ecologia",
-        "biologia",
-        "geologia",
-        "teologia",
-        "ideologia",
-        "metodologia",
-        "antologia",
-        "mitologia",
-    }
-)
+_SPECIALTY_SUFFIX = lexicon.SPECIALTY_SUFFIXES
+_NOT_SPECIALTY = lexicon.NOT_SPECIALTY
 # Conditions by their word form: "bursitis", "sarcoidosis", "neuralgia", "lymphoma".
-_CONDITION_SUFFIX = (
-    "itis",
-    "osis",
-    "emia",
-    "aemia",
-    "oma",
-    "omas",
-    "pathy",
-    "algia",
-    "iasis",
-)
-_NOT_CONDITION = frozenset(
-    {
-        "diagnosis",
-        "prognosis",
-        "hypnosis",
-        "osmosis",
-        "symbiosis",
-        "metamorphosis",
-        "apotheosis",
-        "diploma",
-        "diplomas",
-        "aroma",
-        "aromas",
-        "idioma",
-        "idiomas",
-        "plataforma",
-        "oklahoma",
-        "palomas",
-        "academia",
-        "bohemia",
-        "blasfemia",
-        "empathy",
-        "sympathy",
-        "telepathy",
-        "antipathy",
-        "nostalgia",
-        "chromosoma",
-        "diagnostico",
-    }
-)
+_CONDITION_SUFFIX = lexicon.CONDITION_SUFFIXES
+_NOT_CONDITION = lexicon.NOT_CONDITION
 # The reader as the patient of a care verb: "You were seen in our ER last night".
 _YOU_CARED = re.compile(
     r"\byou (?:were|are being|have been|was|are) (?:seen|admitted|treated|discharged|diagnosed|"
@@ -503,64 +246,16 @@ _YOU_CARED = re.compile(
     r"|\busted fue (?:atendid[oa]|ingresad[oa]|dad[oa] de alta|diagnosticad[oa])\b"
 )
 # The pronoun, not the possessive: "next steps for you" (a possessive is read in place).
+# This, _POSS_WORDS and _DETERMINERS are closed classes of grammar words the rules'
+# patterns spell out too, so they stay beside them.
 _YOU = frozenset({"you", "you're", "youre", "usted", "ti"})
 # Lower-case particles inside Spanish, Portuguese, Dutch and Arabic surnames.
-_PARTICLES = frozenset(
-    {
-        "de",
-        "del",
-        "la",
-        "las",
-        "los",
-        "y",
-        "van",
-        "von",
-        "der",
-        "da",
-        "das",
-        "do",
-        "dos",
-        "di",
-        "le",
-        "bin",
-        "al",
-        "el",
-    }
-)
+_PARTICLES = lexicon.NAME_PARTICLES
 # Capitalised words that end a name even though some surname list holds them.
-_NEVER_SURNAME = frozenset(
-    {
-        "the",
-        "doctor",
-        "street",
-        "hospital",
-        "clinic",
-        "center",
-        "centre",
-        "medical",
-        "health",
-        "may",
-        "june",
-        "april",
-        "august",
-        "abril",
-        "julio",
-        "domingo",
-        "north",
-        "south",
-        "east",
-        "fall",
-        "winter",
-        "summer",
-        "good",
-        "grand",
-        "hill",
-        "kaiser",
-    }
-)
+_NEVER_SURNAME = lexicon.NEVER_SURNAME
 # A name right after these is a firm, a team or a place: "the Clark team", "la Montaña".
 _DETERMINERS = frozenset({"the", "el", "los", "las", "our", "nuestra", "nuestro", "at", "in", "en"})
-_PLACE_PREFIX = frozenset({"san", "santa", "santo", "saint", "st", "fort", "mount", "lake", "port"})
+_PLACE_PREFIX = lexicon.PLACE_PREFIXES
 _COMPANY_AFTER = re.compile(
     r"\s*,?\s*(?:S\.\s?[A-Z][\w.]*|LLC|L\.L\.C\.|Inc\b|Ltd\b|PLC|LLP|PLLC|P\.C\.|Group\b|Grupo\b|"
     r"Associates\b|Asociados\b|Partners\b|Co\.|Corp\b|& Sons|and Sons|e Hijos|y Asociados|"
@@ -573,35 +268,15 @@ _FIRM = re.compile(
     r"|\b[A-Z][\w'-]+ (?:y|&) [A-Z][\w'-]+(?=\s+(?:S\.|S\s|SA\b|SL\b|LLC|Inc|Ltd))"
 )
 _POSS_WORDS = frozenset({"your", "you're", "youre", "tus", "sus", "tu", "su", "my", "mis", "mi"})
-_RX_NOUNS = frozenset(
-    {
-        "prescription",
-        "prescriptions",
-        "rx",
-        "refill",
-        "refills",
-        "receta",
-        "recetas",
-        "medicamento",
-        "medicamentos",
-    }
-)
+_RX_NOUNS = lexicon.RX_NOUNS
 _POSS_OR_YOU = _POSS_WORDS | _YOU
 _POSSESSED_NOUNS = (
     (_RESULTS_POSS, kinds.RESULT, first_words(_RESULT_NOUNS)),
     (_RX_POSS, kinds.PRESCRIPTION, first_words(_RX_POSS_NOUNS)),
 )
 _PERSONAL_FACT = lexicon.RESULT_WORDS | lexicon.CARE_EVENT | lexicon.PRESCRIPTION_WORDS
-_GREETINGS = frozenset(
-    {"hi", "hello", "dear", "hey", "hola", "estimado", "estimada", "querido", "querida"}
-)
-_ANALYTES = (
-    "a1c|hba1c|hemoglobin|glucose|blood sugar|cholesterol|ldl|hdl|triglycerides|potassium|"
-    "sodium|creatinine|egfr|psa|tsh|inr|platelets?|wbc|ferritin|vitamin d|iron|bp|glucosa|"
-    "hemoglobina|colesterol|sugar|azucar|blood pressure|pressure|heart rate|pulse|oxygen|"
-    "presion arterial|presion|oxigeno|blood counts?|counts|liver enzymes|enzymes|hierro|"
-    "niveles de hierro|globulos blancos|globulos rojos"
-)
+_GREETINGS = lexicon.GREETINGS
+_ANALYTES = lexicon.ANALYTES
 _ANALYTE_WORDS = first_words(_ANALYTES)
 _ANALYTE_VALUE = re.compile(
     rf"\b(?:{_ANALYTES})\b\W{{0,3}}"
@@ -633,8 +308,11 @@ _DIGITS_NEEDED: dict[re.Pattern[str], tuple[int, int, str]] = {
     _POSTCODE_UK: (2, 1, ""),
 }
 _DIGITS_NEEDED_BY_ID = {id(p): needs for p, needs in _DIGITS_NEEDED.items()}
-_ICD_CUES = frozenset({"icd", "icd-10", "icd10", "dx", "diagnosis", "code", "codigo"})
-_CPT_CUES = frozenset({"cpt", "hcpcs", "procedure", "billing", "code", "codigo"})
+_ICD_CUES = lexicon.ICD_CUES
+_CPT_CUES = lexicon.CPT_CUES
+# Words right before a number that say what it is: "SSN 123 45 6789", "cell 3125550187".
+_SSN_CUES = lexicon.SSN_CUES
+_PHONE_CUES = lexicon.PHONE_CUES
 _SENSITIVE_ICD: tuple[tuple[str, str, str], ...] = (
     ("B20", "B20", kinds.HIV),
     ("Z21", "Z21", kinds.HIV),
@@ -1148,7 +826,7 @@ class PhiDetector:
         if many:
             for m in t.numbers(_SSN):
                 area, sep, group, serial = m.groups()
-                cued = bool({"ssn", "social", "ss", "seguro", "ssa"} & set(t.before(m.start(), 4)))
+                cued = not _SSN_CUES.isdisjoint(t.before(m.start(), 4))
                 if ssn_ok(area, group, serial) and (sep or cued):
                     out.append(
                         Finding(kinds.SSN, m.start(), m.end(), 0.95 if cued else 0.8, "id.ssn")
@@ -1182,16 +860,7 @@ class PhiDetector:
                     taken.append((m.start(), m.end()))
             for m in t.numbers(_PHONE_BARE):
                 before = set(t.before(m.start(), 3))
-                if before & {
-                    "phone",
-                    "cell",
-                    "tel",
-                    "mobile",
-                    "call",
-                    "fax",
-                    "telefono",
-                    "celular",
-                }:
+                if not before.isdisjoint(_PHONE_CUES):
                     kind = kinds.FAX if "fax" in before else kinds.PHONE
                     out.append(Finding(kind, m.start(), m.end(), 0.8, "id.phone-cued"))
                     taken.append((m.start(), m.end()))
@@ -1851,31 +1520,7 @@ class PhiDetector:
                     out.append(Finding(kind, rm.start(), rm.end(), 0.75, "health.possessive"))
 
 
-_VERBS = frozenset(
-    {
-        "is",
-        "was",
-        "has",
-        "had",
-        "needs",
-        "missed",
-        "tested",
-        "started",
-        "finished",
-        "completed",
-        "got",
-        "went",
-        "came",
-        "took",
-        "tiene",
-        "necesita",
-        "esta",
-        "está",
-        "fue",
-        "salio",
-        "salió",
-    }
-)
+_VERBS = lexicon.NAME_VERBS
 
 
 def _is_verb(word: str) -> bool:

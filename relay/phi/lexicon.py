@@ -25,6 +25,17 @@ def words(name: str) -> frozenset[str]:
     return frozenset(_rows(f"lex_{name}.txt"))
 
 
+def alternatives(name: str) -> str:
+    """A regular-expression alternation, one alternative a line in file order
+    (data/lex_NAME.txt): "results?|reports?|findings"."""
+    return "|".join(_rows(f"lex_{name}.txt"))
+
+
+def suffixes(name: str) -> tuple[str, ...]:
+    """Word endings, one a line (data/lex_NAME.txt), for str.endswith."""
+    return tuple(_rows(f"lex_{name}.txt"))
+
+
 def _tagged(name: str) -> dict[str, tuple[str, tuple[str, ...]]]:
     grouped: dict[str, tuple[str, list[str]]] = {}
     for row in _rows(f"lex_{name}.tsv"):
@@ -73,3 +84,38 @@ STAFF_NEWS = words("staff_news")
 FAMILY = words("family")
 RECORD_WORDS = words("record_words")
 NOT_TEST_REPORT = words("not_test_report")
+
+# The detector's word classes (relay/phi/detector.py): what each is for is in its file.
+BUSINESS_CUES = words("business_cues")
+ORG_MOVES = words("org_moves")
+POSSESSED_GENERIC = words("possessed_generic")
+ROLE_MAILBOXES = words("role_mailboxes")
+TOLL_FREE = words("toll_free")
+PERSONAL_PLACE = words("personal_place")
+PHONE_PERSONAL = words("phone_personal")
+PHONE_ORG = words("phone_org")
+MED_MARKETING = words("med_marketing")
+CTA = words("cta")
+STAFF_TITLES = words("staff_titles")
+NOT_AFTER_DR = words("not_after_dr")
+PROVIDER_INTRO = words("provider_intro")
+ORG_NEWS = words("org_news")
+NOT_SPECIALTY = words("not_specialty")
+NOT_CONDITION = words("not_condition")
+NAME_PARTICLES = words("name_particles")
+NEVER_SURNAME = words("never_surname")
+PLACE_PREFIXES = words("place_prefixes")
+RX_NOUNS = words("rx_nouns")
+GREETINGS = words("greetings")
+ICD_CUES = words("icd_cues")
+CPT_CUES = words("cpt_cues")
+NAME_VERBS = words("name_verbs")
+SSN_CUES = words("ssn_cues")
+PHONE_CUES = words("phone_cues")
+PHYSICIAN_TITLES = words("physician_titles")
+SPECIALTY_SUFFIXES = suffixes("specialty_suffixes")
+CONDITION_SUFFIXES = suffixes("condition_suffixes")
+# Alternations inside the detector's patterns (order matters: leftmost alternative wins).
+RESULT_NOUNS = alternatives("result_nouns")
+RX_POSSESSED_NOUNS = alternatives("rx_possessed_nouns")
+ANALYTES = alternatives("analytes")
