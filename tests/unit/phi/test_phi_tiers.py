@@ -200,7 +200,24 @@ async def test_a_subject_longer_than_the_limit_is_refused_at_once() -> None:
 
 @pytest.mark.parametrize(
     "unit",
-    ["Jane Okafor ", "Maria Fernanda ", "your diabetes results MRN 00482913 ", "d i a b e t e s  "],
+    [
+        "Jane Okafor ",
+        "Maria Fernanda ",
+        "your diabetes results MRN 00482913 ",
+        "d i a b e t e s  ",
+        # one name with no space to cut at: a single 64 KiB token
+        "Okafor",
+        # digits: one run, and numbers that look like identifiers
+        "4",
+        "4471881239 312-555-0187 ",
+        # alternating scripts: Cyrillic and Greek look-alikes inside Latin words, CJK
+        "J\u0430ne \u041ekafor \u0397\u0399V \u8a3a\u65ad ",
+        "a\u0431",
+        # encoded-words, spaced and adjacent, and leetspeak
+        "=?UTF-8?B?SElW?= =?utf-8?q?H=C3=A9?= ",
+        "=?UTF-8?Q?H=C3=A9?=",
+        "d1ab3t3s ",
+    ],
 )
 def test_a_64k_folded_subject_decides_in_under_50_ms(unit: str) -> None:
     from relay.phi import default_detector
@@ -215,3 +232,50 @@ def test_a_64k_folded_subject_decides_in_under_50_ms(unit: str) -> None:
         detector.judge(subject_texts(raw))
         best = min(best, time.perf_counter() - started)
     assert best < 0.05
+
+
+def _varied(shape: str, size: int) -> str:
+    """`size` characters of one adversarial shape that never repeats a window."""
+    import random
+
+    rnd = random.Random(7)
+    names = ["Jane", "Okafor", "Maria", "Fernanda", "Chidi", "López", "Nguyen", "Smith"]
+    words: list[str] = []
+    while sum(map(len, words)) + len(words) < size:
+        if shape == "names":
+            words.append(rnd.choice(names))
+        elif shape == "digits":
+            words.append(str(rnd.randrange(10**9)))
+        elif shape == "scripts":
+            words.append("".join(rnd.choice("a\u0431c\u0434e\u0397\u0399\u8a3a") for _ in range(6)))
+        elif shape == "encoded":
+            words.append(f"=?UTF-8?Q?{rnd.choice(names)}_{rnd.randrange(1000)}?=")
+        else:
+            words.append(
+                rnd.choice(["d1ab3t3s", "h1v", "c4nc3r", "4ppt", "pt", "dx"])
+                + str(rnd.randrange(10))
+            )
+    return "\r\n ".join(" ".join(words[i : i + 8]) for i in range(0, len(words), 8))[:size]
+
+
+@pytest.mark.parametrize("shape", ["names", "digits", "scripts", "encoded", "leet"])
+def test_detection_time_grows_linearly_on_text_that_never_repeats(shape: str) -> None:
+    # Repeated windows are judged once, so the shapes above cost little; text that never
+    # repeats is judged window by window. Four times the text must cost about four
+    # times the time (a quadratic cost would be sixteen). CPU time, best of three.
+    from relay.phi import default_detector
+    from relay.phi.normalize import subject_texts
+
+    detector = default_detector()
+
+    def cost(size: int) -> float:
+        raw = _varied(shape, size)
+        best = math.inf
+        for _ in range(3):
+            started = time.process_time()
+            detector.judge(subject_texts(raw))
+            best = min(best, time.process_time() - started)
+        return best
+
+    small, large = cost(8192), cost(32768)
+    assert large < 8 * small, (small, large)
