@@ -34,6 +34,10 @@ _DIGITS = str.maketrans("123456789", "000000000")
 _NONZERO_DIGIT = re.compile("[1-9]")
 _WORD = re.compile(r"[^\W_]+|[^\w\s]")
 _SHAPE_TOKEN = re.compile(r"[^\W\d_]+|\d+|[^\w\s]")
+# The same two patterns for ASCII text, where a letter is [A-Za-z] and a digit [0-9]:
+# explicit ranges are matched faster than Unicode categories, and find the same tokens.
+_WORD_ASCII = re.compile(r"[A-Za-z0-9]+|[^A-Za-z0-9_\s]")
+_SHAPE_TOKEN_ASCII = re.compile(r"[A-Za-z]+|[0-9]+|[^A-Za-z0-9_\s]")
 # Punctuation that separates names and fields keeps its own shape; the rest is "p"
 # (an en dash is "-").
 _SHAPE_PUNCT = {",": ",", ":": ":", "-": "-", "\u2013": "-"}
@@ -96,12 +100,14 @@ def feature_set(
         prev = c
     out.add(crc(prev + b" $", _NS_CLASS_PAIR) & MASK)
     # Words of the folded text and their pairs.
-    words = [w.encode("utf-8") for w in _WORD.findall(text)]
+    found = (_WORD_ASCII if text.isascii() else _WORD).findall(text)
+    words = [w.encode("utf-8") for w in found]
     out.update([crc(w, _NS_TEXT_WORD) & MASK for w in words])
     ends = [b"^", *words, b"$"]
     out.update([crc(x + b" " + y, _NS_TEXT_PAIR) & MASK for x, y in pairwise(ends)])
     # Token shapes of the unfolded reading (one character each), in runs of two and three.
-    shapes = ("^" + "".join(map(_shape, _SHAPE_TOKEN.findall(view))) + "$").encode("utf-8")
+    tokens = (_SHAPE_TOKEN_ASCII if view.isascii() else _SHAPE_TOKEN).findall(view)
+    shapes = ("^" + "".join(map(_shape, tokens)) + "$").encode("utf-8")
     m = len(shapes)
     out.update([crc(shapes[i : i + 2], _NS_SHAPE2) & MASK for i in range(m - 1)])
     out.update([crc(shapes[i : i + 3], _NS_SHAPE3) & MASK for i in range(m - 2)])
