@@ -25,7 +25,7 @@ import itertools
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from selectolax.lexbor import LexborHTMLParser
@@ -429,7 +429,10 @@ _NOT_LEET = re.compile(
 )
 
 
+@lru_cache(maxsize=4096)
 def _deleet_word(word: str, known: Callable[[str], bool] | None) -> str:
+    """`word` with leetspeak undone. Cached: a long subject repeats its words, and
+    `known` (the vocabulary's lookup) is fixed for a detector."""
     core = word.strip(".!?'")
     if len(core) < 3 or _NOT_LEET.fullmatch(core) or not any(c.isalpha() for c in core):
         return word
