@@ -818,69 +818,97 @@ class PhiDetector:
                 tags.add(kind)
         return frozenset(tags)
 
-    # --- identifiers ------------------------------------------------------------------
+    # --- identifiers: one method per rule id -----------------------------------------
+    #
+    # Each takes the text, the findings so far and `taken`, the spans of numbers an
+    # earlier rule claimed (a phone number is not also an NPI). They run in the order
+    # of _identifiers, which is part of their meaning. Each pattern is searched only when
+    # the text has as many digits, and as long a run of them, as every match of it
+    # holds (_DIGITS_NEEDED).
 
     def _identifiers(self, t: _Text, out: list[Finding]) -> None:
-        text, taken = t.text, []
-        # Each pattern below is searched only when the text has as many digits, and as
-        # long a run of them, as every match of it holds (_DIGITS_NEEDED).
-        # Every pattern of the two blocks under `many` needs at least four digits (a
-        # quarter of subjects with a digit have fewer): one test instead of one each.
-        many = t.digits[0] >= 4
-        if many:
-            for m in t.numbers(_SSN):
-                area, sep, group, serial = m.groups()
-                cued = not _SSN_CUES.isdisjoint(t.before(m.start(), 4))
-                if ssn_ok(area, group, serial) and (sep or cued):
-                    out.append(
-                        Finding(kinds.SSN, m.start(), m.end(), 0.95 if cued else 0.8, "id.ssn")
-                    )
-                    taken.append((m.start(), m.end()))
-            for m in t.numbers(_SSN_LAST4):
-                out.append(Finding(kinds.SSN, m.start(), m.end(), 0.9, "id.ssn-last4"))
-            for m in t.numbers(_PHONE):
+        taken: list[tuple[int, int]] = []
+        # Every rule but the ICD-10 ones needs at least four digits (a quarter of
+        # subjects with a digit have fewer): one test instead of one each.
+        for rule in _ID_RULES if t.digits[0] >= 4 else _FEW_DIGIT_ID_RULES:
+            rule(self, t, out, taken)
+        self._addresses(t, out)
+
+    def _ssn(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
+        """id.ssn: 123-45-6789 or 123 45 6789 passing the SSA rules, or 9 digits after a cue."""
+        for m in t.numbers(_SSN):
+            area, sep, group, serial = m.groups()
+            cued = not _SSN_CUES.isdisjoint(t.before(m.start(), 4))
+            if ssn_ok(area, group, serial) and (sep or cued):
+                out.append(Finding(kinds.SSN, m.start(), m.end(), 0.95 if cued else 0.8, "id.ssn"))
+                taken.append((m.start(), m.end()))
+
+    def _ssn_last4(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
+        """id.ssn-last4: "SSN ending 6789", "seguro social ... 4421"."""
+        for m in t.numbers(_SSN_LAST4):
+            out.append(Finding(kinds.SSN, m.start(), m.end(), 0.9, "id.ssn-last4"))
+
+    def _phone(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
+        """id.phone: a North American number with separators, unless the organisation's."""
+        for m in t.numbers(_PHONE):
+            if _overlaps(taken, m.start(), m.end()):
+                continue
+            area = m.group(1) or m.group(2)
+            before = set(t.before(m.start(), 4))
+            kind = kinds.FAX if "fax" in before else kinds.PHONE
+            if kind == kinds.PHONE and self._org_contact(t, area):
+                continue
+            out.append(Finding(kind, m.start(), m.end(), 0.8, "id.phone"))
+            taken.append((m.start(), m.end()))
+
+    def _phone_intl(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
+        """id.phone-intl: +44 20 7946 0958, +34 612 34 56 78, trunk-0 numbers."""
+        for pattern in (_PHONE_INTL, _PHONE_TRUNK):
+            for m in t.numbers(pattern):
                 if _overlaps(taken, m.start(), m.end()):
                     continue
-                area = m.group(1) or m.group(2)
                 before = set(t.before(m.start(), 4))
                 kind = kinds.FAX if "fax" in before else kinds.PHONE
-                if kind == kinds.PHONE and self._org_contact(t, area):
+                if kind == kinds.PHONE and self._org_contact(t, None):
                     continue
-                out.append(Finding(kind, m.start(), m.end(), 0.8, "id.phone"))
+                out.append(Finding(kind, m.start(), m.end(), 0.75, "id.phone-intl"))
                 taken.append((m.start(), m.end()))
-            for pattern in (_PHONE_INTL, _PHONE_TRUNK):
-                for m in t.numbers(pattern):
-                    if _overlaps(taken, m.start(), m.end()):
-                        continue
-                    before = set(t.before(m.start(), 4))
-                    kind = kinds.FAX if "fax" in before else kinds.PHONE
-                    if kind == kinds.PHONE and self._org_contact(t, None):
-                        continue
-                    out.append(Finding(kind, m.start(), m.end(), 0.75, "id.phone-intl"))
-                    taken.append((m.start(), m.end()))
-            for m in t.numbers(_NINO):
-                if not _overlaps(taken, m.start(), m.end()):
-                    out.append(Finding(kinds.SSN, m.start(), m.end(), 0.8, "id.nino"))
-                    taken.append((m.start(), m.end()))
-            for m in t.numbers(_PHONE_BARE):
-                before = set(t.before(m.start(), 3))
-                if not before.isdisjoint(_PHONE_CUES):
-                    kind = kinds.FAX if "fax" in before else kinds.PHONE
-                    out.append(Finding(kind, m.start(), m.end(), 0.8, "id.phone-cued"))
-                    taken.append((m.start(), m.end()))
-            for m in t.numbers(_DEA):
-                if dea_ok(m.group(0)):
-                    out.append(Finding(kinds.DEA, m.start(), m.end(), 0.9, "id.dea"))
-                    taken.append((m.start(), m.end()))
-            for m in t.numbers(_NPI):
-                if _overlaps(taken, m.start(), m.end()):
-                    continue
-                cued = "npi" in t.before(m.start(), 4)
-                if npi_ok(m.group(1)):
-                    out.append(
-                        Finding(kinds.NPI, m.start(), m.end(), 0.95 if cued else 0.6, "id.npi")
-                    )
-                    taken.append((m.start(), m.end()))
+
+    def _nino(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
+        """id.nino: a UK National Insurance number (AB 12 34 56 C), reported as ssn."""
+        for m in t.numbers(_NINO):
+            if not _overlaps(taken, m.start(), m.end()):
+                out.append(Finding(kinds.SSN, m.start(), m.end(), 0.8, "id.nino"))
+                taken.append((m.start(), m.end()))
+
+    def _phone_cued(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
+        """id.phone-cued: ten bare digits after a phone cue ("cell 3125550187")."""
+        for m in t.numbers(_PHONE_BARE):
+            before = set(t.before(m.start(), 3))
+            if not before.isdisjoint(_PHONE_CUES):
+                kind = kinds.FAX if "fax" in before else kinds.PHONE
+                out.append(Finding(kind, m.start(), m.end(), 0.8, "id.phone-cued"))
+                taken.append((m.start(), m.end()))
+
+    def _dea(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
+        """id.dea: a DEA registration number whose check digit is valid."""
+        for m in t.numbers(_DEA):
+            if dea_ok(m.group(0)):
+                out.append(Finding(kinds.DEA, m.start(), m.end(), 0.9, "id.dea"))
+                taken.append((m.start(), m.end()))
+
+    def _npi(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
+        """id.npi: 10 digits starting 1 or 2 with a valid check digit (decisive after "NPI")."""
+        for m in t.numbers(_NPI):
+            if _overlaps(taken, m.start(), m.end()):
+                continue
+            cued = "npi" in t.before(m.start(), 4)
+            if npi_ok(m.group(1)):
+                out.append(Finding(kinds.NPI, m.start(), m.end(), 0.95 if cued else 0.6, "id.npi"))
+                taken.append((m.start(), m.end()))
+
+    def _icd10(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
+        """id.icd10: a dotted ICD-10-CM code of a real category (E11.9), with its sensitive kind."""
         for m in t.numbers(_ICD_DOTTED):
             if m.group(1) in self.vocab.icd_categories:
                 out.append(Finding(kinds.ICD10, m.start(), m.end(), 0.8, "id.icd10"))
@@ -889,38 +917,51 @@ class PhiDetector:
                     for k in self._icd_kinds(m.group(1))
                 )
                 taken.append((m.start(), m.end()))
+
+    def _icd10_cued(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
+        """id.icd10-cued: a code without its dot after an ICD/Dx cue ("Dx code E119")."""
+        if t.wordset.isdisjoint(_ICD_CUES):
+            return
+        for m in _ICD_BARE.finditer(t.text):
+            if m.group(1) in self.vocab.icd_categories and not _overlaps(taken, m.start(), m.end()):
+                out.append(Finding(kinds.ICD10, m.start(), m.end(), 0.75, "id.icd10-cued"))
+                out.extend(
+                    Finding(k, m.start(), m.end(), 0.75, "id.icd10-cued")
+                    for k in self._icd_kinds(m.group(1))
+                )
+                taken.append((m.start(), m.end()))
+
+    def _cpt_cued(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
+        """id.cpt-cued: a 5-character CPT/HCPCS code after a code cue ("CPT 99213")."""
         cue_words = t.wordset
-        if not cue_words.isdisjoint(_ICD_CUES):
-            for m in _ICD_BARE.finditer(text):
-                if m.group(1) in self.vocab.icd_categories and not _overlaps(
-                    taken, m.start(), m.end()
-                ):
-                    out.append(Finding(kinds.ICD10, m.start(), m.end(), 0.75, "id.icd10-cued"))
-                    out.extend(
-                        Finding(k, m.start(), m.end(), 0.75, "id.icd10-cued")
-                        for k in self._icd_kinds(m.group(1))
-                    )
-                    taken.append((m.start(), m.end()))
-        if many:
-            if not cue_words.isdisjoint(_CPT_CUES):
-                for m in _CPT.finditer(text):
-                    cued = "code" in t.before(m.start(), 3) or bool(cue_words & {"cpt", "hcpcs"})
-                    if cued and not _overlaps(taken, m.start(), m.end()):
-                        out.append(Finding(kinds.CPT, m.start(), m.end(), 0.8, "id.cpt-cued"))
-                        taken.append((m.start(), m.end()))
-            if not t.wordset.isdisjoint(_CUE_FIRST_WORDS):
-                self._cued_ids(t, out, taken)
-            for m in t.numbers(_LONG_NUMBER):
-                if not _overlaps(taken, m.start(), m.end()):
-                    out.append(Finding(kinds.ACCOUNT, m.start(), m.end(), 0.5, "id.long-number"))
-                    taken.append((m.start(), m.end()))
-            for m in t.numbers(_ALNUM_ID):
-                if not _overlaps(taken, m.start(), m.end()):
-                    out.append(Finding(kinds.ACCOUNT, m.start(), m.end(), 0.5, "id.alnum-number"))
-                    taken.append((m.start(), m.end()))
-        self._addresses(t, out)
+        if cue_words.isdisjoint(_CPT_CUES):
+            return
+        for m in _CPT.finditer(t.text):
+            cued = "code" in t.before(m.start(), 3) or bool(cue_words & {"cpt", "hcpcs"})
+            if cued and not _overlaps(taken, m.start(), m.end()):
+                out.append(Finding(kinds.CPT, m.start(), m.end(), 0.8, "id.cpt-cued"))
+                taken.append((m.start(), m.end()))
+
+    def _long_number(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
+        """id.long-number: a run of 8 or more digits no other rule claimed (weak)."""
+        for m in t.numbers(_LONG_NUMBER):
+            if not _overlaps(taken, m.start(), m.end()):
+                out.append(Finding(kinds.ACCOUNT, m.start(), m.end(), 0.5, "id.long-number"))
+                taken.append((m.start(), m.end()))
+
+    def _alnum_number(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
+        """id.alnum-number: letters then 5 or more digits ("XJH882311901"), weak."""
+        for m in t.numbers(_ALNUM_ID):
+            if not _overlaps(taken, m.start(), m.end()):
+                out.append(Finding(kinds.ACCOUNT, m.start(), m.end(), 0.5, "id.alnum-number"))
+                taken.append((m.start(), m.end()))
 
     def _cued_ids(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
+        """id.cued, id.cued-business, id.business-number: a value after an identifier cue
+        (MRN, member ID, claim, Rx...); after a business cue (order, invoice) it is the
+        business's own number unless the subject has a patient context."""
+        if t.wordset.isdisjoint(_CUE_FIRST_WORDS):
+            return
         words = t.words
         for i, word in enumerate(words):
             two = f"{word} {words[i + 1]}" if i + 1 < len(words) else ""
@@ -959,6 +1000,8 @@ class PhiDetector:
         return area in _TOLL_FREE or t.any(_PHONE_ORG)
 
     def _addresses(self, t: _Text, out: list[Finding]) -> None:
+        """id.address, id.address-es, id.zip: a street address (house number, name, USPS
+        suffix; Spanish street types) or a ZIP/postcode, unless in organisation context."""
         personal = t.any(_PERSONAL_PLACE) or t.any(lexicon.PATIENT_WORDS)
         org = t.any(lexicon.ORG_WORDS) and not personal
         if org:
@@ -981,6 +1024,7 @@ class PhiDetector:
                 out.append(Finding(kinds.ZIP, m.start(1), m.end(1), 0.7, "id.zip"))
 
     def _emails(self, t: _Text, out: list[Finding]) -> None:
+        """id.email: an email address that is not a role mailbox (info@, billing@...)."""
         if "@" not in t.text:
             return
         for m in _EMAIL.finditer(t.text):
@@ -991,6 +1035,8 @@ class PhiDetector:
     # --- dates --------------------------------------------------------------------------
 
     def _dates(self, t: _Text, out: list[Finding], person: bool) -> None:
+        """id.date: a date tied to a person (a birth cue, a name, a care event of the
+        reader), not the organisation's news ("Clinic closed 12/25")."""
         birth = t.any(lexicon.BIRTH_WORDS) or "d.o.b" in t.folded
         care = t.any(lexicon.DATE_CARE_WORDS)
         possessive = t.any(lexicon.POSSESSIVE)
@@ -1025,6 +1071,8 @@ class PhiDetector:
         )
 
     def _names(self, t: _Text) -> list[Finding]:
+        """name: a person named (after a title, a greeting or a patient cue, a vocative,
+        a full name of listed first and last names...), not a firm, street or place."""
         v, words, orig, text = self.vocab, t.words, t.orig, t.text
         found: list[Finding] = []
         n = len(words)
@@ -1289,6 +1337,8 @@ class PhiDetector:
         return nxt in self.vocab.last_names or nxt in self.vocab.first_names
 
     def _provider(self, t: _Text, out: list[Finding]) -> None:
+        """provider.doctor, provider.named: a doctor or nurse named with a care
+        relationship ("your visit with Dr. Okafor", "Nurse Kim tried to reach you")."""
         if t.wordset.isdisjoint(_PROVIDER_TITLES):
             return  # both rules start at a title
         words, orig = t.words, t.orig
@@ -1405,21 +1455,35 @@ class PhiDetector:
         if t.any(_POSS_WORDS):
             self._possessive_facts(t, out, generic)
         if not generic:
-            # Every analyte value starts with one of _ANALYTE_WORDS.
-            analyte = not t.runs.isdisjoint(_ANALYTE_WORDS)
-            for rm in _ANALYTE_VALUE.finditer(t.folded) if analyte else ():
-                out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.75, "health.result"))
-            if results:
-                for rm in _RESULTS_READY.finditer(t.folded):
-                    out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.7, "health.result"))
+            self._results(t, out, results)
         if "you" in t.wordset or "usted" in t.wordset:
-            for rm in _YOU_CARED.finditer(t.folded):
-                out.append(Finding(kinds.PROCEDURE, rm.start(), rm.end(), 0.7, "health.procedure"))
+            self._you_cared(t, out)
         if t.any(_RX_NOUNS):
-            for rm in _RX_READY.finditer(t.folded):
-                out.append(
-                    Finding(kinds.PRESCRIPTION, rm.start(), rm.end(), 0.7, "health.prescription")
-                )
+            self._rx_ready(t, out)
+
+    def _results(self, t: _Text, out: list[Finding], results: bool) -> None:
+        """health.result: an analyte with a value ("A1C is high", "potassium 5.9") or a
+        test's results being ready ("lab results", "resultados de laboratorio")."""
+        # Every analyte value starts with one of _ANALYTE_WORDS.
+        analyte = not t.runs.isdisjoint(_ANALYTE_WORDS)
+        for rm in _ANALYTE_VALUE.finditer(t.folded) if analyte else ():
+            out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.75, "health.result"))
+        if results:
+            for rm in _RESULTS_READY.finditer(t.folded):
+                out.append(Finding(kinds.RESULT, rm.start(), rm.end(), 0.7, "health.result"))
+
+    def _you_cared(self, t: _Text, out: list[Finding]) -> None:
+        """health.procedure: the reader as the patient of a care verb ("You were seen in
+        our ER last night", "usted fue atendido")."""
+        for rm in _YOU_CARED.finditer(t.folded):
+            out.append(Finding(kinds.PROCEDURE, rm.start(), rm.end(), 0.7, "health.procedure"))
+
+    def _rx_ready(self, t: _Text, out: list[Finding]) -> None:
+        """health.prescription: a prescription being ready, filled, approved or denied."""
+        for rm in _RX_READY.finditer(t.folded):
+            out.append(
+                Finding(kinds.PRESCRIPTION, rm.start(), rm.end(), 0.7, "health.prescription")
+            )
 
     def _health_terms(
         self,
@@ -1430,6 +1494,8 @@ class PhiDetector:
         generic: bool,
         results: bool,
     ) -> None:
+        """health.term: a condition, medicine or test tied to a person (a name, an
+        identifier, a possessive, a result or care event), not education or marketing."""
         strong_result = t.any(lexicon.STRONG_RESULT)
         # A dose has digits; every over-the-counter phrase has one of _NO_RX_WORDS.
         rx = t.any(lexicon.PRESCRIPTION_WORDS) or (t.has_digit and bool(_DOSE.search(t.text)))
@@ -1506,6 +1572,8 @@ class PhiDetector:
         return none
 
     def _possessive_facts(self, t: _Text, out: list[Finding], generic: bool) -> None:
+        """health.possessive: a test, result, procedure or prescription the reader owns
+        ("your MRI results", "your knee replacement", "tus medicamentos")."""
         for rm in _POSS_TEST.finditer(t.folded):
             before = t.before(rm.start(), 2)
             if not generic and not (set(before) & _CTA):
@@ -1523,6 +1591,26 @@ class PhiDetector:
                 if not generic or (kind == kinds.RESULT and t.any(lexicon.READY_WORDS)):
                     out.append(Finding(kind, rm.start(), rm.end(), 0.75, "health.possessive"))
 
+
+_NumberRule = Callable[[PhiDetector, _Text, list[Finding], list[tuple[int, int]]], None]
+# The identifier rules in the order they claim numbers (see PhiDetector._identifiers).
+_ID_RULES: tuple[_NumberRule, ...] = (
+    PhiDetector._ssn,
+    PhiDetector._ssn_last4,
+    PhiDetector._phone,
+    PhiDetector._phone_intl,
+    PhiDetector._nino,
+    PhiDetector._phone_cued,
+    PhiDetector._dea,
+    PhiDetector._npi,
+    PhiDetector._icd10,
+    PhiDetector._icd10_cued,
+    PhiDetector._cpt_cued,
+    PhiDetector._cued_ids,
+    PhiDetector._long_number,
+    PhiDetector._alnum_number,
+)
+_FEW_DIGIT_ID_RULES: tuple[_NumberRule, ...] = (PhiDetector._icd10, PhiDetector._icd10_cued)
 
 _VERBS = lexicon.NAME_VERBS
 

@@ -131,3 +131,33 @@ def test_every_rule_id_of_the_detector_has_a_table() -> None:
     }
     assert ids == set(TABLE)
     assert all(yes and no for yes, no in TABLE.values())
+
+
+def test_each_rule_id_is_emitted_by_one_named_function_that_says_so() -> None:
+    # A rule is a function whose docstring starts with the ids it emits
+    # ("id.ssn: ..."), so `grep 'def .*' detector.py` and the audit's rule ids meet.
+    tree = ast.parse(Path(detector.__file__).read_text(encoding="utf-8"))
+    functions = [
+        node
+        for parent in [tree, *[n for n in tree.body if isinstance(n, ast.ClassDef)]]
+        for node in parent.body
+        if isinstance(node, ast.FunctionDef)
+    ]
+    owner: dict[str, list[str]] = {}
+    for fn in functions:
+        ids = {
+            node.value
+            for node in ast.walk(fn)
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and re.fullmatch(r"(?:id|health|provider)\.[a-z0-9-]+|name", node.value)
+        }
+        if not ids:
+            continue
+        doc = (ast.get_docstring(fn) or "").split(":")[0]
+        named = {part.strip() for part in doc.split(",")}
+        assert named == ids, f"{fn.name} emits {sorted(ids)}, its docstring names {doc!r}"
+        for rule in ids:
+            owner.setdefault(rule, []).append(fn.name)
+    assert set(owner) == set(TABLE)
+    assert {rule: fns for rule, fns in owner.items() if len(fns) > 1} == {}
