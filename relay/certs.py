@@ -13,7 +13,9 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,3 +163,37 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     ctx.num_tickets = 2
     ctx.load_cert_chain(str(cert), str(key))
     return ctx
+
+
+def load_pair(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
+    """Put the certificate and key into the live `ctx` (kept for its session ticket keys)
+    only once they are known to load together; on any error `ctx` is untouched.
+
+    OpenSSL changes a context step by step: a new leaf drops the key it does not match
+    before the chain and the new key are read, so a failed `load_cert_chain` (a
+    certificate copied before its key, a half-written chain) leaves a context no
+    handshake can use. The files are read once, tried in a fresh context, and those same
+    bytes then go into `ctx`, so a file changing in between cannot slip past the try."""
+    with ExitStack() as stack:
+        c = stack.enter_context(_private_copy(Path(cert).read_bytes()))
+        k = stack.enter_context(_private_copy(Path(key).read_bytes()))
+        server_context(c, k)
+        ctx.load_cert_chain(str(c), str(k))
+
+
+@contextmanager
+def _private_copy(data: bytes) -> Iterator[Path]:
+    """`data` as a file only this process can read: an anonymous memory file on Linux
+    (the key never reaches a disk), else a file in a private temporary folder."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("phi-relay-tls", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, data)
+            yield Path(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="phi-relay-tls-") as folder:
+        path = Path(folder) / "pem"
+        _write(path, data, private=True)
+        yield path

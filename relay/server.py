@@ -19,7 +19,7 @@ from relay import config as config_mod
 from relay import keys, malloc, rules, startup, tlsbuffers
 from relay.audit import AuditError, AuditLog
 from relay.audit.names import chain_path, head_name
-from relay.certs import server_context
+from relay.certs import load_pair, server_context
 from relay.config import Config, HostPort
 from relay.consent import open_store
 from relay.consent.api import ConsentStore, StoreError
@@ -269,7 +269,7 @@ def preflight(
     certificate (a worker restarted after a reload gets the reloaded one)."""
     try:
         if inherited is not None:
-            inherited.load_cert_chain(str(cfg.server.tls_cert), str(cfg.server.tls_key))
+            load_pair(inherited, cfg.server.tls_cert, cfg.server.tls_key)
             tls_context = inherited
         else:
             tls_context = server_context(cfg.server.tls_cert, cfg.server.tls_key)
@@ -647,7 +647,8 @@ class Relay:
             runtime = build_runtime(cfg, self.services)
             users = _load_users(cfg)
             if self.tls_context is not None:
-                self.tls_context.load_cert_chain(str(cfg.server.tls_cert), str(cfg.server.tls_key))
+                # Into the live context (its ticket keys stay), only if the pair loads.
+                load_pair(self.tls_context, cfg.server.tls_cert, cfg.server.tls_key)
         except (ConfigError, StartupError, OSError, ssl.SSLError, ValueError) as exc:
             log.error("reload failed; keeping the running configuration", error=str(exc))
             self.services.metrics.config_reload(False)
