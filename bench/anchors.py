@@ -472,6 +472,7 @@ class Memory:
     idle_pss: float = 0.0
     idle_open: int = 0
     big_before_rss: float = 0.0
+    big_before_pss: float = 0.0
     big_hwm: float = 0.0
     big_pss: float = 0.0
     big_sent: int = 0
@@ -515,7 +516,7 @@ async def memory(target: Target, args: argparse.Namespace, tls: object, big: byt
         s.close()
     await asyncio.sleep(2)
 
-    m.big_before_rss = tree_rss_mb(target.pid)
+    m.big_before_rss, m.big_before_pss = tree_rss_mb(target.pid), tree_pss_mb(target.pid)
     reset_hwm(target.pid)
     clients = [
         c for c in await asyncio.gather(*(one() for _ in range(args.big_clients))) if c
@@ -609,13 +610,14 @@ def memory_table(rows: list[Memory], args: argparse.Namespace) -> str:
         f"messages of {args.big_bytes / 2**20:.1f} MB ({in_flight:.0f} MB in flight)",
         f"{'target':<14} {'rss before':>10} {'rss idle':>9} {'pss idle':>9} {'open':>5} "
         f"{'rss before':>10} {'peak rss':>9} {'peak pss':>9} {'peak/in flight':>14} "
-        f"{'sent':>5} {'err':>4}",
+        f"{'pss/in flight':>13} {'sent':>5} {'err':>4}",
     ]
     for m in rows:
         lines.append(
             f"{m.target:<14} {m.idle_before_rss:10.0f} {m.idle_rss:9.0f} {m.idle_pss:9.0f} "
             f"{m.idle_open:>5} {m.big_before_rss:10.0f} {m.big_hwm:9.0f} {m.big_pss:9.0f} "
-            f"{(m.big_hwm - m.big_before_rss) / in_flight:14.2f} {m.big_sent:>5} "
+            f"{(m.big_hwm - m.big_before_rss) / in_flight:14.2f} "
+            f"{(m.big_pss - m.big_before_pss) / in_flight:13.2f} {m.big_sent:>5} "
             f"{m.big_errors:>4}" + (f"  first error: {m.big_first_error}" if m.big_errors else "")
         )
     return "\n".join(lines)
