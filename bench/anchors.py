@@ -160,6 +160,29 @@ def tree_pss_mb(pid: int) -> float:
     return total / 1024
 
 
+def _role(pid: int, root: int) -> str:
+    """What a process of a relay's tree is, from its command line."""
+    if pid == root:
+        return "root"
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "gone"
+    if b"resource_tracker" in cmdline:
+        return "tracker"
+    if b"multiprocessing" in cmdline:
+        return "decision"
+    return "worker" if b"relay" in cmdline else "other"
+
+
+def tree_roles_hwm(pid: int) -> dict[str, list[float]]:
+    """VmHWM (MB) of each process of the tree, by role (root, worker, decision, tracker)."""
+    out: dict[str, list[float]] = {}
+    for p in tree(pid):
+        out.setdefault(_role(p, pid), []).append(_status_kb(p, "VmHWM") / 1024)
+    return out
+
+
 def reset_hwm(pid: int) -> None:
     for p in tree(pid):
         with contextlib.suppress(OSError):
@@ -478,6 +501,7 @@ class Memory:
     big_sent: int = 0
     big_errors: int = 0
     big_first_error: str = ""
+    roles: dict[str, list[float]] = field(default_factory=dict)  # peak MB per process
 
 
 async def open_session(port: int, tls: object, timeout: float) -> aiosmtplib.SMTP:
@@ -536,6 +560,7 @@ async def memory(target: Target, args: argparse.Namespace, tls: object, big: byt
         await asyncio.gather(*(send(i, c) for i, c in enumerate(clients)))
         await asyncio.sleep(0.5)
     m.big_hwm, m.big_pss = tree_hwm_mb(target.pid), sampler.peak
+    m.roles = tree_roles_hwm(target.pid)
     return m
 
 
@@ -620,6 +645,17 @@ def memory_table(rows: list[Memory], args: argparse.Namespace) -> str:
             f"{(m.big_pss - m.big_before_pss) / in_flight:13.2f} {m.big_sent:>5} "
             f"{m.big_errors:>4}" + (f"  first error: {m.big_first_error}" if m.big_errors else "")
         )
+    # Where a relay's peak was, process by process (the root is the supervisor with
+    # --workers > 1); the sink and Postfix are left out.
+    for m in rows:
+        if m.target in ("direct", "postfix") or not m.roles:
+            continue
+        parts = [
+            f"{role} {' + '.join(f'{mb:.0f}' for mb in sorted(m.roles[role], reverse=True))}"
+            for role in ("root", "worker", "decision", "tracker", "other")
+            if role in m.roles
+        ]
+        lines.append(f"  {m.target:<12} peak rss by process (MB): " + "; ".join(parts))
     return "\n".join(lines)
 
 
