@@ -184,8 +184,9 @@ def load_pair(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
 @contextmanager
 def _private_copy(data: bytes) -> Iterator[Path]:
     """`data` as a file only this process can read: an anonymous memory file on Linux
-    (the key never reaches a disk), else a file in a private temporary folder."""
-    if hasattr(os, "memfd_create"):
+    (the key never reaches a disk), else (no memfd, or no /proc to name it by, as in some
+    sandboxes) a file in a private temporary folder."""
+    if hasattr(os, "memfd_create") and Path("/proc/self/fd").is_dir():
         fd = os.memfd_create("phi-relay-tls", os.MFD_CLOEXEC)
         try:
             os.write(fd, data)
