@@ -24,7 +24,9 @@ from itertools import pairwise
 
 from relay.phi.normalize import fold
 
-DIM_BITS = 20
+# 2**18 buckets: the hidden layer's table (DIM x 16 int8) is then 4 MiB, inside the
+# issue's 5 MB budget; leave-one-writer-out measured the model at this size.
+DIM_BITS = 18
 DIM = 1 << DIM_BITS
 MASK = DIM - 1
 # Character 4-grams only: 3- and 5-grams added no recall in leave-one-writer-out

@@ -1,10 +1,17 @@
-"""The learned scorer: a hashed n-gram linear model, weights shipped in data/scorer.bin.
+"""The learned scorer: hashed n-grams, a linear part and a small hidden layer (data/scorer.bin).
 
-Inference is plain Python: the subject's hashed features (relay.phi.features) index
-a table of int8 weights, their sum times the scale plus the bias is the log-odds.
-The file is written by tools/train_phi_scorer.py (seeded, reproducible: a test
-retrains and compares); its header also carries the tier thresholds, which are set
-on the validation writers only (see docs/phi-detection.md, "Retraining").
+The subject's hashed features (relay.phi.features) index two int8 tables. The linear
+("wide") part is a sum of one weight per feature, times its scale, plus the bias. The
+hidden part sums a row of int8 weights per feature (an embedding bag), scales each
+unit, adds its bias, applies ReLU and takes a weighted sum: it learns which words go
+together ("on" + a medicine + an audience word), which a linear model cannot. Their
+sum is the log-odds. Inference is plain Python: each row of the hidden table is one
+integer with a 32-bit lane per unit (the weight plus 128), so summing a subject's rows
+is one `sum` of integers, and the lanes are read back with one `struct.unpack`. The
+file is written by
+tools/train_phi_scorer.py (seeded, reproducible: a test retrains and compares); its
+header also carries the tier thresholds, which are set on the validation writers only
+(see docs/phi-detection.md, "Retraining").
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import array
 import json
 import math
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -36,8 +44,79 @@ class Thresholds:
     high: float
 
 
+class _Rows(dict[int, int]):
+    """Rows of the hidden table as integers, built on first use (start-up stays quick).
+
+    Lane j (32 bits) of row i holds weight j plus 128. A sum of n rows keeps each lane's
+    sum in its own lane while n < 2**32 / 255 (16 million features; a subject is judged
+    in windows of 400 characters).
+    """
+
+    __slots__ = ("_table", "_units")
+
+    def __init__(self, table: bytes, units: int) -> None:
+        super().__init__()
+        self._table = table
+        self._units = units
+
+    def __missing__(self, i: int) -> int:
+        u = self._units
+        lanes = bytearray(4 * u)
+        lanes[0::4] = self._table[i * u : (i + 1) * u].translate(_FLIP_TOP_BIT)
+        row = int.from_bytes(lanes, "little")
+        self[i] = row
+        return row
+
+
+class Hidden:
+    """The hidden layer: `table` (DIM rows of `units` int8 weights, row after row), each
+    unit's `scales` and `biases`, and the output `weights`."""
+
+    def __init__(
+        self,
+        table: bytes,
+        scales: Sequence[float],
+        biases: Sequence[float],
+        weights: Sequence[float],
+    ) -> None:
+        units = len(scales)
+        if not units or len(table) != DIM * units or not len(biases) == len(weights) == units:
+            raise ValueError("hidden layer: table or unit counts do not match")
+        self.table = table
+        self.scales = tuple(scales)
+        self.biases = tuple(biases)
+        self.weights = tuple(weights)
+        self._unpack = struct.Struct(f"<{units}I").unpack
+        self._size = 4 * units
+        self._rows = _Rows(table, units)
+
+    def log_odds(self, found: Iterable[int], n: int) -> float:
+        rows = self._rows
+        total = sum(itemgetter(*found)(rows)) if n > 1 else sum(rows[i] for i in found)
+        offset = 128 * n
+        z = 0.0
+        for lane, scale, bias, weight in zip(
+            self._unpack(total.to_bytes(self._size, "little")),
+            self.scales,
+            self.biases,
+            self.weights,
+            strict=True,
+        ):
+            unit = (lane - offset) * scale + bias
+            if unit > 0.0:
+                z += unit * weight
+        return z
+
+
 class Scorer:
-    def __init__(self, weights: array.array[int], scale: float, bias: float, th: Thresholds):
+    def __init__(
+        self,
+        weights: array.array[int],
+        scale: float,
+        bias: float,
+        th: Thresholds,
+        hidden: Hidden | None = None,
+    ):
         if len(weights) != DIM:
             raise ScorerError(f"scorer weights: expected {DIM} entries, got {len(weights)}")
         # The weights plus 128, one byte each (int8 two's complement + 128 is the byte
@@ -47,6 +126,7 @@ class Scorer:
         self.scale = scale
         self.bias = bias
         self.thresholds = th
+        self.hidden = hidden
 
     def log_odds(
         self,
@@ -61,7 +141,10 @@ class Scorer:
             biased: tuple[int, ...] = itemgetter(*found)(self._biased)
         else:
             biased = tuple(self._biased[i] for i in found)
-        return (sum(biased) - 128 * len(found)) * self.scale + self.bias
+        z = (sum(biased) - 128 * len(found)) * self.scale + self.bias
+        if self.hidden is not None and found:
+            z += self.hidden.log_odds(found, len(found))
+        return z
 
     @property
     def _w(self) -> array.array[int]:
@@ -89,18 +172,58 @@ class Scorer:
         head, _sep, body = data.partition(b"\n")
         try:
             meta = json.loads(head)
+            units = int(meta.get("hidden", 0))
             weights = array.array("b")
-            weights.frombytes(body)
+            weights.frombytes(body[:DIM] if units else body)
+            hidden = None
+            if units:
+                floats = [
+                    [float(v) for v in meta[key]]
+                    for key in ("unit_scales", "unit_biases", "unit_weights")
+                ]
+                if len(floats[0]) != units:
+                    raise ValueError("hidden unit count")
+                hidden = Hidden(body[DIM:], *floats)
             th = Thresholds(float(meta["low"]), float(meta["high"]))
-            return Scorer(weights, float(meta["scale"]), float(meta["bias"]), th)
+            return Scorer(weights, float(meta["scale"]), float(meta["bias"]), th, hidden)
         except (ValueError, KeyError, TypeError) as exc:
             raise ScorerError(f"{path}: not a scorer weights file ({type(exc).__name__})") from exc
 
 
-def write(path: Path, weights: bytes, scale: float, bias: float, th: Thresholds) -> None:
+@dataclass(frozen=True)
+class HiddenWeights:
+    """The hidden layer as the training script writes it: int8 table and unit floats."""
+
+    table: bytes
+    scales: list[float]
+    biases: list[float]
+    weights: list[float]
+
+
+def write(
+    path: Path,
+    weights: bytes,
+    scale: float,
+    bias: float,
+    th: Thresholds,
+    hidden: HiddenWeights | None = None,
+) -> None:
     """Write a weights file (used by the training script)."""
-    meta = {"dim": DIM, "scale": scale, "bias": bias, "low": th.low, "high": th.high}
-    path.write_bytes(json.dumps(meta, sort_keys=True).encode() + b"\n" + weights)
+    meta: dict[str, object] = {
+        "dim": DIM,
+        "scale": scale,
+        "bias": bias,
+        "low": th.low,
+        "high": th.high,
+    }
+    body = weights
+    if hidden is not None:
+        meta["hidden"] = len(hidden.scales)
+        meta["unit_scales"] = hidden.scales
+        meta["unit_biases"] = hidden.biases
+        meta["unit_weights"] = hidden.weights
+        body += hidden.table
+    path.write_bytes(json.dumps(meta, sort_keys=True).encode() + b"\n" + body)
 
 
 @cache

@@ -253,19 +253,32 @@ def test_feature_set_equals_hashing_every_4gram_of_the_digit_masked_text() -> No
 
 def test_the_scorer_sums_the_shipped_int8_weights() -> None:
     import array
+    import json
     import math
 
+    from relay.phi.features import DIM
     from relay.phi.scorer import WEIGHTS, Scorer
 
     scorer = Scorer.load()
+    head, _sep, body = WEIGHTS.read_bytes().partition(b"\n")
+    meta = json.loads(head)
     weights = array.array("b")
-    weights.frombytes(WEIGHTS.read_bytes().partition(b"\n")[2])
+    weights.frombytes(body[:DIM])
     assert scorer._w == weights
+    # The hidden layer, read from the file by hand: DIM rows of `units` int8 weights.
+    units = meta.get("hidden", 0)
+    table = array.array("b")
+    table.frombytes(body[DIM:])
+    assert len(table) == DIM * units
     rng = random.Random(11)
     for text in TEXTS[::50]:
         found = sorted(features.feature_set(text))
         expected = sum(weights[i] for i in found) * scorer.scale + scorer.bias
-        assert math.isclose(scorer.log_odds(text), expected, rel_tol=0, abs_tol=1e-12)
+        for j in range(units):
+            summed = sum(table[i * units + j] for i in found)
+            unit = summed * meta["unit_scales"][j] + meta["unit_biases"][j]
+            expected += max(unit, 0.0) * meta["unit_weights"][j]
+        assert math.isclose(scorer.log_odds(text), expected, rel_tol=0, abs_tol=1e-9)
     for n in (0, 1, 2, 300):
         picked = {rng.randrange(len(weights)) for _ in range(n)}
         biased = [scorer._biased[i] - 128 for i in picked]

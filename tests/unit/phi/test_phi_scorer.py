@@ -49,6 +49,12 @@ def test_features_are_deterministic_and_bounded() -> None:
         (b"not json\n", "not a scorer weights file"),
         (b'{"scale": 1, "bias": 0, "low": 0.5, "high": 0.8}\n' + b"\0" * 10, "expected"),
         (b'{"scale": 1}\n' + b"\0" * DIM, "not a scorer weights file"),
+        # A hidden layer announced but its table cut short.
+        (
+            b'{"scale": 1, "bias": 0, "low": 0.5, "high": 0.8, "hidden": 2, "unit_scales": [1, 1],'
+            b' "unit_biases": [0, 0], "unit_weights": [1, 1]}\n' + b"\0" * (DIM + 7),
+            "not a scorer weights file",
+        ),
     ],
 )
 def test_a_damaged_weights_file_is_a_clear_error(
