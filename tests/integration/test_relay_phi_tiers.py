@@ -28,12 +28,14 @@ def message(subject: str, **headers: str) -> bytes:
 
 # Subjects about a person's care with no identifier: the shipped scorer puts some of
 # them in its middle band. Which ones moves with every retrain, so the test asks the
-# shipped detector instead of naming one.
+# shipped detector instead of naming one. No candidate holds "treatment": the audit
+# record names the message category (treatment), and the test asks that no word of
+# the subject reaches the audit.
 CANDIDATES = (
     "Checking in after your procedure",
     "Any side effects since your visit?",
     "How are you feeling after the procedure?",
-    "How did the treatment go?",
+    "How did the infusion go?",
     "Following up on your visit last week",
     "A note about your follow-up care",
     "How is your knee feeling?",
@@ -42,6 +44,8 @@ CANDIDATES = (
     "How's the recovery going?",
     "About the scan you had on Monday",
     "Your question about the side effects",
+    "Any dizziness with the new pills?",
+    "Questions after your physical therapy session?",
 )
 
 
