@@ -87,6 +87,10 @@ def ordinary(raw: bytes, inline_max_bytes: int) -> bool:
     end = raw.find(b"\r\n\r\n")
     if (len(raw) if end < 0 else end) > ORDINARY_HEADER_BYTES:
         return False
+    # Every match holds the word, so a count of the word (bytes methods, ~10x faster than
+    # the case-blind search) at or under the bound settles it; only more need the search.
+    if raw.lower().count(b"boundary") <= ORDINARY_BOUNDARIES:
+        return True
     return len(_BOUNDARY.findall(raw)) <= ORDINARY_BOUNDARIES
 
 

@@ -272,7 +272,14 @@ def dot_stuffed(message: bytes, chunk: int = _CHUNK) -> Iterator[bytes]:
     while start < size:
         cut = message.find(b"\n", start + chunk)
         end = size if cut == -1 else cut + 1
-        piece = _LEADING_DOT.sub(b"..", _LINE_ENDINGS.sub(b"\r\n", message[start:end]))
+        piece = message[start:end]
+        # The substitutions only where they change something (the usual piece has CRLF
+        # lines and no leading dot): a count and a search cost ~10x less than the two subs.
+        pairs = piece.count(b"\r\n")
+        if piece.count(b"\n") != pairs or piece.count(b"\r") != pairs:
+            piece = _LINE_ENDINGS.sub(b"\r\n", piece)
+        if piece.startswith(b".") or b"\n." in piece:
+            piece = _LEADING_DOT.sub(b"..", piece)
         ended = piece.endswith(b"\r\n")
         yield piece
         start = end
