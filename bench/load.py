@@ -333,7 +333,7 @@ async def start_relay(
     concurrency: int,
     profile: Path | None,
     workers: int | None = None,
-) -> tuple[asyncio.subprocess.Process, int, Path]:
+) -> tuple[asyncio.subprocess.Process, int, int, Path]:
     ready = tmp / "ready"
     state = tmp / "state"
     env = dict(os.environ)
@@ -364,7 +364,8 @@ async def start_relay(
         if ready.exists():
             text = ready.read_text()
             if text.endswith("\n"):
-                return proc, int(text.split()[0]), state / "audit.log"
+                smtp, _, http = text.split()[:3]
+                return proc, int(smtp), int(http), state / "audit.log"
         await asyncio.sleep(0.1)
     if proc.returncode is None:
         proc.kill()
@@ -467,6 +468,24 @@ def hot_spots(collapsed: Path, top: int = 15) -> str:
     return "\n".join(lines)
 
 
+def upstream_counts(http_port: int, tls: ssl.SSLContext) -> dict[str, float]:
+    """The relay's upstream pool counters from its /metrics (HTTPS with the relay's
+    certificate; 0 for a checkout without them)."""
+    import urllib.request
+
+    url = f"https://localhost:{http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10, context=tls) as r:
+        text = r.read().decode()
+    counts = {"opened": 0.0, "reused": 0.0, "replaced": 0.0, "waits": 0.0}
+    for line in text.splitlines():
+        m = re.match(r'phi_relay_upstream_connections_total\{event="(\w+)"\} (\S+)', line)
+        if m and m.group(1) in counts:
+            counts[m.group(1)] = float(m.group(2))
+        elif line.startswith("phi_relay_upstream_pool_waits_total "):
+            counts["waits"] = float(line.split()[1])
+    return counts
+
+
 def count_decisions(audit: Path) -> int:
     if not audit.exists():
         return 0
@@ -518,7 +537,7 @@ async def main_async(args: argparse.Namespace) -> int:
             direct_cpu = process_cpu() - cpu0
             print(describe(direct), flush=True)
             sink.reset()
-            proc, relay_port, audit = await start_relay(
+            proc, relay_port, http_port, audit = await start_relay(
                 tmp, pki, sink.port, args.concurrency, args.profile, args.workers
             )
             spy = (
@@ -540,6 +559,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 )
                 bench_cpu = process_cpu() - cpu0
                 relay_cpu = process_cpu(proc.pid) - relay_cpu0
+                pool = await asyncio.to_thread(upstream_counts, http_port, client_tls)
             finally:
                 rc = await stop_relay(proc)
                 if spy is not None:
@@ -573,6 +593,12 @@ async def main_async(args: argparse.Namespace) -> int:
         print(
             f"sink sessions: direct {direct_upstream_sessions}, "
             f"from the relay {relay_upstream_sessions}",
+            flush=True,
+        )
+        print(
+            "relay upstream pool (/metrics): connections "
+            + ", ".join(f"{k} {v:g}" for k, v in pool.items())
+            + " (each one opened resolved the upstream's name once)",
             flush=True,
         )
         if args.profile is not None:
