@@ -487,10 +487,11 @@ def upstream_counts(http_port: int, tls: ssl.SSLContext) -> dict[str, float]:
 
 
 def count_decisions(audit: Path) -> int:
-    if not audit.exists():
-        return 0
-    records = (json.loads(line) for line in audit.read_text().splitlines() if line)
-    return sum(1 for r in records if r.get("type") == "decision")
+    """Decision records in every worker's chain (audit.log, audit.w2.log, ...)."""
+    from relay.audit.names import chains_of
+
+    lines = (line for chain in chains_of(audit) for line in chain.read_text().splitlines())
+    return sum(1 for line in lines if line and json.loads(line).get("type") == "decision")
 
 
 def describe(r: Result) -> str:
