@@ -679,6 +679,8 @@ class RelaySMTP(SMTP):
     def _getaddr(self, arg: str) -> tuple[Any, Any]:
         plain = plain_address(arg)
         limit = self.local_part_limit
+        address: str | None
+        rest: str | None
         if plain is not None and not (limit and len(plain[0].rpartition("@")[0]) > limit):
             address, rest = plain
         else:  # everything else, and a local part over the limit (None, None), as it says
