@@ -16,4 +16,6 @@ _ADDRESS = re.compile(rf"(?:\"[^\"\r\n]*\"|{_ATOM}*){_AT}{_ATOM}*", re.IGNORECAS
 
 def redact(text: str) -> str:
     """`text` with every address-like token replaced by `[address]`."""
+    if "@" not in text and "%40" not in text:
+        return text  # nothing to match; the search itself costs ~15 µs per reply
     return _ADDRESS.sub(REDACTED, text)

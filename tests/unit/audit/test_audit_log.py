@@ -546,3 +546,15 @@ async def test_only_writes_that_can_stall_leave_the_event_loop(
         assert types == ["decision", "delivery", "event"]
     assert bool(writers) is threaded
     capsys.readouterr()
+
+
+def test_redact_skips_the_search_only_where_it_could_not_match() -> None:
+    import random
+
+    from relay.audit.redact import _ADDRESS
+
+    rng = random.Random(20261201)
+    pieces = ["a", "@", "%4", "%40", "0", " ", '"', "<", ">", "x.y", "%", "4"]
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        assert redact(text) == _ADDRESS.sub("[address]", text), text
