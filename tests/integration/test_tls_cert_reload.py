@@ -77,6 +77,15 @@ def _chain_half_written(cert: Path, key: Path, pki: Pki) -> None:
     cert.write_bytes(leaf.cert_pem() + chain[: len(chain) // 2])
 
 
+def own_pair(certs: Path, pki: Pki) -> tuple[Path, Path]:
+    """A copy of the test's server certificate and key that a rotation may overwrite."""
+    certs.mkdir()
+    cert, key = certs / "server.crt", certs / "server.key"
+    shutil.copyfile(pki.cert, cert)
+    shutil.copyfile(pki.key, key)
+    return cert, key
+
+
 BAD: dict[str, Callable[[Path, Path, Pki], None]] = {
     "certificate-for-another-key": _other_cert,
     "key-for-another-certificate": _other_key,
@@ -91,11 +100,7 @@ BAD: dict[str, Callable[[Path, Path, Pki], None]] = {
 async def test_a_reload_with_a_pair_that_does_not_load_keeps_serving_the_running_pair(
     tmp_path: Path, pki: Pki, sink: Sink, rotation: str
 ) -> None:
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    cert, key = certs / "server.crt", certs / "server.key"
-    shutil.copyfile(pki.cert, cert)
-    shutil.copyfile(pki.key, key)
+    cert, key = own_pair(tmp_path / "certs", pki)
     r = await start_relay(tmp_path, pki, sink, server={"tls_cert": str(cert), "tls_key": str(key)})
     ctx = pki.client_context()
     try:
@@ -120,11 +125,7 @@ async def test_a_reload_with_a_pair_that_does_not_load_keeps_serving_the_running
 async def test_a_reload_with_a_complete_new_pair_serves_it(
     tmp_path: Path, pki: Pki, sink: Sink
 ) -> None:
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    cert, key = certs / "server.crt", certs / "server.key"
-    shutil.copyfile(pki.cert, cert)
-    shutil.copyfile(pki.key, key)
+    cert, key = own_pair(tmp_path / "certs", pki)
     new_ca = make_ca("rotated CA")
     new_leaf = make_leaf(new_ca, ["localhost", "127.0.0.1"])
     r = await start_relay(tmp_path, pki, sink, server={"tls_cert": str(cert), "tls_key": str(key)})
@@ -154,11 +155,8 @@ async def test_every_worker_keeps_serving_after_a_refused_certificate_reload(
 
     from tests.adversarial.service import start_service
 
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    mine = Pki(pki.ca, certs / "server.crt", certs / "server.key", pki.rogue_cert, pki.rogue_key)
-    shutil.copyfile(pki.cert, mine.cert)
-    shutil.copyfile(pki.key, mine.key)
+    cert, key = own_pair(tmp_path / "certs", pki)
+    mine = Pki(pki.ca, cert, key, pki.rogue_cert, pki.rogue_key)
     svc = await start_service(tmp_path / "home", mine, sink, workers=2)
     ctx = pki.client_context()
     try:
