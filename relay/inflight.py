@@ -8,7 +8,8 @@ so the count can pass the cap by at most what those admitted together still send
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 FULL = "452 4.3.1 Too much mail in flight on this relay; try again later"
 
@@ -18,6 +19,8 @@ class InFlight:
     bytes: int = 0
     peak: int = 0
     refused: int = 0
+    # Told the new count each time it moves (the `phi_relay_bytes_in_flight` gauge).
+    report: Callable[[int], None] | None = field(default=None, repr=False, compare=False)
 
     def full(self, cap: int) -> bool:
         return self.bytes >= cap
@@ -26,6 +29,10 @@ class InFlight:
         self.bytes += size
         if self.bytes > self.peak:
             self.peak = self.bytes
+        if self.report is not None:
+            self.report(self.bytes)
 
     def release(self, size: int) -> None:
         self.bytes -= size
+        if self.report is not None:
+            self.report(self.bytes)

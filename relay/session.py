@@ -151,24 +151,8 @@ class Shared:
         self.sessions: set[RelaySMTP] = set()
         # Messages being decided and delivered; they outlive their session if need be.
         self.deliveries: set[asyncio.Task[Reply]] = set()
-        self.flight = ReportedFlight(report=runtime.metrics.bytes_in_flight)
+        self.flight = inflight.InFlight(report=runtime.metrics.bytes_in_flight)
         self.closing = False
-
-
-class ReportedFlight(inflight.InFlight):
-    """The bytes in flight, reported (`phi_relay_bytes_in_flight`) each time they move."""
-
-    def __init__(self, report: Callable[[int], None]) -> None:
-        super().__init__()
-        self._report = report
-
-    def add(self, size: int) -> None:
-        super().add(size)
-        self._report(self.bytes)
-
-    def release(self, size: int) -> None:
-        super().release(size)
-        self._report(self.bytes)
 
 
 class RelaySMTP(SMTP):
