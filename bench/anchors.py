@@ -170,8 +170,8 @@ def _role(pid: int, root: int) -> str:
         return "gone"
     if b"resource_tracker" in cmdline:
         return "tracker"
-    if b"multiprocessing" in cmdline:
-        return "decision"
+    if b"multiprocessing" in cmdline or b"from relay.worker import main" in cmdline:
+        return "decision"  # spawned by multiprocessing (before) or by relay/worker.py
     return "worker" if b"relay" in cmdline else "other"
 
 

@@ -11,25 +11,31 @@ work runs in a separate process:
   (a stuck C call never reaches a Python bytecode boundary); a fresh worker replaces
   it on the next job.
 
-Workers start lazily (a relay that only sees small messages never starts one), use
-the `spawn` start method (the parent has threads), load the same policy file, state
+Workers start lazily (a relay that only sees small messages never starts one), are
+fresh interpreters (the parent has threads, so no fork), load the same policy file, state
 directory and consent store as the parent, and refuse a job whose policy file no
 longer matches what the parent loaded (`Stale`): the parent's rules are the truth.
+
+They are started with `subprocess`, talking over a socket pair with multiprocessing's
+`Connection` (pickles, as before), not with multiprocessing's `spawn`: that starts a
+resource-tracker process beside every relay process that uses it (~13 MB each, to
+unlink named semaphores and shared memory this pool never makes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import types
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,9 @@ log = structlog.get_logger("relay.worker")
 START_TIMEOUT = 60.0
 # After a policy's deadline, the alarm repeats this often until the policy has ended.
 _ALARM_REPEAT = 0.05
+# The decision process's command: `python -c _BOOT FD FORMAT SYS.PATH...`. The parent's
+# sys.path comes first, as spawn would give it, so the child imports the same relay.
+_BOOT = "import sys; sys.path[:] = sys.argv[3:]; from relay.worker import main; main()"
 
 
 class WorkerError(Exception):
@@ -205,6 +214,12 @@ def _serve(conn: Connection, log_json: bool) -> None:
     loop.close()
 
 
+def main() -> None:
+    """A decision process's entry point (`_BOOT`): serve jobs on the inherited socket."""
+    fd, renderer = int(sys.argv[1]), sys.argv[2]
+    _serve(Connection(fd), renderer == "json")
+
+
 def _left_running(decided: Decided) -> bool:
     return any(v.reason == "policy.timeout" for v in decided.outcome.verdicts) and any(
         t is not threading.main_thread() and t.is_alive() for t in threading.enumerate()
@@ -226,8 +241,27 @@ def _render(job: RenderJob) -> bytes | tuple[str, bool]:
 
 @dataclass(slots=True)
 class _Worker:
-    proc: BaseProcess
+    proc: subprocess.Popen[bytes]
     conn: Connection
+
+
+def _start(log_json: bool) -> tuple[subprocess.Popen[bytes], Connection]:
+    """A decision process and the parent's end of its socket (blocking: run in a thread)."""
+    ours, theirs = socket.socketpair()
+    try:
+        fd = theirs.fileno()
+        renderer = "json" if log_json else "console"
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and code, no shell
+            [sys.executable, "-c", _BOOT, str(fd), renderer, *sys.path],
+            stdin=subprocess.DEVNULL,
+            pass_fds=(fd,),
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return proc, Connection(ours.detach())
 
 
 class Pool:
@@ -241,30 +275,22 @@ class Pool:
         self._closed = False
         # Pipe I/O blocks; it gets threads of its own so AUTH's scrypt never waits for it.
         self._io = ThreadPoolExecutor(max_workers=2 * size + 1, thread_name_prefix="worker-io")
-        self._ctx = multiprocessing.get_context("spawn")
         processors = structlog.get_config().get("processors", [])
         self._log_json = any(isinstance(p, structlog.processors.JSONRenderer) for p in processors)
 
     @property
     def pids(self) -> list[int]:
-        return [w.proc.pid for w in self._idle if w.proc.pid is not None]
+        return [w.proc.pid for w in self._idle]
 
     async def _io_call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     async def _spawn(self) -> _Worker:
-        parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(
-            target=_serve, args=(child, self._log_json), daemon=True, name="phi-relay-worker"
-        )
         try:
-            await self._io_call(proc.start)
+            proc, parent = await self._io_call(_start, self._log_json)
         except Exception as exc:
             log.error("decision worker did not start", error=type(exc).__name__)
-            parent.close()
-            child.close()
             raise WorkerError("worker.start-failed") from exc
-        child.close()
         worker = _Worker(proc, parent)
         try:
             async with asyncio.timeout(START_TIMEOUT):
@@ -313,11 +339,12 @@ class Pool:
             self._free.notify()
 
     async def _kill(self, worker: _Worker) -> None:
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError):
             worker.proc.kill()
         with contextlib.suppress(OSError):
             worker.conn.close()
-        await self._io_call(worker.proc.join, 5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await self._io_call(worker.proc.wait, 5)
 
     async def _run(self, job: tuple[str, Any], timeout: float) -> Any:
         if self._closed:

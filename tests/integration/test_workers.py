@@ -10,6 +10,7 @@ worker; SIGTERM drains every worker (a DATA under way finishes) and the supervis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -420,20 +421,24 @@ async def test_a_refused_reload_stays_refused_in_workers_started_after_it(
     assert all(any(r["type"] == "decision" for r in rs) for rs in chains(state).values())
 
 
-def decision_processes(worker: int) -> list[int]:
-    """A worker's decision processes: its multiprocessing children but the resource tracker
-    (started from a thread, so listed under that thread's task)."""
+def children(worker: int) -> dict[int, bytes]:
+    """A worker's child processes and their command lines (a child started from a thread
+    is listed under that thread's task)."""
     kids = [
-        k
+        int(k)
         for t in Path(f"/proc/{worker}/task").iterdir()
         for k in (t / "children").read_text().split()
     ]
-    out = []
+    out = {}
     for kid in kids:
-        cmdline = Path(f"/proc/{kid}/cmdline").read_bytes()
-        if b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
-            out.append(int(kid))
+        with contextlib.suppress(OSError):
+            out[kid] = Path(f"/proc/{kid}/cmdline").read_bytes()
     return out
+
+
+def decision_processes(worker: int) -> list[int]:
+    """A worker's decision processes (relay/worker.py's `_BOOT`)."""
+    return [k for k, cmd in children(worker).items() if b"from relay.worker import main" in cmd]
 
 
 async def test_the_decision_workers_are_the_relays_not_each_workers(
@@ -458,6 +463,38 @@ async def test_the_decision_workers_are_the_relays_not_each_workers(
     assert len(sink.received) == 30
     assert sum(len(d) for d in per_worker.values()) >= 1, per_worker
     assert all(len(d) <= 1 for d in per_worker.values()), per_worker
+
+
+async def test_a_worker_that_decided_in_processes_has_no_helper_process(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    """A worker's only children are its decision processes: multiprocessing's spawn
+    started a resource tracker beside each worker that used one (~13 MB, for named
+    semaphores the pool never makes), and a killed decision process is replaced alone."""
+    service = await start_service(
+        tmp_path, pki, sink, workers=2,
+        env={
+            "PHI_RELAY_SERVER_MAX_SESSIONS_PER_CLIENT": "50",
+            "PHI_RELAY_SERVER_INLINE_MAX_BYTES": "0",  # every message to a decision process
+        },
+    )  # fmt: skip
+    try:
+        tally = await send_all(service, pki, 20)
+        kids = {w: children(w) for w in workers_of(service)}
+        deciding = {w: decision_processes(w) for w in kids}
+        for pids in deciding.values():
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+        again = await send_all(service, pki, 10, first=20)
+        after = {w: children(w) for w in workers_of(service)}
+    finally:
+        assert await service.stop() == 0, service.log_text()
+    assert tally.five == [] and tally.gave_up == [] and again.five == [] and again.gave_up == []
+    assert len(sink.received) == 30
+    assert sum(len(d) for d in deciding.values()) >= 1, kids
+    for worker, procs in (*kids.items(), *after.items()):
+        helpers = [cmd for pid, cmd in procs.items() if b"from relay.worker import main" not in cmd]
+        assert helpers == [], (worker, helpers)
 
 
 def smaps_kb(pid: int) -> dict[str, int]:
