@@ -24,7 +24,7 @@ import re
 import ssl
 import time
 from asyncio import sslproto
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
@@ -205,6 +205,11 @@ class RelaySMTP(SMTP):
         self.lost = False
         self.auth_user: str | None = None
         self.txn: Transaction | None = None
+        # Replies not yet written: a multi-line reply, or one to a pipelined command while
+        # the client's next command is already here, goes out with the rest in one write.
+        self.held: list[bytes] = []
+        self.corked = False  # inside one command's reply of several lines (EHLO)
+        self.pipelined = False  # inside MAIL, RCPT, RSET or NOOP (RFC 2920 3.1)
 
     def _init_aiosmtpd(
         self,
@@ -425,7 +430,10 @@ class RelaySMTP(SMTP):
         if transport is None:
             return
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            transport.write(b"421 4.4.2 Timed out waiting for the client; closing\r\n")
+            held, self.held = self.held, []
+            transport.write(
+                b"".join((*held, b"421 4.4.2 Timed out waiting for the client; closing\r\n"))
+            )
         # close() flushes the write buffer first; connection_lost() then cleans up.
         transport.close()
 
@@ -476,7 +484,36 @@ class RelaySMTP(SMTP):
             # aiosmtpd's STARTTLS check and our gate both answer here: counted once, here.
             self.shared.runtime.metrics.refused_reply(text)
         # A reply is one line: nothing the client sent can add a CR or LF to it.
-        await super().push(_CONTROL.sub("?", text))
+        await self.emit(_CONTROL.sub("?", text))
+
+    async def emit(self, line: str) -> None:
+        """Write one reply line, or hold it for the next write: each write is a TLS record
+        and a send() on each side, so replies the client can read together go together.
+        Held only inside a multi-line reply, or for a pipelined command while the client's
+        next command line is already buffered (its own reply then follows before any
+        wait for the client, RFC 2920 3.2); anything else writes everything held."""
+        self.held.append(line.encode() + b"\r\n")
+        if self.corked or (
+            self.pipelined and not line.startswith("421") and b"\r\n" in self._reader._buffer  # type: ignore[attr-defined]
+        ):
+            return
+        await self.flush()
+
+    async def flush(self) -> None:
+        if self.held:
+            data = b"".join(self.held)
+            self.held.clear()
+            self._writer.write(data)
+            await self._writer.drain()
+
+    async def _pipelined(
+        self, command: Callable[[str | None], Awaitable[None]], arg: str | None
+    ) -> None:
+        self.pipelined = True
+        try:
+            await command(arg)
+        finally:
+            self.pipelined = False
 
     # --- TLS ----------------------------------------------------------------------------
 
@@ -597,7 +634,7 @@ class RelaySMTP(SMTP):
         if initial is not None:
             blob = initial.encode()
         else:
-            await super().push(f"334 {base64.b64encode(challenge.encode()).decode()}")
+            await self.emit(f"334 {base64.b64encode(challenge.encode()).decode()}")
             line = await self._auth_line()
             if line is None:
                 return None
@@ -654,11 +691,26 @@ class RelaySMTP(SMTP):
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         self.params_for, self.raw_params = esmtp.MAIL_PARAMS, ""
-        await super().smtp_MAIL(arg)
+        await self._pipelined(super().smtp_MAIL, arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         self.params_for, self.raw_params = esmtp.RCPT_PARAMS, ""
-        await super().smtp_RCPT(arg)
+        await self._pipelined(super().smtp_RCPT, arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        await self._pipelined(super().smtp_RSET, arg)
+
+    async def smtp_NOOP(self, arg: str) -> None:
+        await self._pipelined(super().smtp_NOOP, arg)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        # aiosmtpd pushes each of its lines on its own: one write for all of them.
+        self.corked = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self.corked = False
+        await self.flush()
 
     def _getaddr(self, arg: str) -> tuple[Any, Any]:
         plain = plain_address(arg)
@@ -930,6 +982,12 @@ class RelaySMTP(SMTP):
                 await self.push("421 4.3.2 Service shutting down; try again later")
         if self.transport is not None:
             self.transport.close()
+
+
+# HELP lists a command by the syntax aiosmtpd's decorator put on its method: ours keep it.
+for _name in ("smtp_EHLO", "smtp_RSET", "smtp_NOOP"):
+    for _attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+        setattr(getattr(RelaySMTP, _name), _attr, getattr(getattr(SMTP, _name), _attr))
 
 
 class Handler:
