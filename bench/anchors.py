@@ -183,6 +183,24 @@ def tree_roles_hwm(pid: int) -> dict[str, list[float]]:
     return out
 
 
+def _rollup_kb(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, _, value = line.partition(":")
+            out[key] = int(value.split()[0])
+    return out
+
+
+def tree_roles_now(pid: int) -> dict[str, list[tuple[float, float]]]:
+    """(RSS, PSS) in MB of each process of the tree now, by role."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for p in tree(pid):
+        kb = _rollup_kb(p)
+        out.setdefault(_role(p, pid), []).append((kb.get("Rss", 0) / 1024, kb.get("Pss", 0) / 1024))
+    return out
+
+
 def reset_hwm(pid: int) -> None:
     for p in tree(pid):
         with contextlib.suppress(OSError):
@@ -502,6 +520,9 @@ class Memory:
     big_errors: int = 0
     big_first_error: str = ""
     roles: dict[str, list[float]] = field(default_factory=dict)  # peak MB per process
+    # (RSS, PSS) MB per process: before the idle sessions, and with them open
+    idle_roles_before: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    idle_roles: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
 async def open_session(port: int, tls: object, timeout: float) -> aiosmtplib.SMTP:
@@ -523,6 +544,7 @@ async def memory(target: Target, args: argparse.Namespace, tls: object, big: byt
     m = Memory(target.label)
     await asyncio.sleep(1)
     m.idle_before_rss = tree_rss_mb(target.pid)
+    m.idle_roles_before = tree_roles_now(target.pid)
     sem = asyncio.Semaphore(20)
 
     async def one() -> aiosmtplib.SMTP | None:
@@ -536,6 +558,7 @@ async def memory(target: Target, args: argparse.Namespace, tls: object, big: byt
     m.idle_open = len(sessions)
     await asyncio.sleep(2)
     m.idle_rss, m.idle_pss = tree_rss_mb(target.pid), tree_pss_mb(target.pid)
+    m.idle_roles = tree_roles_now(target.pid)
     for s in sessions:
         s.close()
     await asyncio.sleep(2)
@@ -645,17 +668,38 @@ def memory_table(rows: list[Memory], args: argparse.Namespace) -> str:
             f"{(m.big_pss - m.big_before_pss) / in_flight:13.2f} {m.big_sent:>5} "
             f"{m.big_errors:>4}" + (f"  first error: {m.big_first_error}" if m.big_errors else "")
         )
-    # Where a relay's peak was, process by process (the root is the supervisor with
-    # --workers > 1); the sink and Postfix are left out.
+    # Where a relay's memory is, process by process (the root is the supervisor with
+    # --workers > 1); the sink and Postfix are left out. Summed RSS counts a page shared
+    # by N processes N times; PSS counts 1/N of it in each, so PSS sums to what they use.
+    roles = ("root", "worker", "decision", "tracker", "other")
+    for m in rows:
+        if m.target in ("direct", "postfix"):
+            continue
+        for name, by_role in (("before sessions", m.idle_roles_before), ("idle", m.idle_roles)):
+            if not by_role:
+                continue
+            parts = [
+                f"{role} "
+                + " + ".join(f"{r:.0f}/{p:.0f}" for r, p in sorted(by_role[role], reverse=True))
+                for role in roles
+                if role in by_role
+            ]
+            rss = sum(r for procs in by_role.values() for r, _ in procs)
+            pss = sum(p for procs in by_role.values() for _, p in procs)
+            lines.append(
+                f"  {m.target:<12} {name + ' rss/pss (MB):':<29} "
+                + "; ".join(parts)
+                + f"; sum {rss:.0f}/{pss:.0f}"
+            )
     for m in rows:
         if m.target in ("direct", "postfix") or not m.roles:
             continue
         parts = [
             f"{role} {' + '.join(f'{mb:.0f}' for mb in sorted(m.roles[role], reverse=True))}"
-            for role in ("root", "worker", "decision", "tracker", "other")
+            for role in roles
             if role in m.roles
         ]
-        lines.append(f"  {m.target:<12} peak rss by process (MB): " + "; ".join(parts))
+        lines.append(f"  {m.target:<12} {'peak rss by process (MB):':<29} " + "; ".join(parts))
     return "\n".join(lines)
 
 

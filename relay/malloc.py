@@ -1,5 +1,8 @@
 """glibc malloc tuned for many large messages at once: big buffers mapped alone, freed at once.
 
+Also `trim()`: the supervisor gives its free heap pages back before it forks, so a worker
+allocating there starts from a fresh page instead of copying one the supervisor keeps.
+
 glibc maps a buffer of its own (given back to the system when freed) only above a threshold
 that starts at 128 KiB and rises to the largest buffer freed so far (up to 32 MiB). After the
 first 5 MB message every message buffer came from the heap, where 50 of them growing side by
@@ -32,3 +35,20 @@ def tune() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, THRESHOLD))
+
+
+def trim() -> bool:
+    """Give the heap's free pages back to the system (`malloc_trim(0)`); False without glibc.
+
+    Before a fork: a free chunk the parent still holds resident is copied into every child
+    that allocates in it, and the parent's copy then stays, used by no one (~5 MB in the
+    supervisor of two workers, bench/README.md "Supervisor and workers: process by process").
+    """
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim.restype = ctypes.c_int
+    malloc_trim(0)
+    return True

@@ -40,7 +40,7 @@ from typing import NoReturn
 import structlog
 
 from relay import config as config_mod
-from relay import startup
+from relay import malloc, startup
 from relay.audit.names import chain_path
 from relay.certs import server_context
 from relay.config import Config, HostPort
@@ -565,19 +565,24 @@ def preload() -> None:
     """Load here, once, what every worker would load after the fork, then freeze it.
 
     Forked workers share the supervisor's memory page by page until one writes to a page.
-    The HTTP side (aiohttp), the PHI detector's vocabularies (~7 MB) and the modules a
-    worker imports as it starts were loaded by each worker on its own: ~20 MB a worker.
+    The HTTP side (aiohttp), the PHI detector's vocabularies (~7 MB), its scorer's
+    weights (4.3 MB, one table per process that every detector reads) and the modules a
+    worker imports as it starts were loaded by each worker on its own: ~25 MB a worker.
     `gc.freeze()` moves everything made so far out of the collector's reach, so a
-    worker's collections do not write to (and so copy) the pages it shares.
+    worker's collections do not write to (and so copy) the pages it shares; `trim()`
+    hands back the free heap pages, which a worker would otherwise copy to allocate in.
     """
     import relay.consent.sqlite
     import relay.httpguard
     import relay.web  # noqa: F401
     from relay.phi.detector import vocabulary
+    from relay.phi.scorer import default_scorer
 
     vocabulary()
+    default_scorer()
     gc.collect()
     gc.freeze()
+    malloc.trim()
 
 
 def _tell(fd: int, message: str) -> None:
