@@ -19,7 +19,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from relay.phi import kinds, lexicon
+from relay.phi import kinds, lexicon, system
 from relay.phi.api import STRONG, UNCERTAIN, Finding, Judgement
 from relay.phi.normalize import expand, fold, shorthand_words
 from relay.phi.rules import RULES, Subject, first_words, runs, segment
@@ -749,10 +749,11 @@ class PhiDetector:
         return result
 
     def _judge(self, text: str, org: Organisation | None) -> Judgement:
-        approved = False
+        # A bounce's or auto-reply's own words are not evidence; what they wrap is.
+        text, approved = system.unwrap(text)
         if org is not None:
             text = org.mask(text)
-            approved = org.approved(text)
+            approved = approved or org.approved(text)
         a = self.analyse(text)
         found = a.found
         decisive = [f for f in found if f.confidence >= DECISIVE]
