@@ -22,7 +22,68 @@ class Data:
     longest: int = 0  # octets of the longest line, CRLF included, dot removed
 
 
+_END = b"\r\n.\r\n"
+WHOLE_MAX = 64 * 1024  # octets of a message read whole; a larger one is read line by line
+
+
 async def read_data(reader: asyncio.StreamReader, *, size_limit: int, line_limit: int) -> Data:
+    whole = await _read_whole(reader, size_limit=size_limit, line_limit=line_limit)
+    if whole is not None:
+        return whole
+    return await _read_lines(reader, size_limit=size_limit, line_limit=line_limit)
+
+
+async def _read_whole(
+    reader: asyncio.StreamReader, *, size_limit: int, line_limit: int
+) -> Data | None:
+    """The usual message, whole: wait until its end marker is in the reader's buffer, check
+    its lines in bulk and take it out with one search, split and replace, not a read per
+    line (~1 µs of CPU each). None, with nothing consumed, as soon as the buffer holds a
+    line over the limits, more than `size_limit` octets, more than WHOLE_MAX (a large
+    message is read line by line, so the buffer never holds it all), or the client goes
+    away: `_read_lines` then reads the same bytes one line at a time and says which.
+    Works on the reader's buffer in place (asyncio's StreamReader keeps it in `_buffer`
+    and waits in `_wait_for_data`, as its own readuntil does)."""
+    buf: bytearray = reader._buffer  # type: ignore[attr-defined]
+    # A line the reader itself would refuse (readuntil's LimitOverrunError) counts too.
+    limit = min(line_limit, reader._limit + 2)  # type: ignore[attr-defined]
+    checked = 0  # octets at the front already seen to be whole lines within the limits
+    while True:
+        if buf.startswith(b".\r\n"):
+            end = 0
+        else:
+            found = buf.find(_END, max(checked - 2, 0))
+            end = -1 if found == -1 else found + 2
+        # The whole lines so far: up to the end marker, else to the last CRLF (if any).
+        whole = end
+        if end < 0:
+            crlf = buf.rfind(b"\r\n", checked)
+            whole = checked if crlf < 0 else crlf + 2
+        if whole > checked:
+            if max(map(len, buf[checked:whole].split(b"\r\n"))) + 2 > limit:
+                return None
+            checked = whole
+        if (
+            (size_limit and checked > size_limit)
+            or checked > WHOLE_MAX
+            or len(buf) - checked > limit  # a line already too long, its end not here yet
+        ):
+            return None
+        if end >= 0:
+            break
+        if reader.exception() is not None or reader._eof:  # type: ignore[attr-defined]
+            return None
+        await reader._wait_for_data("read_data")  # type: ignore[attr-defined]
+    with memoryview(buf) as view:
+        raw = bytes(view[:end])
+    del buf[: end + 3]
+    reader._maybe_resume_transport()  # type: ignore[attr-defined]
+    content = (raw[1:] if raw.startswith(b".") else raw).replace(b"\r\n.", b"\r\n")
+    longest = max(map(len, content.split(b"\r\n"))) + 2 if content else 0
+    return Data(content, longest=longest)
+
+
+async def _read_lines(reader: asyncio.StreamReader, *, size_limit: int, line_limit: int) -> Data:
     buf = bytearray()
     size = longest = 0
     too_long = too_much = False

@@ -4,10 +4,11 @@ buffer. Each case feeds the bytes a client sends after the 354 to a real StreamR
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
-from relay.datareader import Data, read_data
+from relay.datareader import Data, _read_lines, read_data
 
 
 async def read(wire: bytes, *, size_limit: int = 10_000, line_limit: int = 100) -> Data:
@@ -70,3 +71,43 @@ async def test_limits_refuse_after_reading_to_the_end(
 async def test_client_gone_mid_message() -> None:
     got = await read(b"partial line\r\nand more")
     assert got == Data(None)
+
+
+def _wire(rng: random.Random) -> bytes:
+    """A random DATA transfer: dots, bare CR and LF, lines near the limit, sizes near the
+    limit, sometimes no end marker, sometimes the next command after it."""
+    parts = [b"..", b".", b"\r", b"\n", b"\r\n", b"\r\n.", b"x", b"y" * 40, b"z" * 97]
+    body = b"".join(rng.choice(parts) for _ in range(rng.randrange(0, 40)))
+    if rng.random() < 0.2:
+        body += b"w" * rng.randrange(90, 400)
+    end = rng.choice([b"\r\n.\r\n", b"\r\n.\r\n", b".\r\n", b"\r\n.\r\nQUIT\r\n", b""])
+    return body + end
+
+
+async def _feed(reader: asyncio.StreamReader, wire: bytes, cuts: list[int]) -> None:
+    """`wire` in pieces cut at `cuts`, each after the reader had a chance to run."""
+    last = 0
+    for cut in [*cuts, len(wire)]:
+        reader.feed_data(wire[last:cut])
+        last = cut
+        await asyncio.sleep(0)
+    reader.feed_eof()
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_read_whole_equals_line_by_line(seed: int) -> None:
+    """The bulk path gives what the line-by-line one gives (content, refusal, longest line,
+    what stays in the reader), whatever the bytes and however they arrive."""
+    rng = random.Random(seed)
+    for _ in range(300):
+        wire = _wire(rng)
+        cuts = sorted(rng.sample(range(len(wire) + 1), min(len(wire) + 1, rng.randrange(1, 5))))
+        size_limit = rng.choice([150, 10_000])
+        results = []
+        for fn in (read_data, _read_lines):
+            reader = asyncio.StreamReader(limit=100)
+            feeder = asyncio.create_task(_feed(reader, wire, cuts))
+            got = await fn(reader, size_limit=size_limit, line_limit=100)
+            await feeder
+            results.append((got, await reader.read()))
+        assert results[0] == results[1], wire
