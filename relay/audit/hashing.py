@@ -18,4 +18,4 @@ def recipient_hash(key: bytes, address: str) -> str:
         text = canonical(address)
     except AddressError:
         text = address
-    return hmac.new(key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return hmac.digest(key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hex()

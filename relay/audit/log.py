@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from relay.audit.chain import GENESIS, Record, canonical, chain_key, parse, record_hash
+from relay.audit.chain import GENESIS, Record, chain_key, parse, record_hash, sealed
 from relay.audit.hashing import recipient_hash
 from relay.audit.head import HeadFile, find_head
 from relay.audit.redact import redact
@@ -127,6 +127,8 @@ class AuditLog:
 
     def decision(self, d: Decision) -> None:
         """The policy outcome for one message; written before it is forwarded or refused."""
+        # The accepted recipients are among the given ones: each address hashed once.
+        hashes = {a: recipient_hash(self._key, a) for a in (*d.recipients, *d.accepted)}
         self._append(
             {
                 "type": "decision",
@@ -138,8 +140,8 @@ class AuditLog:
                 "tls_cipher": d.tls.cipher,
                 "auth_user": d.auth_user,
                 "sender_domain": d.sender_domain,
-                "recipients": self._hashes(d.recipients),
-                "accepted": self._hashes(d.accepted),
+                "recipients": [hashes[a] for a in d.recipients],
+                "accepted": [hashes[a] for a in d.accepted],
                 "dropped": self._hash_map(d.dropped, _code),
                 "category": _code(d.category),
                 "mode": d.mode,
@@ -306,9 +308,8 @@ class AuditLog:
         record["seq"] = self._seq
         record["prev"] = self._last
         try:
-            digest = record_hash(self._ckey, record)
-            record["hash"] = digest
-            return canonical(record) + b"\n", digest
+            line, digest = sealed(self._ckey, record)
+            return line + b"\n", digest
         except (TypeError, ValueError) as exc:
             raise AuditError(f"audit record cannot be encoded: {type(exc).__name__}") from exc
 
