@@ -29,13 +29,17 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 from aiosmtpd.smtp import (
+    ALLOWED_BEFORE_STARTTLS,
+    BOGUS_LIMIT,
     MISSING,
     SMTP,
     Envelope,
     Session,
+    TLSSetupException,
     _AuthMechAttr,
     login_always_fail,
 )
+from aiosmtpd.smtp import log as aiosmtpd_log
 
 from relay import esmtp, inflight
 from relay.config import IPNetwork
@@ -78,6 +82,14 @@ _AIOSMTPD_REPLIES = {
         "555 5.5.4 RCPT parameter not recognized; this relay takes NOTIFY and ORCPT"
     ),
 }
+
+
+class BogusCommand(Exception):
+    """A command line naming no command we know (aiosmtpd counts them, then hangs up)."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__("unrecognised command")  # the client's word stays out of the text
+        self.command = command
 
 
 class _CrlfLineReader(asyncio.StreamReader):
@@ -205,10 +217,10 @@ class RelaySMTP(SMTP):
         self.lost = False
         self.auth_user: str | None = None
         self.txn: Transaction | None = None
-        # Replies not yet written: a multi-line reply, or one to a pipelined command while
-        # the client's next command is already here, goes out with the rest in one write.
+        self.deadline = 0.0  # of the idle timer (loop time); see _reset_timeout
+        # Replies not yet written: one to a pipelined command while the client's next
+        # command is already here goes out with the next reply in one write.
         self.held: list[bytes] = []
-        self.corked = False  # inside one command's reply of several lines (EHLO)
         self.pipelined = False  # inside MAIL, RCPT, RSET or NOOP (RFC 2920 3.1)
 
     def _init_aiosmtpd(
@@ -398,7 +410,21 @@ class RelaySMTP(SMTP):
             cfg = self.shared.runtime.config.server
             known = self.trusted or getattr(self, "auth_user", None) is not None
             duration = cfg.client_timeout if known else cfg.pre_auth_timeout
-        super()._reset_timeout(duration)
+        # aiosmtpd cancels and makes a timer at every command (and we at every DATA chunk):
+        # one timer is kept instead, and when it fires early it waits for the rest.
+        self.deadline = self.loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        if handle is not None and not handle.cancelled() and handle.when() <= self.deadline:
+            return
+        if handle is not None:
+            handle.cancel()
+        self._timeout_handle = self.loop.call_at(self.deadline, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        if self.loop.time() < self.deadline:
+            self._timeout_handle = self.loop.call_at(self.deadline, self._timer_fired)
+            return
+        self._timeout_cb()
 
     def data_received(self, data: bytes) -> None:
         if self.sniffing:
@@ -449,7 +475,101 @@ class RelaySMTP(SMTP):
             assert self.transport is not None
             self.transport.close()
             return
-        await super()._handle_client()
+        await self.push(f"220 {self.hostname} {self.__ident__}")
+        bogus_budget = BOGUS_LIMIT
+        while self.transport is not None:
+            try:
+                await self._command(await self._next_line())
+            except BogusCommand as bogus:
+                # aiosmtpd's own warnings, on its logger (the service log routes and
+                # scrubs them, relay/logs.py).
+                aiosmtpd_log.warning(
+                    "%r unrecognised: %s", (self.peer_host, self.peer_port), bogus.command
+                )
+                bogus_budget -= 1
+                if bogus_budget < 1:
+                    aiosmtpd_log.warning(
+                        "%r too many bogus commands", (self.peer_host, self.peer_port)
+                    )
+                    await self.push("502 5.5.1 Too many unrecognized commands, goodbye.")
+                    self.transport.close()
+                    continue
+                await self.push("500 5.5.1 Command not recognized")
+            except (asyncio.CancelledError, ConnectionResetError):
+                self._writer.close()  # the connection was reset (during DATA, too)
+                raise
+            except Exception as error:
+                await self._command_failed(error)
+
+    async def _next_line(self) -> bytes | None:
+        """The next command line (CRLF removed), or None after answering an overlong one
+        (read to its end first, so the next line is the next command)."""
+        try:
+            line = await self._reader.readuntil()
+        except asyncio.LimitOverrunError as error:
+            await self._reader.read(error.consumed)
+            while True:
+                try:
+                    await self._reader.readuntil()
+                    break
+                except asyncio.LimitOverrunError as e:
+                    await self._reader.read(e.consumed)
+            await self.push("500 Command line too long")
+            return None
+        return line.rstrip(b"\r\n")
+
+    async def _command(self, line: bytes | None) -> None:
+        """One command, checked and dispatched as aiosmtpd 1.4's _handle_client does (its
+        replies, in its order), without its two log calls and call-limit table per line."""
+        if line is None:
+            return
+        assert self.session is not None
+        if not line:
+            await self.push("500 Error: bad syntax")
+            return
+        command_bytes, _, arg_bytes = line.partition(b" ")
+        try:
+            command = command_bytes.upper().decode("ascii")
+        except UnicodeDecodeError:
+            await self.push("500 Error: bad syntax")
+            return
+        # SMTPUTF8 is on: arguments are UTF-8, surrogateescape keeps any other byte.
+        arg = str(arg_bytes.strip(), "utf-8", "surrogateescape") if arg_bytes else None
+        if self.session.extended_smtp:
+            limit = self.command_size_limits[command]
+        else:
+            limit = self.command_size_limit
+        if len(line) > limit:
+            await self.push("500 Command line too long")
+            return
+        if not self._tls_handshake_okay and command != "QUIT":
+            await self.push("554 Command refused due to lack of security")
+            return
+        if (
+            self.require_starttls
+            and not self._tls_protocol
+            and command not in ALLOWED_BEFORE_STARTTLS
+        ):
+            await self.push("530 Must issue a STARTTLS command first")
+            return
+        method = self._smtp_methods.get(command)
+        if method is None:
+            raise BogusCommand(command)
+        self._reset_timeout()  # a valid command: the idle timer starts again
+        await method(arg)
+
+    async def _command_failed(self, error: Exception) -> None:
+        """As aiosmtpd: the handler's reply for an exception; a failed TLS setup ends it."""
+        try:
+            status = await self.handle_exception(error)
+        except Exception:
+            status = "500 Error: Cannot describe error"
+        if isinstance(error, TLSSetupException):
+            assert self.transport is not None
+            self.transport.close()
+            self.connection_lost(error)
+        else:
+            await self.push(status)
 
     async def push(self, status: Any) -> None:
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else str(status)
@@ -487,13 +607,13 @@ class RelaySMTP(SMTP):
         await self.emit(_CONTROL.sub("?", text))
 
     async def emit(self, line: str) -> None:
-        """Write one reply line, or hold it for the next write: each write is a TLS record
-        and a send() on each side, so replies the client can read together go together.
-        Held only inside a multi-line reply, or for a pipelined command while the client's
-        next command line is already buffered (its own reply then follows before any
-        wait for the client, RFC 2920 3.2); anything else writes everything held."""
+        """Write one reply (its lines joined by CRLF), or hold it for the next write: each
+        write is a TLS record and a send() on each side, so replies the client can read
+        together go together. Held only for a pipelined command while the client's next
+        command line is already buffered (its own reply then follows before any wait for
+        the client, RFC 2920 3.2); anything else writes everything held."""
         self.held.append(line.encode() + b"\r\n")
-        if self.corked or (
+        if (
             self.pipelined and not line.startswith("421") and b"\r\n" in self._reader._buffer  # type: ignore[attr-defined]
         ):
             return
@@ -704,13 +824,24 @@ class RelaySMTP(SMTP):
         await self._pipelined(super().smtp_NOOP, arg)
 
     async def smtp_EHLO(self, hostname: str) -> None:
-        # aiosmtpd pushes each of its lines on its own: one write for all of them.
-        self.corked = True
-        try:
-            await super().smtp_EHLO(hostname)
-        finally:
-            self.corked = False
-        await self.flush()
+        """aiosmtpd's EHLO (1.4) with our lines: it built its own list for the hook to
+        replace and pushed each line on its own; here they are one write."""
+        if not hostname:
+            await self.push("501 Syntax: EHLO hostname")
+            return
+        assert self.session is not None
+        self._set_rset_state()  # type: ignore[no-untyped-call]
+        self.session.extended_smtp = True
+        # As aiosmtpd: MAIL's line limit grows by SIZE= and SMTPUTF8 at each EHLO.
+        if self.data_size_limit:
+            self.command_size_limits["MAIL"] += 26
+        self.command_size_limits["MAIL"] += 10
+        if _CONTROL.search(hostname):
+            await self.push("501 5.5.2 Control characters in EHLO")
+            return
+        self.session.host_name = hostname
+        await self.on_rset()  # EHLO resets the transaction (RFC 5321 4.1.4)
+        await self.emit("\r\n".join(self.ehlo_lines(hostname)))
 
     def _getaddr(self, arg: str) -> tuple[Any, Any]:
         plain = plain_address(arg)
@@ -992,20 +1123,6 @@ for _name in ("smtp_EHLO", "smtp_RSET", "smtp_NOOP"):
 
 class Handler:
     """aiosmtpd hooks. Each delegates to the session object; names are checked below."""
-
-    async def handle_EHLO(
-        self,
-        server: RelaySMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        if _CONTROL.search(hostname):
-            return ["501 5.5.2 Control characters in EHLO"]
-        session.host_name = hostname
-        await server.on_rset()  # EHLO resets the transaction (RFC 5321 4.1.4)
-        return server.ehlo_lines(hostname)
 
     async def handle_MAIL(
         self,

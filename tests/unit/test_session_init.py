@@ -73,7 +73,9 @@ async def test_same_state_as_aiosmtpd_init(implicit_tls: bool) -> None:
         mine, ref = _comparable(name, vars(ours)[name]), _comparable(name, vars(theirs)[name])
         assert mine == ref, name
     assert set(ours._smtp_methods) >= {"EHLO", "MAIL", "RCPT", "DATA", "STARTTLS", "AUTH"}
-    assert ours._ehlo_hook_ver == "new"
+    # EHLO is the session's own (RelaySMTP.smtp_EHLO): the handler has no EHLO hook.
+    assert ours._ehlo_hook_ver is None
+    assert "EHLO" not in ours._handle_hooks
     assert type(ours._stream_reader) is _CrlfLineReader
     assert ours._stream_reader._limit == ours.line_length_limit  # type: ignore[attr-defined]
 
