@@ -22,8 +22,9 @@ vocabularies, weights, first judgement) and memory in a fresh process.
 held-out writers, split `heldout`, nor later ones) with both
 checkouts and compares, per row and per reading, the tier, kinds, rule ids and
 score of `judge`, the findings of `scan` (kind, span, confidence, rule) and the
-condition tags of `conditions`. It prints the number of rows that differ and, for
-them, only file and line, never a subject; exit status 1 when any differs.
+condition tags of `conditions`. It prints the number of rows that differ, how many of
+them differ in a decision (tier, kinds or rule ids) and in which fields, and for each
+only file and line, never a subject; exit status 1 when any differs.
 """
 
 from __future__ import annotations
@@ -327,13 +328,46 @@ def run(src: Path, mode: str, seconds: float) -> Any:
     return json.loads(out.stdout)
 
 
+# What `_decisions` records of a row, by position: the judgement over all readings, then
+# per reading the same and the findings and condition tags.
+_FIELDS = ("tier", "kinds", "rules", "score")
+_READING_FIELDS = (*_FIELDS, "findings", "conditions")
+
+
+def differences(x: list[Any], y: list[Any]) -> set[str]:
+    """The fields in which two rows of `_decisions` differ (empty when identical)."""
+    if x[0] != y[0]:
+        return {"readings"}
+    out = {name for name, a, b in zip(_FIELDS, x[1:5], y[1:5], strict=True) if a != b}
+    for one, other in zip(x[5], y[5], strict=True):
+        out |= {
+            f"reading {name}"
+            for name, a, b in zip(_READING_FIELDS, one, other, strict=True)
+            if a != b
+        }
+    return out
+
+
 def compare(new: Path, old: Path) -> int:
+    """Print how many rows differ and in which fields; a decision differs when the tier,
+    kinds or rule ids of the judgement do (a score alone differs when, say, the scorer is
+    no longer run where a decisive rule settles the subject)."""
     rows = corpus_rows(every_writer=True)
     a, b = run(new, "decide", 0), run(old, "decide", 0)
-    differ = [r["where"] for r, x, y in zip(rows, a, b, strict=True) if x != y]
+    per_row = [(r["where"], differences(x, y)) for r, x, y in zip(rows, a, b, strict=True)]
+    differ = [(where, fields) for where, fields in per_row if fields]
+    decisions = {"tier", "kinds", "rules", "readings"}
+    decided = [where for where, fields in differ if fields & decisions]
     print(f"compared {len(rows)} rows of the corpora in tests/data: {len(differ)} differ")
-    for where in differ[:50]:
-        print(f"  differs: {where}")
+    print(f"  decisions (tier, kinds or rule ids of the judgement) differ: {len(decided)}")
+    counts: dict[str, int] = {}
+    for _where, fields in differ:
+        for name in fields:
+            counts[name] = counts.get(name, 0) + 1
+    for name in sorted(counts):
+        print(f"  {name}: {counts[name]} rows")
+    for where, fields in differ[:50]:
+        print(f"  differs: {where} ({', '.join(sorted(fields))})")
     return 1 if differ else 0
 
 

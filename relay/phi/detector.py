@@ -649,10 +649,15 @@ class PhiDetector:
         A finding only the expanded reading holds spans the whole text (its own span
         refers to the other reading).
         """
-        return self.analyse(text).found
+        return self._read(text)[0]
 
     def analyse(self, text: str) -> Analysis:
         """The findings, and the expanded reading and word classes the scorer reads."""
+        found, t = self._read(text)
+        return Analysis(found, t.text, self._classes(t), t.folded)
+
+    def _read(self, text: str) -> tuple[list[Finding], _Text]:
+        """The findings of both readings, and the last reading read (the scorer's)."""
         found, t = self._scan_view(text)
         if _may_expand(t):
             second = expand(text, self.vocab.known)
@@ -660,7 +665,7 @@ class PhiDetector:
                 more, t = self._scan_view(second)
                 whole = [replace(f, start=0, end=len(text)) for f in more]
                 found = _dedupe(found + whole)
-        return Analysis(found, t.text, self._classes(t), t.folded)
+        return found, t
 
     def word_classes(self, text: str) -> list[str]:
         """The words of `text` with health terms, names and possessives as class tokens.
@@ -754,27 +759,31 @@ class PhiDetector:
         if org is not None:
             text = org.mask(text)
             approved = approved or org.approved(text)
-        a = self.analyse(text)
-        found = a.found
+        found, t = self._read(text)
         decisive = [f for f in found if f.confidence >= DECISIVE]
         if approved:
             # An approved template is judged by its identifiers only.
             found = [f for f in decisive if f.kind in kinds.IDENTIFIERS]
             decisive = found
         scorer = self.scorer
+        if decisive:
+            # A decisive finding refuses whatever the score, and the judgement then lists
+            # only the decisive findings' kinds and rules: the scorer cannot change it,
+            # so it is not run (score 0, "did not run").
+            kinds_found = tuple(sorted({f.kind for f in decisive}))
+            return Judgement(STRONG, kinds_found, tuple(sorted({f.rule for f in decisive})))
         if scorer is None or approved:
             # Rules only (no weights shipped yet): every finding is strong evidence.
             p, low, high = (1.0 if found else 0.0), 0.5, 0.5
         else:
-            p = scorer.probability(a.view, rule_features(found), a.classes, a.folded)
+            p = scorer.probability(t.text, rule_features(found), self._classes(t), t.folded)
             low, high = scorer.thresholds.low, scorer.thresholds.high
-        if not decisive and p < low:
+        if p < low:
             return Judgement(score=p)
-        tier = STRONG if decisive or p >= high else UNCERTAIN
-        evidence = decisive or found
-        kinds_found = tuple(sorted({f.kind for f in evidence})) or (kinds.HEALTH,)
-        rules = {f.rule for f in evidence}
-        if not decisive and scorer is not None:
+        tier = STRONG if p >= high else UNCERTAIN
+        kinds_found = tuple(sorted({f.kind for f in found})) or (kinds.HEALTH,)
+        rules = {f.rule for f in found}
+        if scorer is not None:
             rules.add(MODEL_RULE)
         return Judgement(tier, kinds_found, tuple(sorted(rules)), p)
 

@@ -96,6 +96,37 @@ async def test_a_decisive_identifier_refuses_whatever_the_score() -> None:
     assert (verdict.action, verdict.kinds, verdict.rules) == (Action.REJECT, ("ssn",), ("id.ssn",))
 
 
+class _Counting(Scorer):
+    """A fixed scorer that counts how often it is asked."""
+
+    calls = 0
+
+    def probability(self, *args: Any, **kwargs: Any) -> float:
+        self.calls += 1
+        return super().probability(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("subject", "tier", "runs"),
+    [
+        # decisive findings settle the subject: the scorer could not change the judgement
+        ("SSN 286-41-7395 on file", "strong", 0),
+        ("Patient: Jane Okafor, MRN 00482913", "strong", 0),
+        # weak findings or none: the score decides
+        ("Hi Jane, try these winter soups", "uncertain", 1),
+        ("Clinic closed Monday", "uncertain", 1),
+    ],
+)
+def test_the_scorer_runs_only_when_it_can_change_the_judgement(
+    subject: str, tier: str, runs: int
+) -> None:
+    scorer = _Counting(array("b", bytes(DIM)), 1.0, math.log(0.6 / 0.4), Thresholds(0.5, 0.8))
+    judged = PhiDetector(scorer=scorer).judge([subject])
+    assert (judged.tier, scorer.calls) == (tier, runs)
+    # The judgement says so: no model rule among its rules, and score 0 ("did not run").
+    assert ("model.health" in judged.rules, judged.score == 0.0) == (bool(runs), not runs)
+
+
 @pytest.mark.parametrize(
     "headers",
     [
