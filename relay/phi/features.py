@@ -21,6 +21,7 @@ import re
 import zlib
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
+from operator import attrgetter
 
 from relay.phi.normalize import fold
 
@@ -39,7 +40,19 @@ _SHAPE_TOKEN = re.compile(r"[^\W\d_]+|\d+|[^\w\s]")
 # The same two patterns for ASCII text, where a letter is [A-Za-z] and a digit [0-9]:
 # explicit ranges are matched faster than Unicode categories, and find the same tokens.
 _WORD_ASCII = re.compile(r"[A-Za-z0-9]+|[^A-Za-z0-9_\s]")
+# _WORD_ASCII over the UTF-8 bytes (a str pattern's \s also takes \x1c-\x1f).
+_WORD_ASCII_BYTES = re.compile(rb"[A-Za-z0-9]+|[^A-Za-z0-9_\s\x1c-\x1f]")
 _SHAPE_TOKEN_ASCII = re.compile(r"[A-Za-z]+|[0-9]+|[^A-Za-z0-9_\s]")
+# The ASCII tokens again, one group per shape, so the shapes are read off the matches'
+# group numbers in C (`_shape` is a Python call a token): a run of two or more capitals
+# not followed by a letter (U), a capital then letters (C), lower case then letters (l),
+# digits (d), `,` `:` `-`, other punctuation (p). Tested against `_shape`.
+_SHAPES_ASCII = re.compile(
+    r"([A-Z]{2,}(?![A-Za-z]))|([A-Z][A-Za-z]*)|([a-z][A-Za-z]*)|([0-9]+)|(,)|(:)|(-)"
+    r"|([^A-Za-z0-9_\s])"
+)
+_SHAPE_OF_GROUP = bytes.maketrans(bytes(range(1, 9)), b"UCld,:-p")
+_LASTINDEX = attrgetter("lastindex")
 # Punctuation that separates names and fields keeps its own shape; the rest is "p"
 # (an en dash is "-").
 _SHAPE_PUNCT = {",": ",", ":": ":", "-": "-", "\u2013": "-"}
@@ -102,14 +115,20 @@ def feature_set(
         prev = c
     out.add(crc(prev + b" $", _NS_CLASS_PAIR) & MASK)
     # Words of the folded text and their pairs.
-    found = (_WORD_ASCII if text.isascii() else _WORD).findall(text)
-    words = [w.encode("utf-8") for w in found]
+    if text.isascii():  # the same words, found as bytes: nothing to encode
+        words: list[bytes] = _WORD_ASCII_BYTES.findall(data)
+    else:
+        words = [w.encode("utf-8") for w in _WORD.findall(text)]
     out.update([crc(w, _NS_TEXT_WORD) & MASK for w in words])
     ends = [b"^", *words, b"$"]
     out.update([crc(x + b" " + y, _NS_TEXT_PAIR) & MASK for x, y in pairwise(ends)])
     # Token shapes of the unfolded reading (one character each), in runs of two and three.
-    tokens = (_SHAPE_TOKEN_ASCII if view.isascii() else _SHAPE_TOKEN).findall(view)
-    shapes = ("^" + "".join(map(_shape, tokens)) + "$").encode("utf-8")
+    if view.isascii():
+        found_shapes = bytes(map(_LASTINDEX, _SHAPES_ASCII.finditer(view)))
+        shapes = b"^" + found_shapes.translate(_SHAPE_OF_GROUP) + b"$"
+    else:
+        tokens = _SHAPE_TOKEN.findall(view)
+        shapes = ("^" + "".join(map(_shape, tokens)) + "$").encode("utf-8")
     m = len(shapes)
     out.update([crc(shapes[i : i + 2], _NS_SHAPE2) & MASK for i in range(m - 1)])
     out.update([crc(shapes[i : i + 3], _NS_SHAPE3) & MASK for i in range(m - 2)])

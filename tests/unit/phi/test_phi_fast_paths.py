@@ -283,3 +283,48 @@ def test_the_scorer_sums_the_shipped_int8_weights() -> None:
         picked = {rng.randrange(len(weights)) for _ in range(n)}
         biased = [scorer._biased[i] - 128 for i in picked]
         assert biased == [weights[i] for i in picked]
+
+
+def _ascii_texts() -> list[str]:
+    """The ASCII corpus subjects and seeded random ASCII texts of every character class
+    the token patterns tell apart (capitals, lower case, digits, `_`, `,` `:` `-`, other
+    punctuation, whitespace and the control characters a str pattern's \\s takes)."""
+    rng = random.Random(9)
+    alphabet = [*"AaBbZz09_,:-.!'# \t\n", "\x0b", "\x1c", "\x1f", "\x7f"]
+    texts = [t for t in TEXTS if t.isascii()]
+    for _ in range(4000):
+        texts.append("".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 16))))
+    return texts
+
+
+def test_ascii_shapes_read_off_group_numbers_equal_the_shape_of_each_token() -> None:
+    for text in _ascii_texts():
+        tokens = features._SHAPE_TOKEN_ASCII.findall(text)
+        general = "".join(map(features._shape, tokens)).encode()
+        fast = bytes(map(features._LASTINDEX, features._SHAPES_ASCII.finditer(text)))
+        assert fast.translate(features._SHAPE_OF_GROUP) == general, text
+
+
+def test_ascii_words_found_in_bytes_equal_the_words_of_the_text() -> None:
+    for text in _ascii_texts():
+        general = [w.encode() for w in features._WORD_ASCII.findall(text)]
+        assert features._WORD_ASCII_BYTES.findall(text.encode()) == general, text
+
+
+def test_a_row_is_built_when_first_summed_and_holds_every_lane() -> None:
+    from relay.phi.scorer import Scorer
+
+    scorer = Scorer.load()
+    hidden = scorer.hidden
+    assert hidden is not None
+    units = len(hidden.scales)
+    picked = [7, 70_000, 262_143]
+    assert [scorer._rows[i] for i in picked] == [None] * 3  # nothing built at start-up
+    scorer._rows.build(picked)
+    for i in picked:
+        row = scorer._rows[i]
+        assert row is not None
+        lanes = [(row >> (32 * j)) & 0xFFFFFFFF for j in range(units + 1)]
+        wide = scorer._w[i]
+        table = hidden.table[i * units : (i + 1) * units]
+        assert lanes == [wide + 128, *[(b ^ 0x80) for b in table]]
