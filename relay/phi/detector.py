@@ -62,7 +62,13 @@ def rule_features(found: Sequence[Finding]) -> list[str]:
     """The scorer's rule features: which rules fired and which kinds they found."""
     if not found:
         return []
-    return sorted({f"r:{f.rule}" for f in found} | {f"k:{f.kind}" for f in found})
+    return sorted({f"r:{_feature_rule(f.rule)}" for f in found} | {f"k:{f.kind}" for f in found})
+
+
+def _feature_rule(rule: str) -> str:
+    # The name rules (name.title, name.greeting...) are one feature, "r:name", as the
+    # scorer was trained before they were told apart.
+    return "name" if rule.startswith("name.") else rule
 
 
 DATA = Path(__file__).with_name("data")
@@ -625,6 +631,37 @@ class _Text:
 _CLEAN = Judgement()
 
 
+class _NameCtx:
+    """The capitalised token a name rule reads (index `i`, folded `word`, `orig` as
+    written, the word before it), and what the later rules ask of it (the text between
+    it and the word before, its `base` without "'s", whether that is an everyday word
+    or a listed first name); `n` tokens, `health` a care, result or health word in the
+    subject. One per subject, refilled for each token."""
+
+    __slots__ = (
+        "ambiguous",
+        "base",
+        "first",
+        "gap_before",
+        "health",
+        "i",
+        "n",
+        "orig",
+        "prev",
+        "word",
+    )
+
+    def __init__(self) -> None:
+        self.i = self.n = 0
+        self.word = self.orig = self.prev = self.gap_before = self.base = ""
+        self.ambiguous = self.first = self.health = False
+
+
+def _name(t: _Text, i: int, j: int, confidence: float, rule: str) -> Finding:
+    """A name finding over tokens i..j."""
+    return Finding(kinds.NAME, t.starts[i], t.ends[j], confidence, rule)
+
+
 class PhiDetector:
     """Satisfies relay.phi.api.Detector. Stateless per call; safe to share."""
 
@@ -1081,202 +1118,267 @@ class PhiDetector:
         )
 
     def _names(self, t: _Text) -> list[Finding]:
-        """name: a person named (after a title, a greeting or a patient cue, a vocative,
-        a full name of listed first and last names...), not a firm, street or place."""
-        v, words, orig, text = self.vocab, t.words, t.orig, t.text
-        found: list[Finding] = []
-        n = len(words)
-
-        def known(word: str) -> bool:
-            base = word[:-2] if word.endswith("'s") else word
-            return base in v.first_names or base in v.last_names
-
-        def add(i: int, j: int, conf: float) -> None:
-            found.append(Finding(kinds.NAME, t.starts[i], t.ends[j], conf, "name"))
-
-        def extend(i: int) -> int:
-            # Include a following surname ("Jane Okafor") when it looks like one.
-            if (
-                i + 1 < n
-                and self._is_name_word(orig[i + 1], words[i + 1])
-                and (known(words[i + 1]) or not t.title_case)
-            ):
-                gap = text[t.ends[i] : t.starts[i + 1]]
-                if gap.strip() in ("", "."):
-                    return i + 1
-            return i
-
+        """Person names: each capitalised token is offered to the name rules in the order
+        of _NAME_RULES (the first that fires claims it), then firms, streets and places are
+        dropped (_not_a_person)."""
         if not t.caps:
-            return found  # every rule below starts at a capitalised word
-        health_context = (
+            return []  # every rule starts at a capitalised word
+        v, words, orig, text = self.vocab, t.words, t.orig, t.text
+        c = _NameCtx()
+        c.n = len(words)
+        c.health = (
             t.any(lexicon.CARE_EVENT) or t.any(lexicon.RESULT_WORDS) or bool(self._mentions(t))
         )
+        found: list[Finding] = []
+        any_word, cued, named = _NAME_RULES
         for i in t.caps:
-            word, o = words[i], orig[i]
-            # "MILLER, GERALD - REFERRAL": an all-caps "LAST, FIRST" from a records system,
-            # both parts in the lists and neither an everyday word.
-            if (
-                o.isupper()
-                and len(o) > 2
-                and i + 1 < n
-                and orig[i + 1].isupper()
-                and text[t.ends[i] : t.starts[i + 1]] == ", "
-                and word in v.last_names
-                and words[i + 1] in v.first_names
-                and not (word in v.ambiguous and words[i + 1] in v.ambiguous)
-            ):
-                add(i, i + 1, 0.75)
-                continue
-            # "Hi April," / "Dear June!" / "Hi Ngozi,": a greeting names the reader,
-            # whatever the word, unless it greets a group ("Hello Friends,").
-            if (
-                i
-                and words[i - 1] in _GREETINGS
-                and o[:1].isupper()
-                and (word in v.first_names or word in v.last_names or word not in lexicon.NOT_NAMES)
-                and self._followed_by_name_or_end(t, i)
-                and (
-                    word in v.first_names or word in v.last_names or t.text[t.ends[i] :][:1] in ",!"
-                )
-            ):
-                add(i, extend(i), 0.85)
-                continue
-            prev = words[i - 1] if i else ""
-            # "Re: April Jones": a month-like first name, vouched for by a salutation and
-            # a surname.
-            if (
-                prev in lexicon.SALUTATIONS
-                and o[:1].isupper()
-                and word in v.first_names
-                and i + 1 < n
-                and words[i + 1] in v.last_names
-                and words[i + 1] not in v.ambiguous
-                and t.orig[i + 1][:1].isupper()
-            ):
-                add(i, i + 1, 0.8)
-                continue
-            # "Re: Dr Bradley Murphy": a doctor named in full after a salutation is a person
-            # named in the subject, relationship or not.
-            if prev in lexicon.DOCTOR_TITLES and i >= 2 and words[i - 2] in lexicon.SALUTATIONS:
-                end = self._name_run(t, i) if word in v.first_names else i
-                if end > i:
-                    add(i, end, 0.75)
+            c.i, c.word, c.orig = i, words[i], orig[i]
+            c.prev = words[i - 1] if i else ""
+            hit = None
+            for rule in any_word:
+                hit = rule(self, t, c)
+                if hit is not None:
+                    break
+            else:
+                # The rules below read a word that can be a name.
+                if not self._is_name_word(c.orig, c.word):
                     continue
-            if not self._is_name_word(o, word):
-                continue
-            gap_before = text[t.ends[i - 1] : t.starts[i]] if i else ""
-            base = word[:-2] if word.endswith("'s") else word
-            ambiguous = base in v.ambiguous
-            first = base in v.first_names
-            # Titles: "Mr. Okafor", "Sra. López", "Patient: Jane".
-            if prev in lexicon.TITLES and gap_before.strip() in ("", "."):
-                add(i, extend(i), 0.95)
-                continue
-            # "Patient: Jane", "Pt Okafor" - but not "New patient? Here's what to expect".
-            if (
-                prev in lexicon.PATIENT_WORDS
-                and gap_before.strip() in ("", ":", "-", ".")
-                and (base in v.first_names or base in v.last_names)
-            ):
-                add(i, extend(i), 0.9)
-                continue
-            if prev in lexicon.DOCTOR_TITLES:
-                continue
-            # Salutations and addressing: "Hi Jane", "Re: Jane Okafor", "Results for Maria".
-            if (
-                prev in lexicon.SALUTATIONS
-                and first
-                and (not ambiguous or self._followed_by_name_or_end(t, i))
-            ):
-                add(i, max(extend(i), self._name_run(t, i)), 0.85)
-                continue
-            # Vocative at either end: "Jane, your results", "Managing your diabetes, Jane".
-            # An everyday-word name ("Grace", "Maria") counts when the reader is addressed
-            # right after it, or when it closes the subject after a comma.
-            after = text[t.ends[i] : t.ends[i] + 2]
-            addressed = i + 1 < n and words[i + 1] in _POSS_OR_YOU
-            if first and (
-                (i == 0 and after.startswith(",") and (not ambiguous or addressed))
-                or (i == n - 1 and gap_before.strip() == ",")
-            ):
-                add(i, i, 0.85)
-                continue
-            # "Maria missed her dialysis", "Carlos has a fever": a known first name opening
-            # a sentence about a health event (a verb right after it).
-            if (
-                i == 0
-                and first
-                and not ambiguous
-                and i + 1 < n
-                and gap_before == ""
-                and text[t.ends[i] : t.starts[i + 1]] == " "
-                and _is_verb(orig[i + 1])
-                and (health_context or bool(self._mentions(t)))
-                and not t.generic
-            ):
-                add(i, i, 0.75)
-                continue
-            # "your son Jesse", "su hija Lucía": a relative named after the possessive.
-            if (
-                first
-                and i >= 2
-                and prev in lexicon.FAMILY
-                and words[i - 2] in _POSS_WORDS
-                and gap_before.strip() in ("", ",")
-            ):
-                add(i, extend(i), 0.85)
-                continue
-            # "Thinking of you, Cristina - get well soon": a vocative between a comma and a
-            # dash.
-            if (
-                first
-                and not ambiguous
-                and gap_before.strip() == ","
-                and text[t.ends[i] : t.ends[i] + 3] in (" - ", " : ")
-            ):
-                add(i, i, 0.8)
-                continue
-            # "Jane's lab results".
-            if (
-                word.endswith("'s")
-                and first
-                and (
-                    (not ambiguous and (t.any(_PERSONAL_FACT) or self._fact_after(t, i)))
-                    or (prev in lexicon.SALUTATIONS and health_context)
-                )
-            ):
-                add(i, i, 0.8)
-                continue
-            # Full name: a known first name, then more given names, particles and at
-            # least one known surname ("Jane Okafor", "Rosa María Tapia Planas",
-            # "Julián de Bermudez", "Russell Allen-Smith"); not all everyday words.
-            if first:
-                end = self._name_run(t, i)
-                if end > i:
-                    parts = [w for w in words[i : end + 1] if w not in _PARTICLES]
-                    all_words = all(self._base(w) in v.ambiguous for w in parts)
-                    some_word = any(self._base(w) in v.ambiguous for w in parts)
-                    # Two everyday words ("Robin Mills") pass with a health context, or
-                    # leading a subject that also holds numbers ("Robin Mills (09/10/2015)").
-                    context = health_context or (i == 0 and t.has_digit)
-                    if (not all_words or (context and not t.title_case)) and not (
-                        t.title_case and some_word and len(parts) < 3
-                    ):
-                        add(i, end, 0.8)
-                        continue
-            if i + 1 < n and self._is_name_word(orig[i + 1], words[i + 1]):
-                nxt = self._base(words[i + 1])
-                gap = text[t.ends[i] : t.starts[i + 1]].strip()
-                both_words = ambiguous and nxt in v.ambiguous
-                if gap == "," and base in v.last_names and nxt in v.first_names and not both_words:
-                    add(i, i + 1, 0.75)
-                    continue
-            # Initial and surname: "J. Okafor".
-            if len(o) == 1 and i + 1 < n and text[t.ends[i] : t.ends[i] + 1] == ".":
-                nxt = words[i + 1]
-                if nxt in v.last_names and nxt not in v.ambiguous and orig[i + 1][0].isupper():
-                    add(i, i + 1, 0.75)
+                c.gap_before = text[t.ends[i - 1] : t.starts[i]] if i else ""
+                c.base = base = c.word[:-2] if c.word.endswith("'s") else c.word
+                c.ambiguous = base in v.ambiguous
+                c.first = base in v.first_names
+                for rule in cued:
+                    hit = rule(self, t, c)
+                    if hit is not None:
+                        break
+                else:
+                    if c.prev in lexicon.DOCTOR_TITLES:
+                        continue  # "Dr. Okafor" is the provider rules' to judge
+                    for rule in named:
+                        hit = rule(self, t, c)
+                        if hit is not None:
+                            break
+            if hit is not None:
+                found.append(hit)
         return [f for f in found if not self._not_a_person(t, f)]
+
+    def _known_name(self, word: str) -> bool:
+        base = word[:-2] if word.endswith("'s") else word
+        return base in self.vocab.first_names or base in self.vocab.last_names
+
+    def _extend(self, t: _Text, i: int) -> int:
+        """Word i, or i + 1 when a surname follows ("Jane Okafor")."""
+        if (
+            i + 1 < len(t.words)
+            and self._is_name_word(t.orig[i + 1], t.words[i + 1])
+            and (self._known_name(t.words[i + 1]) or not t.title_case)
+        ):
+            gap = t.text[t.ends[i] : t.starts[i + 1]]
+            if gap.strip() in ("", "."):
+                return i + 1
+        return i
+
+    # --- names: one method per rule id, in the order of _NAME_RULES ------------------
+    #
+    # Each takes the text and the capitalised token's context (_NameCtx) and returns the
+    # finding, or None to let the next rule try.
+
+    def _name_records_caps(self, t: _Text, c: _NameCtx) -> Finding | None:
+        """name.records-caps: "MILLER, GERALD - REFERRAL", an all-caps "LAST, FIRST" from a
+        records system, both parts in the lists and not both everyday words."""
+        v, i, o = self.vocab, c.i, c.orig
+        if (
+            o.isupper()
+            and len(o) > 2
+            and i + 1 < c.n
+            and t.orig[i + 1].isupper()
+            and t.text[t.ends[i] : t.starts[i + 1]] == ", "
+            and c.word in v.last_names
+            and t.words[i + 1] in v.first_names
+            and not (c.word in v.ambiguous and t.words[i + 1] in v.ambiguous)
+        ):
+            return _name(t, i, i + 1, 0.75, "name.records-caps")
+        return None
+
+    def _name_greeting(self, t: _Text, c: _NameCtx) -> Finding | None:
+        """name.greeting: "Hi April," / "Dear June!" / "Hi Ngozi,", a greeting names the
+        reader whatever the word, unless it greets a group ("Hello Friends,")."""
+        v, i, word = self.vocab, c.i, c.word
+        if (
+            i
+            and c.prev in _GREETINGS
+            and c.orig[:1].isupper()
+            and (word in v.first_names or word in v.last_names or word not in lexicon.NOT_NAMES)
+            and self._followed_by_name_or_end(t, i)
+            and (word in v.first_names or word in v.last_names or t.text[t.ends[i] :][:1] in ",!")
+        ):
+            return _name(t, i, self._extend(t, i), 0.85, "name.greeting")
+        return None
+
+    def _name_salutation_surname(self, t: _Text, c: _NameCtx) -> Finding | None:
+        """name.salutation-surname: "Re: April Jones", a month-like first name vouched for
+        by a salutation and a surname."""
+        v, i = self.vocab, c.i
+        if (
+            c.prev in lexicon.SALUTATIONS
+            and c.orig[:1].isupper()
+            and c.word in v.first_names
+            and i + 1 < c.n
+            and t.words[i + 1] in v.last_names
+            and t.words[i + 1] not in v.ambiguous
+            and t.orig[i + 1][:1].isupper()
+        ):
+            return _name(t, i, i + 1, 0.8, "name.salutation-surname")
+        return None
+
+    def _name_doctor_in_full(self, t: _Text, c: _NameCtx) -> Finding | None:
+        """name.doctor-in-full: "Re: Dr Bradley Murphy", a doctor named in full after a
+        salutation is a person named in the subject, relationship or not."""
+        i = c.i
+        if c.prev in lexicon.DOCTOR_TITLES and i >= 2 and t.words[i - 2] in lexicon.SALUTATIONS:
+            end = self._name_run(t, i) if c.word in self.vocab.first_names else i
+            if end > i:
+                return _name(t, i, end, 0.75, "name.doctor-in-full")
+        return None
+
+    def _name_title(self, t: _Text, c: _NameCtx) -> Finding | None:
+        """name.title: "Mr. Okafor", "Sra. López", a name after a courtesy title."""
+        if c.prev in lexicon.TITLES and c.gap_before.strip() in ("", "."):
+            return _name(t, c.i, self._extend(t, c.i), 0.95, "name.title")
+        return None
+
+    def _name_patient_cue(self, t: _Text, c: _NameCtx) -> Finding | None:
+        """name.patient-cue: "Patient: Jane", "Pt Okafor", a listed name after a patient
+        cue (not "New patient? Here's what to expect")."""
+        if (
+            c.prev in lexicon.PATIENT_WORDS
+            and c.gap_before.strip() in ("", ":", "-", ".")
+            and (c.base in self.vocab.first_names or c.base in self.vocab.last_names)
+        ):
+            return _name(t, c.i, self._extend(t, c.i), 0.9, "name.patient-cue")
+        return None
+
+    def _name_salutation(self, t: _Text, c: _NameCtx) -> Finding | None:
+        """name.salutation: "Hi Jane", "Re: Jane Okafor", "Results for Maria", a first
+        name after a salutation or addressing word."""
+        i = c.i
+        if (
+            c.prev in lexicon.SALUTATIONS
+            and c.first
+            and (not c.ambiguous or self._followed_by_name_or_end(t, i))
+        ):
+            end = max(self._extend(t, i), self._name_run(t, i))
+            return _name(t, i, end, 0.85, "name.salutation")
+        return None
+
+    def _name_vocative(self, t: _Text, c: _NameCtx) -> Finding | None:
+        """name.vocative: "Jane, your results", "Managing your diabetes, Jane", a first
+        name at either end; an everyday-word name ("Grace") counts when the reader is
+        addressed right after it, or when it closes the subject after a comma."""
+        i, n = c.i, c.n
+        if not c.first:
+            return None
+        after = t.text[t.ends[i] : t.ends[i] + 2]
+        addressed = i + 1 < n and t.words[i + 1] in _POSS_OR_YOU
+        if (i == 0 and after.startswith(",") and (not c.ambiguous or addressed)) or (
+            i == n - 1 and c.gap_before.strip() == ","
+        ):
+            return _name(t, i, i, 0.85, "name.vocative")
+        return None
+
+    def _name_health_verb(self, t: _Text, c: _NameCtx) -> Finding | None:
+        """name.health-verb: "Maria missed her dialysis", "Carlos has a fever", a known
+        first name opening a sentence about a health event (a verb right after it)."""
+        i = c.i
+        if (
+            i == 0
+            and c.first
+            and not c.ambiguous
+            and i + 1 < c.n
+            and c.gap_before == ""
+            and t.text[t.ends[i] : t.starts[i + 1]] == " "
+            and _is_verb(t.orig[i + 1])
+            and (c.health or bool(self._mentions(t)))
+            and not t.generic
+        ):
+            return _name(t, i, i, 0.75, "name.health-verb")
+        return None
+
+    def _name_relative(self, t: _Text, c: _NameCtx) -> Finding | None:
+        """name.relative: "your son Jesse", "su hija Lucía", a relative named after the
+        possessive."""
+        i = c.i
+        if (
+            c.first
+            and i >= 2
+            and c.prev in lexicon.FAMILY
+            and t.words[i - 2] in _POSS_WORDS
+            and c.gap_before.strip() in ("", ",")
+        ):
+            return _name(t, i, self._extend(t, i), 0.85, "name.relative")
+        return None
+
+    def _name_dash_vocative(self, t: _Text, c: _NameCtx) -> Finding | None:
+        """name.dash-vocative: "Thinking of you, Cristina - get well soon", a vocative
+        between a comma and a dash."""
+        i = c.i
+        if (
+            c.first
+            and not c.ambiguous
+            and c.gap_before.strip() == ","
+            and t.text[t.ends[i] : t.ends[i] + 3] in (" - ", " : ")
+        ):
+            return _name(t, i, i, 0.8, "name.dash-vocative")
+        return None
+
+    def _name_possessive(self, t: _Text, c: _NameCtx) -> Finding | None:
+        """name.possessive: "Jane's lab results", a first name owning a care or result
+        word (an everyday-word name only after a salutation, with a health context)."""
+        i = c.i
+        if (
+            c.word.endswith("'s")
+            and c.first
+            and (
+                (not c.ambiguous and (t.any(_PERSONAL_FACT) or self._fact_after(t, i)))
+                or (c.prev in lexicon.SALUTATIONS and c.health)
+            )
+        ):
+            return _name(t, i, i, 0.8, "name.possessive")
+        return None
+
+    def _name_full(self, t: _Text, c: _NameCtx) -> Finding | None:
+        """name.full: "Jane Okafor", "Rosa María Tapia Planas", "Julián de Bermudez", a
+        known first name, then more given names, particles and at least one known
+        surname; not all everyday words ("Robin Mills" only with a health context or
+        leading a subject that holds numbers), nor two of a Title-Case Subject."""
+        i = c.i
+        if not c.first:
+            return None
+        end = self._name_run(t, i)
+        if end <= i:
+            return None
+        v = self.vocab
+        parts = [w for w in t.words[i : end + 1] if w not in _PARTICLES]
+        all_words = all(self._base(w) in v.ambiguous for w in parts)
+        some_word = any(self._base(w) in v.ambiguous for w in parts)
+        context = c.health or (i == 0 and t.has_digit)
+        if (not all_words or (context and not t.title_case)) and not (
+            t.title_case and some_word and len(parts) < 3
+        ):
+            return _name(t, i, end, 0.8, "name.full")
+        return None
+
+    def _name_last_first(self, t: _Text, c: _NameCtx) -> Finding | None:
+        """name.last-first: "Okafor, Jane", a listed surname, a comma and a listed first
+        name (not both everyday words)."""
+        i, v = c.i, self.vocab
+        if i + 1 < c.n and self._is_name_word(t.orig[i + 1], t.words[i + 1]):
+            nxt = self._base(t.words[i + 1])
+            gap = t.text[t.ends[i] : t.starts[i + 1]].strip()
+            both_words = c.ambiguous and nxt in v.ambiguous
+            if gap == "," and c.base in v.last_names and nxt in v.first_names and not both_words:
+                return _name(t, i, i + 1, 0.75, "name.last-first")
+        return None
 
     def _fact_after(self, t: _Text, i: int) -> bool:
         """A health term within three words after word i: "David's chest x-ray"."""
@@ -1621,6 +1723,30 @@ _ID_RULES: tuple[_NumberRule, ...] = (
     PhiDetector._alnum_number,
 )
 _FEW_DIGIT_ID_RULES: tuple[_NumberRule, ...] = (PhiDetector._icd10, PhiDetector._icd10_cued)
+
+_NameRule = Callable[[PhiDetector, _Text, _NameCtx], Finding | None]
+# The name rules in the order they are offered a capitalised token (the first that fires
+# claims it): those that read any capitalised word, those after a title or patient cue
+# that read a word that can be a name, then (not after a doctor title) the rest.
+_NAME_RULES: tuple[tuple[_NameRule, ...], tuple[_NameRule, ...], tuple[_NameRule, ...]] = (
+    (
+        PhiDetector._name_records_caps,
+        PhiDetector._name_greeting,
+        PhiDetector._name_salutation_surname,
+        PhiDetector._name_doctor_in_full,
+    ),
+    (PhiDetector._name_title, PhiDetector._name_patient_cue),
+    (
+        PhiDetector._name_salutation,
+        PhiDetector._name_vocative,
+        PhiDetector._name_health_verb,
+        PhiDetector._name_relative,
+        PhiDetector._name_dash_vocative,
+        PhiDetector._name_possessive,
+        PhiDetector._name_full,
+        PhiDetector._name_last_first,
+    ),
+)
 
 _VERBS = lexicon.NAME_VERBS
 

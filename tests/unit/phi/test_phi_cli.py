@@ -34,7 +34,7 @@ def test_scan_subjects_stdin(
         "sys.stdin", io.StringIO("5 tips to manage diabetes\r\nPatient: Jane Okafor\n")
     )
     assert main(["scan-subjects", "-"]) == 1
-    assert capsys.readouterr().out == "clean\t\t\nphi\tname\tname\n"
+    assert capsys.readouterr().out == "clean\t\t\nphi\tname\tname.patient-cue\n"
 
 
 def test_scan_subjects_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -83,7 +83,7 @@ async def test_replace_when_every_kind_is_replace() -> None:
         reason="phi.subject.replaced",
         kinds=("name",),
         modifications=(ReplaceSubject("A note from your clinic"),),
-        rules=("name",),
+        rules=("name.patient-cue",),
     )
     # one kind still set to refuse refuses the message
     mixed = await policy.evaluate(ctx("Patient: Jane Okafor MRN 00482913"))

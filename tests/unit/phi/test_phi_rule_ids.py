@@ -77,10 +77,38 @@ TABLE: dict[str, tuple[list[str], list[str]]] = {
     "id.business-number": (["Your order 99812345 has shipped"], ["Your order has shipped"]),
     "id.long-number": (["Re: 4471881239 needed"], ["Call 911 now"]),
     "id.alnum-number": (["Re: XJH882311901 status"], ["Flight BA123 delayed"]),
-    "name": (
-        ["Mr. Okafor, your results", "Hi Jane, your lab results are ready"],
-        ["Hello Friends, spring news", "The Clark team welcomes you"],
+    "name.records-caps": (["MILLER, GERALD - REFERRAL"], ["SALES, MARKETING - Q3 REVIEW"]),
+    "name.greeting": (
+        ["Hi April, your visit", "Dear Ngozi, your forms are ready"],
+        ["Hello Friends, spring news", "Dear Friends, spring news"],
     ),
+    "name.salutation-surname": (["Re: April Jones"], ["Re: April newsletter"]),
+    "name.doctor-in-full": (["Re: Dr Bradley Murphy"], ["Re: Dr Murphy"]),
+    "name.title": (
+        ["Mr. Okafor, your results", "Sra. López: su cita"],
+        ["The Clark team welcomes you"],
+    ),
+    "name.patient-cue": (
+        ["Patient: Jane Okafor", "Pt Okafor follow-up"],
+        ["New patient? Here's what to expect"],
+    ),
+    "name.salutation": (["Results for Maria"], ["Results for April"]),
+    "name.vocative": (
+        ["Jane, your results are in", "Managing your diabetes, Jane"],
+        ["Grace, a new season of care"],
+    ),
+    "name.health-verb": (["Carlos has a fever"], ["Carlos has joined our team"]),
+    "name.relative": (["your son Jesse has a fever"], ["your son and the flu season"]),
+    "name.dash-vocative": (
+        ["Thinking of you, Cristina - get well soon"],
+        ["Thinking of you - get well soon"],
+    ),
+    "name.possessive": (["Jane's lab results"], ["Jane's Bakery opens Monday"]),
+    "name.full": (
+        ["Jane Okafor - lab follow-up", "Maria Lopez needs a callback"],
+        ["Robin Mills Garden Tour"],
+    ),
+    "name.last-first": (["Okafor, Jane - referral"], ["Sales, Marketing and You"]),
     "provider.doctor": (
         ["Your visit with Dr. Okafor is confirmed"],
         ["Meet Dr. Okafor, our new cardiologist"],
@@ -127,7 +155,7 @@ def test_every_rule_id_of_the_detector_has_a_table() -> None:
         for node in ast.walk(tree)
         if isinstance(node, ast.Constant)
         and isinstance(node.value, str)
-        and re.fullmatch(r"(?:id|health|provider)\.[a-z0-9-]+|name", node.value)
+        and re.fullmatch(r"(?:id|health|provider|name)\.[a-z0-9-]+", node.value)
     }
     assert ids == set(TABLE)
     assert all(yes and no for yes, no in TABLE.values())
@@ -150,7 +178,7 @@ def test_each_rule_id_is_emitted_by_one_named_function_that_says_so() -> None:
             for node in ast.walk(fn)
             if isinstance(node, ast.Constant)
             and isinstance(node.value, str)
-            and re.fullmatch(r"(?:id|health|provider)\.[a-z0-9-]+|name", node.value)
+            and re.fullmatch(r"(?:id|health|provider|name)\.[a-z0-9-]+", node.value)
         }
         if not ids:
             continue
