@@ -104,16 +104,13 @@ def feature_set(
     crc = zlib.crc32
     n = len(data)
     out = {crc(data[i : i + 4]) & MASK for i in range(n - 3)}
-    for rule in rules:
-        out.add(crc(rule.encode("utf-8"), _NS_RULE) & MASK)
-    # Words (health terms, names and numbers as class tokens) and their pairs.
-    prev = b"^"
-    for cls in classes:
-        c = cls.encode("utf-8")
-        out.add(crc(c, _NS_WORD) & MASK)
-        out.add(crc(prev + b" " + c, _NS_CLASS_PAIR) & MASK)
-        prev = c
-    out.add(crc(prev + b" $", _NS_CLASS_PAIR) & MASK)
+    out.update([crc(rule.encode("utf-8"), _NS_RULE) & MASK for rule in rules])
+    # Words (health terms, names and numbers as class tokens) and their pairs, with the
+    # start and the end ("^ $" when there are none).
+    class_tokens = [c.encode("utf-8") for c in classes]
+    out.update([crc(c, _NS_WORD) & MASK for c in class_tokens])
+    bounded = [b"^", *class_tokens, b"$"]
+    out.update([crc(x + b" " + y, _NS_CLASS_PAIR) & MASK for x, y in pairwise(bounded)])
     # Words of the folded text and their pairs.
     if text.isascii():  # the same words, found as bytes: nothing to encode
         words: list[bytes] = _WORD_ASCII_BYTES.findall(data)
