@@ -360,12 +360,12 @@ def compare(new: Path, old: Path) -> int:
     decided = [where for where, fields in differ if fields & decisions]
     print(f"compared {len(rows)} rows of the corpora in tests/data: {len(differ)} differ")
     print(f"  decisions (tier, kinds or rule ids of the judgement) differ: {len(decided)}")
-    counts: dict[str, int] = {}
+    names = ["readings", *_FIELDS, *(f"reading {name}" for name in _READING_FIELDS)]
+    counts = dict.fromkeys(names, 0)
     for _where, fields in differ:
         for name in fields:
-            counts[name] = counts.get(name, 0) + 1
-    for name in sorted(counts):
-        print(f"  {name}: {counts[name]} rows")
+            counts[name] += 1
+    print("  rows that differ in each field: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for where, fields in differ[:50]:
         print(f"  differs: {where} ({', '.join(sorted(fields))})")
     return 1 if differ else 0
