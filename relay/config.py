@@ -96,6 +96,7 @@ class ServerConfig:
     policy_timeout: float = 10.0
     decision_timeout: float = 30.0
     decision_workers: int = 2
+    decision_idle_timeout: float = 300.0
     reuse_port: bool = False
     inline_max_bytes: int = 32 * 1024
     mode: str = "enforce"
@@ -338,6 +339,7 @@ _KINDS: dict[str, dict[str, str]] = {
         "policy_timeout": "float",
         "decision_timeout": "float",
         "decision_workers": "int",
+        "decision_idle_timeout": "float",
         "reuse_port": "bool",
         "inline_max_bytes": "int",
         "mode": "str",

@@ -93,6 +93,9 @@ MEANINGS: dict[str, str] = {
     "connection (bench/README.md compares them).",
     "server.decision_workers": "Processes that decide large or unusual messages, for the "
     "whole relay: with `workers` > 1 each worker process starts its share (rounded up).",
+    "server.decision_idle_timeout": "Seconds a decision process may wait for its next "
+    "message before it is stopped (~50 MB each, up to ~90 MB after a 5 MB message); the "
+    "next message that needs one starts it again (~0.5 s). Read at start.",
     "server.inline_max_bytes": "Ordinary messages up to this many bytes are decided in the "
     "event loop; larger or unusual ones in a worker process under `decision_timeout`.",
     "server.mode": "`enforce`, or `monitor`: audit every verdict, enforce only TLS.",

@@ -390,7 +390,10 @@ class Relay:
             audit_key=audit_key,
             # The relay's decision workers, shared out: with N worker processes each starts
             # its part (rounded up), not N times the configured number.
-            decisions=Decisions(_share(cfg.server.decision_workers, workers)),
+            decisions=Decisions(
+                _share(cfg.server.decision_workers, workers),
+                idle_timeout=cfg.server.decision_idle_timeout,
+            ),
             spool=spool,
             workers=workers,
         )

@@ -11,10 +11,11 @@ work runs in a separate process:
   (a stuck C call never reaches a Python bytecode boundary); a fresh worker replaces
   it on the next job.
 
-Workers start lazily (a relay that only sees small messages never starts one), are
-fresh interpreters (the parent has threads, so no fork), load the same policy file, state
-directory and consent store as the parent, and refuse a job whose policy file no
-longer matches what the parent loaded (`Stale`): the parent's rules are the truth.
+Workers start lazily (a relay that only sees small messages never starts one) and stop
+after `server.decision_idle_timeout` without a job; they are fresh interpreters (the
+parent has threads, so no fork), load the same policy file, state directory and consent
+store as the parent, and refuse a job whose policy file no longer matches what the
+parent loaded (`Stale`): the parent's rules are the truth.
 
 They are started with `subprocess`, talking over a socket pair with multiprocessing's
 `Connection` (pickles, as before), not with multiprocessing's `spawn`: that starts a
@@ -243,6 +244,7 @@ def _render(job: RenderJob) -> bytes | tuple[str, bool]:
 class _Worker:
     proc: subprocess.Popen[bytes]
     conn: Connection
+    idle_since: float = 0.0  # loop time it last became idle
 
 
 def _start(log_json: bool) -> tuple[subprocess.Popen[bytes], Connection]:
@@ -265,11 +267,19 @@ def _start(log_json: bool) -> tuple[subprocess.Popen[bytes], Connection]:
 
 
 class Pool:
-    """Up to `size` worker processes; jobs wait for a free one (within their deadline)."""
+    """Up to `size` worker processes; jobs wait for a free one (within their deadline).
 
-    def __init__(self, size: int) -> None:
+    A worker idle for `idle_timeout` seconds is stopped: its memory (tens of MB, more after
+    a big message) goes back, and the next job that finds none idle starts one again.
+    The most recently used idle worker takes the next job, so a light load keeps one.
+    """
+
+    def __init__(self, size: int, idle_timeout: float = 300.0) -> None:
         self.size = size
+        self.idle_timeout = idle_timeout
         self._idle: list[_Worker] = []
+        self._expiry: asyncio.TimerHandle | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
         self._count = 0
         self._free = asyncio.Condition()
         self._closed = False
@@ -335,8 +345,37 @@ class Pool:
             await self._gone()
             return
         async with self._free:
+            worker.idle_since = asyncio.get_running_loop().time()
             self._idle.append(worker)
             self._free.notify()
+        self._schedule_expiry()
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry is not None or not self._idle or self._closed:
+            return
+        oldest = min(w.idle_since for w in self._idle)
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_at(oldest + self.idle_timeout, self._expire)
+
+    def _expire(self) -> None:
+        """Stop the workers idle for `idle_timeout` (a timer callback on the loop)."""
+        self._expiry = None
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() - self.idle_timeout
+        expired = [w for w in self._idle if w.idle_since <= deadline]
+        self._idle = [w for w in self._idle if w.idle_since > deadline]
+        for worker in expired:
+            task = loop.create_task(self._retire(worker))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        self._schedule_expiry()
+
+    async def _retire(self, worker: _Worker) -> None:
+        log.info("decision worker idle; stopping it", pid=worker.proc.pid)
+        await self._kill(worker)
+        await self._gone()
 
     async def _kill(self, worker: _Worker) -> None:
         with contextlib.suppress(OSError):
@@ -390,9 +429,13 @@ class Pool:
 
     async def close(self) -> None:
         self._closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         idle, self._idle = self._idle, []
         for worker in idle:
             await self._kill(worker)
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         self._io.shutdown(wait=False)
 
 
@@ -403,8 +446,8 @@ class Decisions:
     inline, as before.
     """
 
-    def __init__(self, workers: int) -> None:
-        self.pool = Pool(workers) if workers > 0 else None
+    def __init__(self, workers: int, idle_timeout: float = 300.0) -> None:
+        self.pool = Pool(workers, idle_timeout) if workers > 0 else None
         self.strikes = Strikes()
 
     async def close(self) -> None:
