@@ -27,6 +27,10 @@ from relay.model import Reply, TlsInfo
 
 log = structlog.get_logger("relay.delivery")
 _STATUS = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s+")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+# `dot-atom@host.name`: what nearly every sender and recipient is; `email.utils.parseaddr`
+# (aiosmtplib's quote_address, ~20 us) gives it back unchanged.
+_PLAIN = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 # Upstreams quote addresses ("<jane@example.org>: Recipient address rejected"); an address
 # can identify a patient, so it is not passed on to the client's reply (or its bounce).
 _ADDRESS = re.compile(r"<?[^\s<>@]*[^\s<>@:]@[^\s<>]+>?")
@@ -162,6 +166,10 @@ def map_error(exc: BaseException) -> UpstreamError:
     )
 
 
+def _params(options: Sequence[str]) -> list[bytes]:
+    return [option.encode("ascii") for option in options]  # as aiosmtplib encodes them
+
+
 def client_tls_context(ca_file: Path | None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -199,6 +207,12 @@ class SmtpConnection:
         try:
             if is_null_sender(sender):
                 await self._mail_null(options)
+            elif _PLAIN.fullmatch(sender):
+                resp = await self.client.execute_command(
+                    b"MAIL", b"FROM:<" + sender.encode("ascii") + b">", *_params(options)
+                )
+                if resp.code != 250:  # as aiosmtplib's mail()
+                    raise aiosmtplib.SMTPSenderRefused(resp.code, resp.message, sender)
             else:
                 await self.client.mail(sender, options=options, encoding="utf-8")
         except Exception as exc:
@@ -216,7 +230,14 @@ class SmtpConnection:
     async def rcpt(self, recipient: str, options: Sequence[str] = ()) -> Reply:
         given = esmtp.for_upstream(options, self.extensions)
         try:
-            await self.client.rcpt(recipient, options=given, encoding="utf-8")
+            if _PLAIN.fullmatch(recipient):
+                resp = await self.client.execute_command(
+                    b"RCPT", b"TO:<" + recipient.encode("ascii") + b">", *_params(given)
+                )
+                if resp.code not in (250, 251):  # as aiosmtplib's rcpt()
+                    return reply_from_upstream(resp.code, resp.message)
+            else:
+                await self.client.rcpt(recipient, options=given, encoding="utf-8")
         except aiosmtplib.SMTPRecipientRefused as exc:
             return reply_from_upstream(exc.code, exc.message)
         except Exception as exc:
