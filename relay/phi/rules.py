@@ -17,7 +17,7 @@ from pathlib import Path
 
 from relay.phi import kinds
 from relay.phi.api import Finding
-from relay.phi.normalize import fold
+from relay.phi.normalize import fold, normalize
 
 DATA = Path(__file__).with_name("data")
 
@@ -332,12 +332,112 @@ def care_word(s: Subject) -> list[Finding]:
     return [Finding(kinds.PROCEDURE, at, at + len(hit), 0.7, "health.care-word")]
 
 
+# --- identifier labels in the other languages (data/id_cues_intl.tsv) -----------------
+
+_INTL_KINDS = {
+    "birth": kinds.DATE,
+    "ssn": kinds.SSN,
+    "mrn": kinds.MRN,
+    "member-id": kinds.MEMBER_ID,
+    "account": kinds.ACCOUNT,
+    "prescription": kinds.PRESCRIPTION,
+    "license": kinds.LICENSE,
+}
+# Between a label and its value: "nº", ":", "#", a word or two ("Mã hội viên bảo hiểm
+# NVX9973016"), never a digit or the end of a sentence.
+_INTL_GAP = r"[^\d!?;]{0,14}?"
+_INTL_VALUE = r"([a-z]{0,4}[-/]?\d[\d./-]*(?: \d[\d./-]*)*[a-z\d]*)"
+# A whole date of birth: numeric, year-month-day in Chinese or Korean, a written month
+# ("17 февраля 1946", "12 de março de 1950", "10-jul-1990"), Vietnamese "12 tháng 3 năm 1950",
+# or eight digits; a bare month and day is no date of birth.
+_INTL_DATE = (
+    r"(\d{1,4}[./-]\d{1,2}[./-]\d{2,4}|\d{4} ?[年년] ?\d{1,2} ?[月월] ?\d{1,2}|"
+    r"\d{1,2}[ -](?:de )?[^\W\d_]{3,12}\.?[ -](?:de )?\d{4}|"
+    r"\d{1,2} thang \d{1,2}(?: nam)? \d{4}|(?:19|20)\d{6}|\d{4}(?:19|20)\d\d)(?!\d)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _IntlCues:
+    kind_of: dict[str, str]  # folded label -> kind of _INTL_KINDS
+    ascii_first: frozenset[str]  # first words of the ASCII labels (a cheap gate)
+    dates: re.Pattern[str]  # a birth label and a date
+    values: re.Pattern[str]  # another label and a value
+
+
+@cache
+def _intl_cues() -> _IntlCues:
+    kind_of: dict[str, str] = {}
+    for line in (DATA / "id_cues_intl.tsv").read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            _lang, kind, label = line.split("\t")
+            if kind not in _INTL_KINDS:
+                raise ValueError(f"id_cues_intl.tsv: unknown kind {kind!r}")
+            kind_of[fold(normalize(label))] = kind
+
+    def labels(birth: bool) -> str:
+        # Latin and Cyrillic labels are whole words; the others match anywhere. Longer
+        # labels first, so the leftmost alternative is the longest.
+        out = []
+        for label in sorted(kind_of, key=lambda w: (-len(w), w)):
+            if (kind_of[label] == "birth") != birth:
+                continue
+            quoted = re.escape(label)
+            out.append(rf"(?<![^\W_]){quoted}(?![^\W_])" if label[0] < "\u0530" else quoted)
+        return "|".join(out)
+
+    ascii_first = frozenset(w.split(" ")[0] for w in kind_of if w.isascii())
+    return _IntlCues(
+        kind_of,
+        ascii_first,
+        re.compile(rf"({labels(True)}){_INTL_GAP}{_INTL_DATE}"),
+        re.compile(rf"({labels(False)}){_INTL_GAP}{_INTL_VALUE}"),
+    )
+
+
+def _ssn_shaped(value: str) -> bool:
+    digits = re.sub(r"\D", "", value)
+    if len(digits) != 9:
+        return False
+    area, group, serial = digits[:3], digits[3:5], digits[5:]
+    return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
+
+
+def intl_cued(s: Subject) -> list[Finding]:
+    """id.cue-intl: an identifier labelled in another language ("생년월일 1947년 5월 9일",
+    "病历号 0831-4472", "Mã hội viên DD7720931", "رقم الملف الطبي 7731-44").
+
+    The labels (data/id_cues_intl.tsv) say the kind: a birth label needs a whole date,
+    an SSN label a valid SSN, the others a value of four digits or more that is not a year.
+    """
+    if not s.has_digit:
+        return []
+    cues = _intl_cues()
+    folded = s.folded
+    if folded.isascii() and runs(folded, s.words).isdisjoint(cues.ascii_first):
+        return []
+    out = []
+    for m in cues.dates.finditer(folded):
+        out.append(Finding(kinds.DATE, m.start(2), m.end(2), 0.95, "id.cue-intl"))
+    for m in cues.values.finditer(folded):
+        kind = cues.kind_of[m.group(1)]
+        value = m.group(2).rstrip("./-")
+        digits = sum(ch.isdigit() for ch in value)
+        if digits < 4 or _NOT_RECORD.fullmatch(value):
+            continue
+        if kind == "ssn" and not _ssn_shaped(value):
+            continue
+        out.append(Finding(_INTL_KINDS[kind], m.start(2), m.start(2) + len(value), 0.9, "id.cue-intl"))
+    return out
+
+
 RULES: tuple[Rule, ...] = (
     care_time,
     billing_amount,
     ending_digits,
     dx_cue,
     record_cue,
+    intl_cued,
     care_word,
 )
 """Rules whose findings stand alone. `segment` needs a health term and is run apart."""

@@ -111,6 +111,43 @@ TABLE: list[tuple[Rule, str, list[str], list[str]]] = [
         ],
     ),
     (
+        rules.intl_cued,
+        "id.cue-intl",
+        [
+            "Data de nascimento 04/11/1962 diverge do cadastro",
+            "Date de naissance : 3 juin 1971 – à corriger",
+            "Ngày sinh 21/02/1958 không khớp với thẻ",
+            "出生日期：1971年6月3日，请核对",
+            "생년월일 1983.02.27 재확인 부탁드립니다",
+            "Дата рождения 03.06.1971 указана с ошибкой",
+            "تاريخ الميلاد ٢٧/٠٢/١٩٨٣ غير صحيح",
+            "Dat nesans 27/02/1983 pa kòrèk",
+            "Petsa ng kapanganakan: 02/27/1983",
+            "住院号 ５５２０－１９７ 的同意书未签",
+            "환자번호 7710-442 검사 동의서 확인",
+            "Номер медкарты 31-88204: нет согласия",
+            "رقم الملف الطبي 4402-77 – نقص التوقيع",
+            "Número do prontuário 66-0193-2 sem assinatura",
+            "Nimewo pasyan 6620-13 – fòm nan pa siyen",
+            "Mã thành viên bảo hiểm HXR5520871 đã hết hạn",
+            "회원번호 QPL40217755 보험 확인",
+            "Numéro d'adhérent 7730-221-904 : prise en charge",
+            "사회보장번호 412-83-7720 확인 필요",
+            "Número do CPF: 412.839.770-21",
+            "Рецепт № 5520871 готов к выдаче",
+        ],
+        [
+            "Data de nascimento: campo novo no cadastro",
+            "생일 축하 이벤트 12월 5일",
+            "회원번호 안내 2027년 변경",
+            "住院须知 2027 版",
+            "Номер медкарты теперь в приложении",
+            "رقم الملف الطبي متاح في البوابة",
+            "Sécurité sociale : les remboursements changent en 2027",
+            "사회보장번호 123-45-678 형식 안내",
+        ],
+    ),
+    (
         rules.care_word,
         "health.care-word",
         [
@@ -153,10 +190,17 @@ def test_rule_fires(rule: Rule, rule_id: str, text: str) -> None:
         ("MR# 60-448-172 wristband", "mrn"),
         ("Social ending -5184: is that still right?", "ssn"),
         ("Autopay failed on acct ending in 0463", "account"),
+        ("출생일 1983-02-27 확인", "date"),
+        ("病案号 A-55201 缺页", "mrn"),
+        ("Номер полиса 7740 1120 5531 истёк", "member-id"),
+        ("Número da conta 5520-7781: pagamento", "account"),
+        ("护照号 E55201873 已扫描", "license"),
+        ("Số an sinh xã hội 412-83-7720 cần xác minh", "ssn"),
     ],
 )
 def test_identifier_rules_name_the_kind(text: str, kind: str) -> None:
-    found = rules.record_cue(subject(text)) + rules.ending_digits(subject(text))
+    s = subject(text)
+    found = rules.record_cue(s) + rules.ending_digits(s) + rules.intl_cued(s)
     assert [f.kind for f in found] == [kind]
 
 
@@ -170,3 +214,11 @@ def test_rule_stays_quiet(rule: Rule, text: str) -> None:
 
 def test_every_rule_has_a_table() -> None:
     assert {r for r, *_ in TABLE} == {*rules.RULES, rules.segment}
+
+
+def test_every_intl_label_passes_its_gate_and_fires() -> None:
+    # The ASCII gate (first words of the ASCII labels) must never skip a label.
+    for label, kind in rules._intl_cues().kind_of.items():
+        value = "12/05/1961" if kind == "birth" else "412-83-7720" if kind == "ssn" else "5520871"
+        found = rules.intl_cued(subject(f"{label} {value} x"))
+        assert [f.rule for f in found] == ["id.cue-intl"], label
