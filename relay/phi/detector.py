@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from relay.phi import kinds, lexicon, system
 from relay.phi.api import STRONG, UNCERTAIN, Finding, Judgement
 from relay.phi.normalize import expand, fold, shorthand_words
-from relay.phi.rules import RULES, Subject, first_words, runs, segment
+from relay.phi.rules import RULES, Subject, audience, first_words, runs, segment
 from relay.phi.scorer import Scorer, default_scorer
 
 if TYPE_CHECKING:
@@ -688,6 +688,12 @@ class PhiDetector:
         """
         return self._read(text)[0]
 
+    def rule_subject(self, text: str) -> Subject:
+        """`text` as the named rules of relay.phi.rules read it (with its health terms)."""
+        t = _Text(text)
+        terms = tuple((m.start, m.end) for m in self._mentions(t))
+        return Subject(t.text, t.folded, t.wordset, t.has_digit, terms)
+
     def analyse(self, text: str) -> Analysis:
         """The findings, and the expanded reading and word classes the scorer reads."""
         found, t = self._read(text)
@@ -848,11 +854,14 @@ class PhiDetector:
             self._dates(t, found, person)
         self._provider(t, found)
         self._health(t, found, person)
-        subject = Subject(t.text, t.folded, t.wordset, t.has_digit)
+        mentions = self._mentions(t)
+        terms = tuple((m.start, m.end) for m in mentions)
+        subject = Subject(t.text, t.folded, t.wordset, t.has_digit, terms)
         for rule in RULES:
             found.extend(rule(subject))
-        if self._mentions(t):
+        if mentions:
             found.extend(segment(subject))
+        found.extend(audience(subject))
         if staff and found_before == 0 and len(found) == len(names):
             found = [f for f in found if f not in names_only]
         return _dedupe(found), t

@@ -30,6 +30,9 @@ class Subject:
     folded: str
     words: frozenset[str]
     has_digit: bool = True
+    # Spans of the health terms (conditions, medicines, tests, procedures) the detector
+    # found, for the rules that need a term in a given place (health.audience).
+    terms: tuple[tuple[int, int], ...] = ()
 
 
 Rule = Callable[[Subject], list[Finding]]
@@ -258,6 +261,86 @@ def segment(s: Subject) -> list[Finding]:
     return [Finding(kinds.CONDITION, m.start(), m.end(), 0.9, "health.segment")]
 
 
+_AUDIENCE_NOUNS = _class("audience")
+_ADDRESS = _class("address")
+_EDUCATION = _class("education")
+_AUDIENCE_NOUN = re.compile(rf"\b(?:{'|'.join(sorted(_AUDIENCE_NOUNS))})\b")
+# Between a term and the audience noun after it: up to two words ("heart failure clinic
+# patients", "home hemo patients"); between the noun and a term after it, a linking word
+# and up to two determiners ("pacientes en diálisis", "patients on the lithium protocol").
+# A preposition between a term and the noun makes the term the topic, not the audience:
+# "Flu shots for employees" is an offer to all.
+_LINKS = _ADDRESS | _class("link")
+_BEFORE_NOUN = re.compile(r"(?:[\s/-][\w'-]+){0,2}[\s-]")
+_AFTER_NOUN = re.compile(
+    r"\s(?:who are |que estan |)(?:on|with|in|of|taking|using|receiving|getting|en|con|de|del|"
+    r"da|do|dos|das|em|com|no|na|sous|avec|under)\s(?:(?:our|the|a|an|home|el|la|los|las|"
+    r"nuestro|nuestra|programa|program|le|les|o|os|as|un|una)\s){0,2}"
+)
+# After the noun, what makes it a heading: a colon or dash, "we care for", the end.
+_HEADING_END = re.compile(
+    r"(?:\s(?:we (?:care for|serve|treat)|of ours|here))?\s?(?:[:,\u2013\u2014]|-\s|$)"
+)
+# A named clinician's patients (guide R2.3: "Dr. Varga is retiring - what it means for her
+# patients"): the clinician's practice is a care relationship with the reader.
+_DOCTOR = re.compile(r"\b(?:dr|dra|doctor|doctora|docteur|dre)\b\.?\s[a-z]")
+_DOCTORS_PATIENTS = re.compile(
+    r"\b(?:dr|dra|doctor|doctora)\.?\s[a-z][\w-]*'s\s(?:[\w-]+\s)?patients\b|"
+    r"\b(?:patients|pacientes|patientes)\s(?:of|de|del|du)\s(?:la\s)?(?:dr|dra|doctor|doctora|docteur)\b|"
+    r"\b(?:his|her|their|sus|ses|seus|suas)\s(?:[\w-]+\s)?(?:patients|pacientes|patientes)\b"
+)
+
+
+def _addressed(folded: str, start: int, end: int) -> bool:
+    """Whether the audience phrase at [start, end) is who the subject is addressed to."""
+    before = folded[max(0, start - 24) : start].split()
+    return not _ADDRESS.isdisjoint(before[-3:]) or _HEADING_END.match(folded, end) is not None
+
+
+def audience(s: Subject) -> list[Finding]:
+    """health.audience: a health term naming who the subject is addressed to.
+
+    "Lithium patients: new lab partner", "To our glaucoma patients", "Para pacientes en
+    diálisis: …", "Dr. Szabo retiring - info for his patients" (guide R2.3: a subject
+    addressed to people with a condition, a drug, a device or a clinician's care implies
+    the reader is one of them). The term must stand next to the audience noun (before it,
+    or after a linking word), and the phrase must open the subject, follow to/for/para…
+    or end in a colon or dash. General education (tips, guide, webinar…) is left to the
+    other rules: "Cancer patients: 5 tips for eating well" is no one's record.
+    """
+    words = runs(s.folded, s.words)
+    if words.isdisjoint(_AUDIENCE_NOUNS) or not words.isdisjoint(_EDUCATION):
+        return []
+    folded = s.folded
+    out = []
+    if _DOCTOR.search(folded) is not None:
+        m = _DOCTORS_PATIENTS.search(folded)
+        if m is not None:
+            out.append(Finding(kinds.PROVIDER, m.start(), m.end(), 0.9, "health.audience"))
+    if not s.terms:
+        return out
+    for m in _AUDIENCE_NOUN.finditer(folded):
+        a, b = m.span()
+        for ts, te in s.terms:
+            if (
+                te <= a
+                and _BEFORE_NOUN.fullmatch(folded, te, a) is not None
+                and _LINKS.isdisjoint(folded[te:a].split())
+            ):
+                phrase = (ts, b)
+            elif ts >= b:
+                link = _AFTER_NOUN.match(folded, b)
+                if link is None or link.end() != ts:
+                    continue
+                phrase = (a, te)
+            else:
+                continue
+            if _addressed(folded, phrase[0], phrase[1]):
+                out.append(Finding(kinds.CONDITION, phrase[0], phrase[1], 0.9, "health.audience"))
+                return out
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class _CareWords:
     single: frozenset[str]  # one-word care words (whole words)
@@ -427,7 +510,8 @@ def intl_cued(s: Subject) -> list[Finding]:
             continue
         if kind == "ssn" and not _ssn_shaped(value):
             continue
-        out.append(Finding(_INTL_KINDS[kind], m.start(2), m.start(2) + len(value), 0.9, "id.cue-intl"))
+        end = m.start(2) + len(value)
+        out.append(Finding(_INTL_KINDS[kind], m.start(2), end, 0.9, "id.cue-intl"))
     return out
 
 
@@ -440,4 +524,5 @@ RULES: tuple[Rule, ...] = (
     intl_cued,
     care_word,
 )
-"""Rules whose findings stand alone. `segment` needs a health term and is run apart."""
+"""Rules whose findings stand alone. `segment` needs a health term and `audience` the
+terms' spans; the detector runs them apart."""
