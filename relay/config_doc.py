@@ -75,7 +75,9 @@ MEANINGS: dict[str, str] = {
     "server.max_sessions_per_client": "Concurrent sessions from one client address.",
     "server.auth_failure_delay": "Seconds before answering a failed AUTH.",
     "server.auth_max_failures": "Failed AUTH attempts for one account from one address "
-    "before that pair is locked out.",
+    "before that pair is locked out. Attempts still being checked count too, so parallel "
+    "guesses cannot pass it; a login held up only by those waits for them (up to "
+    "pre_auth_timeout) instead of being refused.",
     "server.auth_max_failures_per_account": "Failed AUTH attempts for one account from all "
     "addresses before it is locked out (not for a pair that logged in recently).",
     "server.auth_max_failures_per_address": "Failed AUTH attempts from one address over all "

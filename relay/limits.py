@@ -89,6 +89,8 @@ class DataPace:
 
 PAIR_LOCKED = "454 4.7.0 Too many failed logins from your address; try again later"
 ADDRESS_LOCKED = PAIR_LOCKED
+AUTH_WAIT_POLL = 0.02
+"""Seconds between looks at a pair's attempts in flight (a password check takes longer)."""
 ACCOUNT_LOCKED = "454 4.7.0 Too many failed logins for this account; try again later"
 _MAX_NAME = 128  # longer names cannot exist (users file rule); keys stay small
 
@@ -99,6 +101,8 @@ class _Attempt:
     host: str
     account: str
     live: bool = True
+    settled: bool = False  # the password was checked and was wrong (in flight until then)
+    ident: int = 0  # its row in the shared counters (`relay.sharedlimits`)
 
 
 class AuthThrottle:
@@ -179,6 +183,20 @@ class AuthThrottle:
         self._hosts[host] += 1
         self._accounts[account] += 1
         return attempt
+
+    def fail(self, attempt: _Attempt) -> None:
+        """The password was wrong: the attempt is a failure now, no longer in flight."""
+        attempt.settled = True
+
+    def in_flight(self, host: str, account: str) -> bool:
+        """True while an attempt of this pair is still being checked.
+
+        A pair at its limit only because of such attempts is not refused: the caller waits
+        for them to settle (parallel logins with the right password, as Postfix's smtp
+        processes make), so no more than `per_pair` unchecked guesses are ever under way.
+        """
+        pair = (host, account[:_MAX_NAME])
+        return any(a.live and not a.settled for a in self._pairs.get(pair, ()))
 
     def succeed(self, attempt: _Attempt, now: float) -> None:
         """The password was right: this pair's earlier failures were its own typos."""

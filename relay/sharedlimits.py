@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS clients (
     PRIMARY KEY (worker, host));
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, host TEXT NOT NULL,
-    account TEXT NOT NULL);
+    account TEXT NOT NULL, settled INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS attempts_at ON attempts (at);
 CREATE INDEX IF NOT EXISTS attempts_pair ON attempts (host, account);
 CREATE INDEX IF NOT EXISTS attempts_account ON attempts (account);
@@ -253,13 +253,39 @@ class SharedAuthThrottle(AuthThrottle):
                     db, "SELECT count(*) FROM proven WHERE host = ? AND account = ?", *pair
                 ):
                     return ACCOUNT_LOCKED
-                db.execute(
+                row = db.execute(
                     "INSERT INTO attempts (at, host, account) VALUES (?, ?, ?)", (now, *pair)
                 )
         except sqlite3.Error as exc:
             log.error("shared AUTH counters failed; refusing the attempt", error=str(exc))
             return ADDRESS_LOCKED
-        return _Attempt(now, host, account)
+        return _Attempt(now, host, account, ident=row.lastrowid or 0)
+
+    def fail(self, attempt: _Attempt) -> None:
+        attempt.settled = True
+        try:
+            with self.counters.transaction() as db:
+                db.execute("UPDATE attempts SET settled = 1 WHERE id = ?", (attempt.ident,))
+        except sqlite3.Error as exc:  # unsettled, it still counts: nothing is let through
+            log.error("shared AUTH counters failed at failure", error=str(exc))
+
+    def in_flight(self, host: str, account: str) -> bool:
+        # A worker killed mid-check leaves its attempt unsettled: it counts as in flight
+        # until the window drops it, and the caller's wait is bounded.
+        try:
+            with self.counters.transaction() as db:
+                return bool(
+                    _one(
+                        db,
+                        "SELECT count(*) FROM attempts WHERE host = ? AND account = ? "
+                        "AND settled = 0",
+                        host,
+                        account[:_MAX_NAME],
+                    )
+                )
+        except sqlite3.Error as exc:
+            log.error("shared AUTH counters failed; refusing the attempt", error=str(exc))
+            return False
 
     def succeed(self, attempt: _Attempt, now: float) -> None:
         pair = (attempt.host, attempt.account)

@@ -86,6 +86,30 @@ async def test_parallel_attempts_are_counted_before_the_password_is_checked(
         await r.stop()
 
 
+async def test_parallel_logins_with_the_right_password_all_succeed(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    # Postfix's smtp processes (20 per destination by default) log in with one account
+    # from one address at once: attempts counted before the check must not turn the
+    # right password away; only failures lock.
+    r, secrets = await relay_with_users(tmp_path, pki, sink, auth_max_failures=3)
+    try:
+        conns = [await RawSmtp.ready(r.port, pki.client_context()) for _ in range(10)]
+        line = plain("postfix", secrets["postfix"]).encode() + b"\r\n"
+        for conn in conns:  # all ten on the wire before the first answer
+            conn.writer.write(line)
+        answers = await asyncio.gather(*(c.reply() for c in conns))
+        assert answers == [OK] * 10
+        assert not [x for x in r.audit() if x.get("event") == "auth-failure"]
+        for conn in conns:
+            await conn.close()
+        # A guesser beside them is still held to three tries.
+        guesses = [await attempt(r, "postfix", fake.password(length=20)) for _ in range(4)]
+        assert guesses == [WRONG] * 3 + [PAIR_LOCKED]
+    finally:
+        await r.stop()
+
+
 async def test_one_broken_app_does_not_lock_out_other_accounts_on_its_host(
     tmp_path: Path, pki: Pki, sink: Sink
 ) -> None:

@@ -132,3 +132,30 @@ async def test_auth_failures_are_counted_across_workers(
         assert spread == [WRONG, WRONG, ACCOUNT_LOCKED]
     finally:
         assert await service.stop() == 0, service.log_text()
+
+
+async def test_parallel_right_logins_are_not_locked_across_workers(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    # Postfix relaying through `serve --workers 2` logs in from many smtp processes at
+    # once with one account: in-flight attempts must wait, not count as failures.
+    users = tmp_path / "users"
+    add_user(users, "postfix", "a-long-synthetic-secret-2")
+    service = await start_service(
+        tmp_path, pki, sink, "--users-file", str(users), workers=2,
+        env={"PHI_RELAY_SERVER_AUTH_MAX_FAILURES": "3"},
+    )  # fmt: skip
+    try:
+        port = service.smtp_port
+        conns = [
+            await RawSmtp.ready(port, pki.client_context(), local="127.0.4.9") for _ in range(10)
+        ]
+        line = plain("postfix", "a-long-synthetic-secret-2").encode() + b"\r\n"
+        for conn in conns:
+            conn.writer.write(line)
+        answers = await asyncio.gather(*(c.reply() for c in conns))
+        assert answers == ["235 2.7.0 Authentication successful"] * 10
+        for conn in conns:
+            await conn.close()
+    finally:
+        assert await service.stop() == 0, service.log_text()
