@@ -93,6 +93,7 @@ class ServerConfig:
     auth_max_failures_per_address: int = 50
     auth_lockout: float = 900.0
     shutdown_timeout: float = 30.0
+    shutdown_handshake_grace: float = 1.0
     policy_timeout: float = 10.0
     decision_timeout: float = 30.0
     decision_workers: int = 2
@@ -336,6 +337,7 @@ _KINDS: dict[str, dict[str, str]] = {
         "auth_max_failures_per_address": "int",
         "auth_lockout": "float",
         "shutdown_timeout": "float",
+        "shutdown_handshake_grace": "float",
         "policy_timeout": "float",
         "decision_timeout": "float",
         "decision_workers": "int",

@@ -84,6 +84,9 @@ MEANINGS: dict[str, str] = {
     "accounts before the address is locked out (at least `auth_max_failures`).",
     "server.auth_lockout": "Seconds failures are remembered: the lockout (`454 4.7.0`) window.",
     "server.shutdown_timeout": "Seconds SIGTERM waits for transactions in flight.",
+    "server.shutdown_handshake_grace": "Seconds SIGTERM lets a STARTTLS handshake under way "
+    "finish, so its client gets 421 over TLS instead of a dropped connection; a client that "
+    "never starts its handshake is closed after it (at most shutdown_timeout).",
     "server.policy_timeout": "Seconds all policies together may take for one message "
     "(then `451`, fail closed).",
     "server.decision_timeout": "Seconds a whole decision may take in a worker process; then "

@@ -694,6 +694,7 @@ class Relay:
         if self.shared is None:
             return
         self.shared.closing = True
+        self.shared.closing_since = asyncio.get_running_loop().time()
         for srv in self.servers:
             srv.close()
         deadline = asyncio.get_running_loop().time() + self.config.server.shutdown_timeout

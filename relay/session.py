@@ -165,6 +165,7 @@ class Shared:
         self.deliveries: set[asyncio.Task[Reply]] = set()
         self.flight = inflight.InFlight(report=runtime.metrics.bytes_in_flight)
         self.closing = False
+        self.closing_since = 0.0  # loop time the stop began
 
 
 class RelaySMTP(SMTP):
@@ -1107,6 +1108,13 @@ class RelaySMTP(SMTP):
         if self.transport is None or (self.in_flight and not force):
             return
         if self.handshaking:
+            # A handshake on the wire as the stop began (TLS 1.3 clients send EHLO before
+            # the relay has read their Finished) may finish: its 421 then goes over TLS.
+            grace = self.shared.runtime.config.server.shutdown_handshake_grace
+            if not force and asyncio.get_running_loop().time() < (
+                self.shared.closing_since + grace
+            ):
+                return
             # Between STARTTLS's 220 and the end of the handshake a 421 would reach the
             # client as plaintext inside its TLS stream; the SSL layer would not report the
             # close either, so end the session as aiosmtpd ends a failed handshake.

@@ -1,9 +1,10 @@
 """SIGTERM as an operator sends it to the real `phi-relay serve`, with clients connected in
 every state a client leaves a session in, with one worker and with the supervisor's two.
 
-What must hold: a session that is not in flight gets `421 4.3.2` (or, in the middle of a
-STARTTLS handshake, a plain close: a 421 there would reach the client as plaintext inside
-its TLS stream) and does not hold the stop for `server.shutdown_timeout`, even when the
+What must hold: a session that is not in flight gets `421 4.3.2` (in the middle of a
+STARTTLS handshake, over TLS once the handshake finishes within
+`server.shutdown_handshake_grace`, else a plain close: a 421 there would reach the client
+as plaintext inside its TLS stream) and does not hold the stop for `server.shutdown_timeout`, even when the
 client does not read (an idle pooled connection never answers TLS's close_notify); and a
 client that connects while a transaction in flight keeps the relay draining is refused at
 once, not left waiting in a listen queue nobody will accept from.
@@ -27,6 +28,7 @@ import pytest
 from tests.adversarial.service import Service, start_service
 from tests.support.pki import Pki
 from tests.support.rawsmtp import RawSmtp
+from tests.support.relay import start_relay
 from tests.support.upstream import Sink
 
 # Far below the default server.shutdown_timeout (30 s) the drain would otherwise wait.
@@ -163,3 +165,34 @@ async def test_a_client_connecting_during_a_drain_is_refused_at_once(
             await service.proc.wait()
     assert code == 0, service.log_text()[-2000:]
     assert [m.rcpt_tos for m in sink.received] == [["member@example.org"]]
+
+
+async def test_a_handshake_under_way_at_sigterm_finishes_and_gets_421(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    # A client whose TLS handshake is on the wire when the stop begins (with TLS 1.3 it
+    # sends EHLO before the relay has read its Finished) must get 421 over TLS, not a
+    # dropped connection; a client that never starts its handshake still holds nothing.
+    r = await start_relay(tmp_path, pki, sink)
+    stopping: asyncio.Task[None] | None = None
+    try:
+        conn = await RawSmtp.connect(r.port)
+        await conn.ehlo()
+        await conn.send(b"STARTTLS\r\n")
+        assert await conn.reply() == "220 2.0.0 Ready to start TLS"
+        stopping = asyncio.create_task(r.stop())
+        await asyncio.sleep(0.2)  # the stop has looked at every session by now
+        await asyncio.wait_for(
+            conn.writer.start_tls(pki.client_context(), server_hostname="localhost"), 5
+        )
+        gone = "421 4.3.2 Service shutting down; try again later"
+        answer = await conn.cmd("EHLO client.test")
+        if answer != gone:  # answered before the stop's next look; then told to go
+            assert answer == "250 HELP", answer
+            assert await conn.cmd("MAIL FROM:<app@clinic.example>") == gone
+        await asyncio.wait_for(stopping, PROMPT)
+    finally:
+        if stopping is None:
+            await r.stop()
+        elif not stopping.done():
+            await stopping
