@@ -128,6 +128,23 @@ def _load_key(directory: Path) -> bytes:
         raise CliError(f"cannot load the audit key: {exc}") from exc
 
 
+def _key_dir(args: argparse.Namespace, configured: Path) -> Path:
+    """The state directory whose key signed the logs named on the command line.
+
+    A DIRECTORY (or a FILE's folder) that holds keys/audit.key is the state directory of
+    the relay that wrote those logs, so `audit verify /srv/relay/state` works from any
+    directory; --state-dir, when given, and the configured one otherwise, decide the rest.
+    """
+    if args.state_dir is not None:
+        return configured
+    given: list[Path] = args.files
+    for path in given:
+        folder = path if path.is_dir() else path.parent
+        if keys.key_path(folder, KEY_NAME).exists():
+            return folder
+    return configured
+
+
 def configured_files(audit_file: Path | None) -> list[Path]:
     """The configured audit file and its rotations, oldest first."""
     if audit_file is None:
@@ -173,9 +190,10 @@ def _verify_dir(chains: list[list[Path]], key: bytes | None) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     cfg = loader.load_admin(args, {"state_dir": ("--state-dir", args.state_dir)})
+    key_dir = _key_dir(args, cfg.state_dir)
     if len(args.files) == 1 and args.files[0].is_dir():
         chains = chains_in(args.files[0])
-        return _verify_dir(chains, None if args.links_only else _load_key(cfg.state_dir))
+        return _verify_dir(chains, None if args.links_only else _load_key(key_dir))
     if not args.files:
         configured_files(cfg.audit.file)  # says so if there is none
         assert cfg.audit.file is not None
@@ -184,7 +202,7 @@ def run_verify(args: argparse.Namespace) -> int:
             chains = [configured_files(base) for base in bases]
             return _verify_dir(chains, None if args.links_only else _load_key(cfg.state_dir))
     files = args.files or configured_files(cfg.audit.file)
-    key = None if args.links_only else _load_key(cfg.state_dir)
+    key = None if args.links_only else _load_key(key_dir)
     try:
         report = verify(files, key)
     except OSError as exc:

@@ -35,6 +35,29 @@ def test_intact_log_exits_0(state: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert err.startswith("note: last record: seq 2 at ")
 
 
+def test_a_state_directory_named_from_elsewhere_brings_its_key(
+    state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `phi-relay audit verify /srv/relay/state` from another directory (an installed
+    # wheel, a cron job): the key is the one beside those logs, not ./state's.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("PHI_RELAY_STATE_DIR", raising=False)
+    assert run_cli(["audit", "verify", str(state)]) == 0
+    assert capsys.readouterr().out == f"OK: {state / 'audit.log'}: 3 records, chain intact\n"
+    assert run_cli(["audit", "verify", str(state / "audit.log")]) == 0
+    assert capsys.readouterr().out == "OK: 3 records, chain intact\n"
+    # Another relay's ./state with its own key does not take over the logs named.
+    keys.load_or_create(elsewhere / "state", "audit")
+    assert run_cli(["audit", "verify", str(state)]) == 0
+    # An edit is still caught with the key found there.
+    raw = lines(state / "audit.log")
+    raw[1] = raw[1].replace(b'"n":1', b'"n":5')
+    (state / "audit.log").write_bytes(b"".join(raw))
+    assert run_cli(["audit", "verify", str(state)]) == 1
+
+
 def test_tampered_log_exits_1_with_one_line_per_problem(
     state: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
