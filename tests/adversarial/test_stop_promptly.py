@@ -3,11 +3,11 @@ every state a client leaves a session in, with one worker and with the superviso
 
 What must hold: a session that is not in flight gets `421 4.3.2` (in the middle of a
 STARTTLS handshake, over TLS once the handshake finishes within
-`server.shutdown_handshake_grace`, else a plain close: a 421 there would reach the client
-as plaintext inside its TLS stream) and does not hold the stop for `server.shutdown_timeout`, even when the
-client does not read (an idle pooled connection never answers TLS's close_notify); and a
-client that connects while a transaction in flight keeps the relay draining is refused at
-once, not left waiting in a listen queue nobody will accept from.
+`server.shutdown_handshake_grace`, else a plain close: a 421 there would reach the client as
+plaintext inside its TLS stream) and does not hold the stop for `server.shutdown_timeout`,
+even when the client does not read (an idle pooled connection never answers TLS's
+close_notify); and a client that connects while a transaction in flight keeps the relay
+draining is refused at once, not left waiting in a listen queue nobody will accept from.
 
 The clients are blocking sockets that stop reading once their session is idle, as an app's
 connection pool does; what each one was sent is read after the relay has exited.
