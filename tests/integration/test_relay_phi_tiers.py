@@ -111,7 +111,10 @@ async def test_thread_topic_is_judged_as_the_subject(
     [decision] = relay.decisions()
     verdict = next(v for v in decision["verdicts"] if v["rule"] == "subject-phi")
     assert (verdict["kinds"], verdict["rules"]) == (["ssn"], ["id.ssn"])
-    assert "7395" not in relay.audit_path.read_text()
+    # The SSN, whole or as digits; its last four alone also turn up by chance in the
+    # record's hex hashes and ids (a flaky 1-2% of runs).
+    audit = relay.audit_path.read_text()
+    assert "286-41-7395" not in audit and "286417395" not in audit
 
 
 async def test_identifier_in_a_display_name_is_refused(relay: RunningRelay, sink: Sink) -> None:
