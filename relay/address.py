@@ -9,6 +9,12 @@ Sub-addresses ("jane+news@") are kept: they are distinct mailboxes to a sender.
 
 from __future__ import annotations
 
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+# `dot-atom@host.name` (RFC 5321 Dot-string and a plain domain): what nearly every sender
+# and recipient is; the fast paths of the session's MAIL/RCPT parsing and of the upstream
+# client take it as it is and leave anything else to the full parsers.
+DOT_ATOM_MAILBOX = rf"{_ATEXT}+(?:\.{_ATEXT}+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+
 
 class AddressError(ValueError):
     """The text is not a mailbox address. The message never repeats the address."""

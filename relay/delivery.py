@@ -23,14 +23,14 @@ import structlog
 from aiosmtplib.response import SMTPResponse
 
 from relay import esmtp
+from relay.address import DOT_ATOM_MAILBOX
 from relay.model import Reply, TlsInfo
 
 log = structlog.get_logger("relay.delivery")
 _STATUS = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s+")
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
-# `dot-atom@host.name`: what nearly every sender and recipient is; `email.utils.parseaddr`
-# (aiosmtplib's quote_address, ~20 us) gives it back unchanged.
-_PLAIN = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+# `email.utils.parseaddr` (aiosmtplib's quote_address, ~20 us) gives a plain mailbox back
+# unchanged.
+_PLAIN = re.compile(DOT_ATOM_MAILBOX)
 # Upstreams quote addresses ("<jane@example.org>: Recipient address rejected"); an address
 # can identify a patient, so it is not passed on to the client's reply (or its bounce).
 _ADDRESS = re.compile(r"<?[^\s<>@]*[^\s<>@:]@[^\s<>]+>?")

@@ -42,6 +42,7 @@ from aiosmtpd.smtp import (
 from aiosmtpd.smtp import log as aiosmtpd_log
 
 from relay import esmtp, inflight
+from relay.address import DOT_ATOM_MAILBOX
 from relay.config import IPNetwork
 from relay.datareader import read_data
 from relay.flow import Runtime, Transaction, new_id
@@ -117,11 +118,8 @@ def in_networks(host: str, networks: Iterable[IPNetwork]) -> bool:
     return any(ip in net for net in networks)
 
 
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 # `<dot-atom@host.name>` and ASCII parameters: what nearly every MAIL and RCPT holds.
-_PLAIN_ADDRESS = re.compile(
-    rf"<({_ATEXT}+(?:\.{_ATEXT}+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>([\x20-\x7e\t]*)"
-)
+_PLAIN_ADDRESS = re.compile(rf"<({DOT_ATOM_MAILBOX})>([\x20-\x7e\t]*)")
 
 
 def plain_address(arg: str) -> tuple[str, str] | None:

@@ -7,45 +7,42 @@ patient, and a model trained on people's subjects reads "returned" and "failed" 
 results; so the wrapper words are taken off before the subject is judged, and a
 subject that is only a report template is judged by its identifiers alone. The
 wording lives in data/lex_system_prefixes.txt and data/lex_system_subjects.txt.
+Mail systems write it in plain ASCII, so it is matched without folding, ignoring case.
 """
 
 from __future__ import annotations
 
 import re
 
-from relay.phi.lexicon import DATA, alternatives
-from relay.phi.normalize import fold, normalize
+from relay.phi.lexicon import alternatives, words
 
+_REPLY = r"(?:re|fw|fwd|aw|wg|rv|tr|enc)\s*:"
 _PREFIXES = re.compile(
-    r"(?:\s*(?:(?:re|fw|fwd|aw|wg|rv|tr|enc)\s*:|(?:"
-    + alternatives("system_prefixes")
-    + r")\s*:))+\s*",
-    re.IGNORECASE,
+    rf"(?:\s*(?:{_REPLY}|(?:{alternatives('system_prefixes')})\s*:))+\s*", re.IGNORECASE
 )
 # Only a run that holds a mail-system word counts; "RE: FW:" alone is people's mail.
-_REPLY_ONLY = re.compile(r"(?:\s*(?:re|fw|fwd|aw|wg|rv|tr|enc)\s*:)+\s*", re.IGNORECASE)
+_REPLY_ONLY = re.compile(rf"(?:\s*{_REPLY})+\s*", re.IGNORECASE)
+# `{…}` stands for a short variable part (a queue id, a count).
+_TEMPLATES = re.compile(
+    "(?:"
+    + "|".join(
+        re.escape(t).replace(re.escape("{…}"), r"[^\n]{1,40}?")
+        for t in sorted(words("system_subjects"))
+    )
+    + r")[\s.!]*",
+    re.IGNORECASE,
+)
 
 
-def _templates() -> re.Pattern[str]:
-    text = (DATA / "lex_system_subjects.txt").read_text(encoding="utf-8")
-    rows = [ln for ln in text.splitlines() if ln and not ln.startswith("# ") and ln != "#"]
-    parts = [re.escape(r).replace(re.escape("{…}"), r"[^\n]{1,40}?") for r in rows]
-    return re.compile("(?:" + "|".join(parts) + r")[\s.!]*")
-
-
-_TEMPLATES = _templates()
+def _report(text: str) -> bool:
+    return _TEMPLATES.fullmatch(" ".join(text.split())) is not None
 
 
 def unwrap(text: str) -> tuple[str, bool]:
     """The subject without leading mail-system wrapper words, and whether what is left
     (or the whole subject) is only a mail system's own report wording."""
-    core = text
     m = _PREFIXES.match(text)
-    if m and m.end() and not _REPLY_ONLY.fullmatch(m.group(0)):
-        core = text[m.end() :]
-    folded = " ".join(fold(normalize(text)).split())
-    report = _TEMPLATES.fullmatch(folded) is not None
-    if not report and core is not text:
-        rest = " ".join(fold(normalize(core)).split())
-        report = not rest or _TEMPLATES.fullmatch(rest) is not None
-    return core, report
+    if not m or not m.end() or _REPLY_ONLY.fullmatch(m.group(0)):
+        return text, _report(text)
+    core = text[m.end() :]
+    return core, _report(text) or not core.strip() or _report(core)
