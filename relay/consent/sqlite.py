@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -354,6 +355,20 @@ def _connect(path: Path) -> sqlite3.Connection:
         raise StoreError(f"consent store {path}: {exc.strerror or type(exc).__name__}") from exc
 
 
+def _wal(conn: sqlite3.Connection) -> str:
+    """Switch to WAL. Several processes opening a new store at once (a relay's workers at
+    first start) race for this switch, and SQLite answers "database is locked" at once
+    rather than through the busy handler: retry, within the same busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _connect_unchecked(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     # The file holds recipient addresses: create it owner-only before SQLite does
@@ -366,7 +381,7 @@ def _connect_unchecked(path: Path) -> sqlite3.Connection:
     try:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _wal(conn)
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"cannot switch to WAL journal mode (got {mode})")
         # FULL: an opt-out answered with 200 must survive a power cut, not only a crash.
