@@ -192,6 +192,7 @@ class Transaction:
             self.spooling = True
             return self._accept(rcpt, options)
         if not reply.success:
+            await self._recipient_refused(rcpt, reply)
             return reply
         return self._accept(rcpt, options)
 
@@ -211,6 +212,24 @@ class Transaction:
         maillog.failure(
             what, peer=f.peer.host, session_id=f.session_id, error=error, detail=detail, **fields
         )
+
+    async def _recipient_refused(self, rcpt: str, reply: Reply) -> None:
+        """The upstream refused a recipient at RCPT: the client hears it at once and no
+        decision or delivery record will name that recipient, so the refusal is its own
+        record (the recipient as the log's keyed hash, never the address)."""
+        try:
+            await self.rt.audit.event_async(
+                "recipient-refused",
+                session_id=self.facts.session_id,
+                stage="rcpt",
+                upstream=self.rt.upstream.name,
+                recipient=self.rt.audit.hash_recipient(rcpt),
+                outcome="deferred" if reply.transient else "refused",
+                reply_code=reply.code,
+                reply_status=reply.status,
+            )
+        except Exception:
+            self._failure("audit-write", error=True, stage="rcpt")
 
     async def _upstream_event(self, stage: str, err: UpstreamError) -> None:
         self._failure(

@@ -261,6 +261,10 @@ class AuditLog:
 
     # --- record building -----------------------------------------------------------------
 
+    def hash_recipient(self, address: str) -> str:
+        """The keyed hash this log writes for `address` (for an event about one recipient)."""
+        return recipient_hash(self._key, address)
+
     def _hashes(self, addresses: tuple[str, ...]) -> list[str]:
         return [recipient_hash(self._key, a) for a in addresses]
 

@@ -145,7 +145,7 @@ class Report:
         elif kind == "event":
             name = _code(record.get("event"))
             self.events[name] += 1
-            if name == "upstream-unavailable":
+            if name in ("upstream-unavailable", "recipient-refused"):
                 self.upstream_failures[
                     (
                         f"at {_code(record.get('stage'))}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import aiosmtplib
 import pytest
 from faker import Faker
 
+from relay.audit.report import Report
 from relay.users import add_user
 from tests.support.pki import Pki
 from tests.support.relay import RunningRelay, start_relay
@@ -220,6 +222,45 @@ async def test_upstream_refusing_one_of_two_recipients(relay: RunningRelay, sink
     assert sink.all_rcpts() == [good]
     [decision] = relay.decisions()
     assert len(decision["recipients"]) == 1
+
+
+async def test_a_recipient_the_upstream_refuses_at_rcpt_is_audited(
+    relay: RunningRelay, sink: Sink
+) -> None:
+    # Neither the decision nor the delivery record names a recipient the upstream refused
+    # at RCPT: the refusal is its own record, the recipient hashed, never the address.
+    good, bad, later = fake.email(), fake.email(), fake.email()
+    sink.faults.refuse_rcpt[bad] = "550 5.1.1 mailbox unavailable"
+    sink.faults.refuse_rcpt[later] = "452 4.2.2 mailbox full"
+    client = await relay.client()
+    errors, _ = await send(client, [good, bad, later], plain("Our new Saturday hours", [good]))
+    await client.quit()
+    assert errors == {
+        bad: aiosmtplib.SMTPResponse(550, "5.1.1 Upstream: mailbox unavailable"),
+        later: aiosmtplib.SMTPResponse(452, "4.2.2 Upstream: mailbox full"),
+    }
+    assert sink.all_rcpts() == [good]
+    audit = relay.relay.services.audit if relay.relay.services else None
+    assert audit is not None
+    refused = [r for r in relay.audit() if r.get("event") == "recipient-refused"]
+    assert [
+        (r["recipient"], r["reply_code"], r["reply_status"], r["outcome"]) for r in refused
+    ] == [
+        (audit.hash_recipient(bad), 550, "5.1.1", "refused"),
+        (audit.hash_recipient(later), 452, "4.2.2", "deferred"),
+    ]
+    assert all(r["stage"] == "rcpt" and r["session_id"] for r in refused)
+    [decision] = relay.decisions()
+    assert refused[0]["session_id"] == decision["session_id"]
+    text = relay.audit_path.read_text()
+    assert bad not in text and later not in text and bad.split("@")[0] not in text
+    summary = Report(since=None, until=None, generated=datetime.now(UTC))
+    for record in relay.audit():
+        summary.add(record)
+    assert summary.upstream_failures == {
+        ("at rcpt", "refused", "550"): 1,
+        ("at rcpt", "deferred", "452"): 1,
+    }
 
 
 async def test_each_decision_one_audit_record_written_before_upstream(
