@@ -43,6 +43,14 @@ _SURROGATE = re.compile("[\udc80-\udcff]")
 # Three or more single letters or digits each followed by exactly one space: a word
 # written spaced out ("d i a b e t e s", "4 4 5 1 2 3 4"). Two spaces end the word.
 _SPACED = re.compile(r"(?<![^\s(\[:#])(?:[^\W_] (?! )){2,}[^\W_](?![^\W_])")
+# Single characters one space apart, with two spaces (or an end of the text) on each
+# side: a word, number or date written spaced out on purpose ("Reply  t o  us",
+# "born  1 0 / 0 6 / 1 9 5 1  -", "Claim  4 4 1 9 - 0 0 8 2"). The double spaces set
+# it apart, so short words, punctuation and mixed case are joined too. Each match
+# starts at a text start or after two spaces and stops at the next two: linear.
+_SPACED_APART = re.compile(r"(?:^\s*|(?<=  ))(?:\S (?! ))+\S(?=  |\s*$)")
+# A whole text of four or more single characters one space apart ("5 0 3 - 7 7 1").
+_SPACED_WHOLE = re.compile(r"\s*(?:\S (?! )){3,}\S\s*")
 # Every spaced-out run holds " x " (its second letter between spaces): a cheap test
 # with a literal prefix the regex engine scans for, before the costly pattern.
 _SPACED_HINT = re.compile(r" [^\W_] ")
@@ -92,7 +100,6 @@ _INVISIBLE: dict[int, None] = dict.fromkeys(
 
 # Letters of scripts that draw like Latin ones (Greek, Cyrillic, Armenian, Cherokee).
 _SCRIPTS = "\u0370-\u03ff\u0400-\u052f\u0530-\u058f\u13a0-\u13ff"
-_SCRIPT_WORD = re.compile(rf"[^\W_]*[{_SCRIPTS}][^\W_]*")
 _IN_SCRIPTS = re.compile(rf"[{_SCRIPTS}]")
 
 
@@ -128,20 +135,96 @@ def _ranges(codes: Iterable[int]) -> str:
     return "".join(out)
 
 
+_INVISIBLES = re.compile(f"[{_ranges(_INVISIBLE)}]")
+
+
 @cache
 def _script_letters() -> dict[int, str]:
     table = {int(code[2:], 16): rep for code, rep, *_ in _data_lines("confusables.tsv")}
     return {k: v for k, v in table.items() if _in_scripts(k)}
 
 
-def _unmask_word(match: re.Match[str]) -> str:
-    # "Your pathology" written with Cyrillic o, a, p inside Latin words reads as Latin; a
-    # real Russian or Greek word (with letters that have no Latin look-alike) stays.
-    word = match.group(0)
+@cache
+def _real_script() -> re.Pattern[str]:
+    """Letters of those scripts that draw like no Latin letter ("д", "λ")."""
+    spans = [(0x0370, 0x03FF), (0x0400, 0x052F), (0x0530, 0x058F), (0x13A0, 0x13FF)]
     table = _script_letters()
-    if any(c.isascii() for c in word) or (len(word) > 2 and all(ord(c) in table for c in word)):
-        return word.translate(table)
-    return word
+    real = [c for lo, hi in spans for c in range(lo, hi + 1) if c not in table and chr(c).isalpha()]
+    return re.compile(f"[{_ranges(real)}]")
+
+
+_SCRIPT_WORD = re.compile(rf"[^\W_]*[{_SCRIPTS}][^\W_]*")
+_ASCII_LETTER = re.compile("[A-Za-z]")
+_LATIN, _AMBIGUOUS, _OTHER = 1, 0, -1
+_LETTERS = re.compile(r"([^\W\d_]+)")
+_LATIN_WORD = re.compile("[A-Za-z\u00c0-\u024f\u1e00-\u1eff]+")
+
+
+def _unmask(text: str) -> str:
+    """Greek, Cyrillic, Armenian and Cherokee look-alikes read as the Latin letters they draw.
+
+    A word that mixes them with Latin letters ("Your" with a Cyrillic o) is Latin. A word
+    made only of look-alikes (Cyrillic "TO", "pa", "paka") is read as its neighbours are:
+    Latin among Latin words ("SIGN IN TO SEE"), itself among Russian or Greek ones, or
+    between the two (a Russian "nomer" before "Medicare"); with no neighbour to tell, as
+    most of the text's words are, and an all-capitals word as an acronym in Latin. A word
+    with letters that have no Latin look-alike is real Russian or Greek and stays. Linear
+    in the words.
+    """
+    table = _script_letters()
+    ambiguous = False
+
+    def mixed(match: re.Match[str]) -> str:
+        nonlocal ambiguous
+        word = match.group(0)
+        if _ASCII_LETTER.search(word) is not None:
+            return word.translate(table)
+        if _real_script().search(word) is None:
+            ambiguous = True
+        return word
+
+    # Most text with such letters has none made only of look-alikes: one pass, in C but
+    # for the words that hold them.
+    text = _SCRIPT_WORD.sub(mixed, text)
+    if not ambiguous:
+        return text
+    # Pieces: text between words, then a word, alternately (parts[1::2] are the words).
+    parts = _LETTERS.split(text)
+    real = _real_script()
+    kinds: list[int] = []
+    todo: list[int] = []  # the words made only of look-alikes
+    for i, word in enumerate(parts[1::2]):
+        if word.isascii():
+            kinds.append(_LATIN)
+        elif _IN_SCRIPTS.search(word) is None:
+            # Latin with accents ("sonèt") is Latin; Chinese or Arabic tells nothing.
+            kinds.append(_LATIN if _LATIN_WORD.fullmatch(word) else _AMBIGUOUS)
+        elif real.search(word) is not None:
+            kinds.append(_OTHER)
+        else:
+            kinds.append(_AMBIGUOUS)
+            todo.append(i)
+    # The nearest decided word on each side of every word (linear: two sweeps).
+    left, right = [0] * len(kinds), [0] * len(kinds)
+    last = 0
+    for i, kind in enumerate(kinds):
+        left[i], last = last, kind or last
+    last = 0
+    for i in range(len(kinds) - 1, -1, -1):
+        right[i], last = last, kinds[i] or last
+    latin, other = kinds.count(_LATIN), kinds.count(_OTHER)
+    overall = (latin > other) - (other > latin)
+    for i in todo:
+        if left[i] and right[i] and left[i] != right[i]:
+            continue  # between Latin and Russian: written in its own script
+        word = parts[2 * i + 1]
+        votes = left[i] + right[i]
+        # Nothing on either side: as most words are, and capitals (an acronym, a
+        # Cyrillic "CBC" among Arabic) as Latin.
+        kind = (votes > 0) - (votes < 0) or overall or (_LATIN if word.isupper() else 0)
+        if kind == _LATIN:
+            parts[2 * i + 1] = word.translate(table)
+    return "".join(parts)
 
 
 @cache
@@ -209,6 +292,16 @@ def decodings(data: bytes, label: str | None) -> list[str]:
         out.append(text)
         doubtful = _REPLACEMENT in text
     if doubtful or not out:
+        if not data.isascii():
+            try:
+                # Bytes that are valid UTF-8 and not ASCII are UTF-8: a windows-1252 text
+                # almost never is, and its reading of them is mojibake ("Ã©", "Ð¿") whose
+                # stray digits and fractions ("Ð3/4") look like numbers to the rules.
+                strict = data.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+            else:
+                return [*out, strict] if strict not in out else out
         readings = [data.decode(fallback, "replace") for fallback in _FALLBACKS]
         # The likelier reading first (fewer replacement characters and mojibake pairs);
         # the order only decides what is displayed, every reading is judged.
@@ -321,6 +414,10 @@ def _join_spaced(match: re.Match[str]) -> str:
     return letters
 
 
+def _join_apart(match: re.Match[str]) -> str:
+    return match.group(0).replace(" ", "")
+
+
 def normalize(text: str) -> str:
     """Fold decoded text: NFKC, invisibles, look-alikes, spaced-out words, whitespace."""
     if (
@@ -337,15 +434,21 @@ def normalize(text: str) -> str:
 
 def _normalize(text: str) -> str:
     if not text.isascii():
+        # Invisibles go before NFKC: between a letter and its accent, or between the
+        # jamo of a decomposed Hangul syllable, they would stop it composing.
+        if _INVISIBLES.search(text) is not None:
+            text = text.translate(_INVISIBLE)
         text = unicodedata.normalize("NFKC", text)
         table, present = _look_alikes()
         if present.search(text) is not None:
             text = text.translate(table)
         if _IN_SCRIPTS.search(text) is not None:
-            text = _SCRIPT_WORD.sub(_unmask_word, text)
+            text = _unmask(text)
         # Combining marks stacked on letters survive NFKC as separate characters
-        # ("d̸iabetes"); drop marks that did not compose into a precomposed letter.
+        # ("d̸iabetes"); compose what a mapped look-alike left apart (dotless i + accent), then
+        # drop the marks that did not compose into a precomposed letter.
         if any(map(unicodedata.combining, _NON_ASCII.findall(text))):
+            text = unicodedata.normalize("NFC", text)
             text = "".join(ch for ch in text if not unicodedata.combining(ch))
         if _REPLACEMENT in text:
             # A stray byte inside a word ("H\ufffdIV") must not split it; elsewhere it
@@ -353,8 +456,11 @@ def _normalize(text: str) -> str:
             text = _LOST_IN_WORD.sub("", text).replace(_REPLACEMENT, " ")
     if "  " in text or "\t" in text or "\n" in text:
         text = text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
-    if _SPACED_HINT.search(text) is not None and _SPACED.search(text) is not None:
-        text = _SPACED.sub(_join_spaced, text)
+    if _SPACED_HINT.search(text) is not None:
+        if "  " in text or _SPACED_WHOLE.fullmatch(text) is not None:
+            text = _SPACED_APART.sub(_join_apart, text)
+        if _SPACED.search(text) is not None:
+            text = _SPACED.sub(_join_spaced, text)
     if _UNUSUAL_SPACE.search(text) is None:
         return text.strip()  # every run of whitespace is one space already
     return _SPACES.sub(" ", text).strip()

@@ -145,6 +145,15 @@ def test_a_stray_byte_never_hides_the_rest() -> None:
     )
 
 
+def test_valid_utf8_of_unknown_charset_is_read_as_utf8_only() -> None:
+    # Its windows-1252 reading is mojibake whose fractions and digits ("\u00d03/4") look
+    # like numbers: a clean Russian notice must not turn PHI through it.
+    text = "\u041f\u043b\u0430\u043d 2:00"
+    assert subject_texts("=?x-unknown?B?" + _b(text, "utf-8") + "?=") == [text]
+    raw = text.encode("utf-8").decode("ascii", "surrogateescape")
+    assert subject_texts(raw) == [text]
+
+
 def test_raw_8bit_header_is_read_both_ways() -> None:
     assert subject_texts("diab\udcc3\udca8tes")[0] == "diabètes"
     assert subject_texts("caf\udce9")[0] == "café"
@@ -169,6 +178,25 @@ def test_raw_8bit_header_is_read_both_ways() -> None:
         ("\u0633\u0627\u0639\u0629 \u0661\u0660", "\u0633\u0627\u0639\u0629 10"),
         ("MRN\u00a060448172", "MRN 60448172"),
         ("\ufeffTamoxifen refill", "Tamoxifen refill"),
+        # spaced apart between two spaces: short words, punctuation and dates join too
+        ("Reply  t o  us", "Reply to us"),
+        ("Heads  u p :  your labs", "Heads up: your labs"),
+        ("born  1 0 / 0 6 / 1 9 5 1  - proxy", "born 10/06/1951 - proxy"),
+        ("5 0 3 - 7 7 1 - 2 0 4 8", "503-771-2048"),
+        # invisibles dropped before NFKC, so a decomposed accent or syllable composes
+        ("Su ecografi\u200b\u0301a", "Su ecografía"),
+        ("\u1100\u200b\u1161", "\uac00"),
+        # look-alike-only words read as their neighbours: Latin among Latin, else kept
+        ("SIGN IN \u0422\u041e SEE", "SIGN IN TO SEE"),
+        ("no \u0435\u0455 solo", "no es solo"),
+        (
+            "\u043e\u0442 \u0440\u0430\u043a\u0430 \u0434\u043e",
+            "\u043e\u0442 \u0440\u0430\u043a\u0430 \u0434\u043e",
+        ),
+        (
+            "\u0432\u0430\u0448 \u043d\u043e\u043c\u0435\u0440 Medicare",
+            "\u0432\u0430\u0448 \u043d\u043e\u043c\u0435\u0440 Medicare",
+        ),
     ],
 )
 def test_folding(text: str, expected: str) -> None:
