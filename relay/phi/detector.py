@@ -1782,11 +1782,13 @@ def _overlaps(taken: Iterable[tuple[int, int]], start: int, end: int) -> bool:
 
 
 def _dedupe(found: list[Finding]) -> list[Finding]:
+    """One finding per kind and span: the strongest, since its confidence sets the tier
+    (a weak cue found first must not hide a decisive rule on the same words)."""
     if len(found) < 2:
         return list(found)  # nothing to sort or drop
     seen: set[tuple[str, int, int]] = set()
     out: list[Finding] = []
-    for f in sorted(found, key=lambda f: (f.start, f.end, f.kind)):
+    for f in sorted(found, key=lambda f: (f.start, f.end, f.kind, -f.confidence)):
         key = (f.kind, f.start, f.end)
         if key not in seen:
             seen.add(key)

@@ -54,7 +54,9 @@ def test_roster_import_then_scan(
     assert "imported 1 roster rows" in capsys.readouterr().out
     monkeypatch.setattr("sys.stdin", io.StringIO("Re: zorba quillfeather\nChart A-99812\nHello\n"))
     assert main(["scan-subjects", "--state-dir", str(state)]) == 1
-    assert capsys.readouterr().out == ("phi\tname\troster.name\nphi\tmrn\tid.cued\nclean\t\t\n")
+    # The chart number is both cued (id.cued) and on the roster: the stronger evidence,
+    # the roster's exact match, is the rule reported.
+    assert capsys.readouterr().out == ("phi\tname\troster.name\nphi\tmrn\troster.mrn\nclean\t\t\n")
 
 
 def test_roster_bad_row_reports_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -310,3 +310,16 @@ def test_detection_time_grows_linearly_on_text_that_never_repeats(shape: str) ->
 
     small, large = cost(8192), cost(32768)
     assert large < 8 * small, (small, large)
+
+
+def test_a_weak_finding_never_hides_a_strong_one_on_the_same_words() -> None:
+    # Rules add findings in their own order; when two share a kind and a span, the one
+    # kept must be the strongest, whichever came first, or the tier drops.
+    from relay.phi.api import Finding
+    from relay.phi.detector import _dedupe
+
+    weak = Finding("condition", 4, 12, 0.5, "health.term")
+    strong = Finding("condition", 4, 12, 0.95, "health.dx")
+    other = Finding("mrn", 20, 28, 0.99, "id.cued")
+    for order in ([weak, strong, other], [strong, weak, other], [other, weak, strong]):
+        assert _dedupe(order) == [strong, other]
