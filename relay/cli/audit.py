@@ -128,7 +128,7 @@ def _load_key(directory: Path) -> bytes:
         raise CliError(f"cannot load the audit key: {exc}") from exc
 
 
-def _key_dir(args: argparse.Namespace, configured: Path) -> Path:
+def _key_dir(args: argparse.Namespace, configured: Path, named: list[Path] | None = None) -> Path:
     """The state directory whose key signed the logs named on the command line.
 
     A DIRECTORY (or a FILE's folder) that holds keys/audit.key is the state directory of
@@ -137,7 +137,7 @@ def _key_dir(args: argparse.Namespace, configured: Path) -> Path:
     """
     if args.state_dir is not None:
         return configured
-    given: list[Path] = args.files
+    given: list[Path] = args.files if named is None else named
     for path in given:
         folder = path if path.is_dir() else path.parent
         if keys.key_path(folder, KEY_NAME).exists():
@@ -242,6 +242,11 @@ def run_report(args: argparse.Namespace) -> int:
     chains, notes = report_mod.find_chains(paths)
     if not chains:
         raise CliError(f"no audit log (*.log) found in {', '.join(map(str, paths))}")
+    # As `audit verify`: a state directory named on the command line brings its own key
+    # and consent store, so the report works from any directory (a cron job, a wheel).
+    state_dir = _key_dir(args, cfg.state_dir, list(args.paths))
+    if state_dir != cfg.state_dir:
+        cfg = loader.load_admin(args, {"state_dir": ("--state-dir", state_dir)})
     key = None if args.links_only else _load_key(cfg.state_dir)
     optouts = None
     if not args.no_optouts:

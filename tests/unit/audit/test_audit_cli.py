@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,30 @@ def test_a_state_directory_named_from_elsewhere_brings_its_key(
     raw[1] = raw[1].replace(b'"n":1', b'"n":5')
     (state / "audit.log").write_bytes(b"".join(raw))
     assert run_cli(["audit", "verify", str(state)]) == 1
+
+
+def test_a_report_of_a_state_directory_named_from_elsewhere_brings_its_key(
+    state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `phi-relay audit report /srv/relay/state` from another directory reads the key (and
+    # the consent store's opt-outs) beside those logs, as `audit verify` does.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("PHI_RELAY_STATE_DIR", raising=False)
+    assert run_cli(["audit", "report", str(state), "--format", "json", "--no-optouts"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["verification"]["ok"] is True
+    assert data["events"] == [{"event": "test", "count": 3}]
+    assert run_cli(["audit", "report", str(state), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["verification"]["ok"] is True
+    assert not (elsewhere / "state").exists()
+    # An edit is caught with the key found there.
+    raw = lines(state / "audit.log")
+    raw[1] = raw[1].replace(b'"n":1', b'"n":5')
+    (state / "audit.log").write_bytes(b"".join(raw))
+    assert run_cli(["audit", "report", str(state), "--format", "json", "--no-optouts"]) == 1
+    assert json.loads(capsys.readouterr().out)["verification"]["ok"] is False
 
 
 def test_tampered_log_exits_1_with_one_line_per_problem(
