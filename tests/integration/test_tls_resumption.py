@@ -164,3 +164,50 @@ async def test_a_session_resumes_on_whichever_worker_a_connection_reaches(
     seen = {workers[i] for i in ids}
     assert seen == {1, 2}, seen  # both workers served some of the resumed connections
     assert all(ids.values()), [workers[i] for i, reused in ids.items() if not reused]
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+async def test_a_session_resumes_on_workers_restarted_after_the_handover(
+    tmp_path: Path, pki: Pki, sink: Sink, version: ssl.TLSVersion
+) -> None:
+    """A worker the lean supervisor restarts is a fresh interpreter with a TLS context of
+    its own (relay/overseer.py); it is handed the first workers' ticket keys, so a session
+    they issued resumes there, and one it issues resumes on the others. Both workers are
+    killed, so every connection after it reaches a restarted one."""
+    import os
+    import signal
+
+    from tests.adversarial.service import start_service
+    from tests.integration.test_workers import chains, wait_for, workers_of
+
+    svc = await start_service(tmp_path, pki, sink, workers=2)
+    ctx = client(pki, version)
+    results: list[tuple[bool, bytes]] = []
+    state = tmp_path / "state"
+
+    def restarts() -> int:
+        return sum(r.get("event") == "worker-restart" for rs in chains(state).values() for r in rs)
+
+    try:
+        first = await asyncio.to_thread(send, svc.smtp_port, ctx, implicit=False, n=0)
+        for pid in workers_of(svc):
+            os.kill(pid, signal.SIGKILL)
+        await wait_for("both workers restarted", lambda: restarts() == 2, timeout=60)
+        session = first[0]
+        for n in range(1, 9):
+            got = await asyncio.to_thread(
+                send, svc.smtp_port, ctx, implicit=False, session=session, n=n
+            )
+            results.append((got[1], got[3]))
+        # A ticket a restarted worker issued, on a fresh connection.
+        fresh = await asyncio.to_thread(send, svc.smtp_port, ctx, implicit=False, n=9)
+        again = await asyncio.to_thread(
+            send, svc.smtp_port, ctx, implicit=False, session=fresh[0], n=10
+        )
+    finally:
+        assert await svc.stop() == 0
+    assert first[1] is False and fresh[1] is False
+    assert all(done.startswith(b"250 2.0.0") for _, done in results), results
+    assert [reused for reused, _ in results] == [True] * 8
+    assert again[1] is True and again[3].startswith(b"250 2.0.0")
+    assert len(sink.received) == 11
