@@ -39,9 +39,13 @@ def test_its_log_lines_read_as_structlogs(
     json_lines: bool, capfd: pytest.CaptureFixture[str]
 ) -> None:
     fields = {"worker": 2, "pid": 41, "exit": "signal SIGKILL", "error": None, "seconds": 0.25}
-    logs.configure(json=json_lines)
-    structlog.get_logger("relay.supervisor").warning("worker died; restarting it", **fields)
-    overseer.Log(json_lines)("warning", "worker died; restarting it", **fields)
+    saved = structlog.get_config()
+    try:  # (its writer holds the captured stderr: later tests must not log to that)
+        logs.configure(json=json_lines)
+        structlog.get_logger("relay.supervisor").warning("worker died; restarting it", **fields)
+        overseer.Log(json_lines)("warning", "worker died; restarting it", **fields)
+    finally:
+        structlog.configure(**saved)
     theirs, ours = capfd.readouterr().err.splitlines()
     stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
     assert stamp.sub("T", ours) == stamp.sub("T", theirs)
