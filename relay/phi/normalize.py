@@ -25,10 +25,13 @@ import itertools
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 
 from selectolax.lexbor import LexborHTMLParser
+
+from relay.phi import lexicon
 
 DATA = Path(__file__).with_name("data")
 
@@ -466,15 +469,184 @@ def _normalize(text: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
+# --- case: a text whose capitals tell nothing ------------------------------------------
+
+# A lower-case letter then a capital (Latin, Cyrillic, Greek): a cheap test before
+# counting words in odd case.
+_LOWER_UPPER = re.compile(
+    "[a-z\u00df-\u00f6\u00f8-\u00ff\u0430-\u045f\u03b1-\u03c9]"
+    "[A-Z\u00c0-\u00d6\u00d8-\u00de\u0400-\u042f\u0391-\u03a9]"
+)
+_CASED_WORD = re.compile(r"[^\W\d_]+")
+# Between a name and the next (or a title and a name): "jane okafor", "okafor, jane",
+# "dr. ines".
+_NEXT_TO = re.compile(r"\.? |, ")
+_HOUSE_NUMBER = re.compile(r"(?<![\d.,/:-])\d{1,6}[a-z]? $")
+# Reply and forward prefixes: the subject after one starts with a capital.
+_PREFIXES = frozenset(("re", "fw", "fwd", "rv", "tr", "aw", "wg", "enc", "res"))
+
+
+@dataclass(frozen=True)
+class _RecaseWords:
+    names: frozenset[str]  # person names that are no dictionary word
+    every_name: frozenset[str]
+    titles: frozenset[str]  # titles that stand before a name ("miss" is also a verb)
+    not_after_dr: frozenset[str]  # "your dr. appointment"
+    street_suffixes: frozenset[str]
+    street_prefixes: frozenset[str]
+
+
+@cache
+def _recase_words() -> _RecaseWords:
+    """The word classes `recase` reads, folded (data/names_*.txt, street_*.txt, lex_*)."""
+
+    def rows(name: str) -> list[str]:
+        text = (DATA / name).read_text(encoding="utf-8")
+        return [fold(ln) for ln in text.splitlines() if ln and not ln.startswith("#")]
+
+    every = frozenset(n for n in [*rows("names_first.txt"), *rows("names_last.txt")] if len(n) >= 3)
+    return _RecaseWords(
+        names=every - set(rows("names_ambiguous.txt")),
+        every_name=every,
+        titles=(lexicon.words("titles") - {"miss"}) | {"dr", "dra", "prof"},
+        not_after_dr=lexicon.words("not_after_dr"),
+        street_suffixes=frozenset(w for w in rows("street_suffixes.txt") if len(w) >= 2),
+        street_prefixes=frozenset(w for w in rows("street_prefixes_es.txt") if len(w) >= 4),
+    )
+
+
+def uninformative_case(text: str) -> bool:
+    """True when capitals in `text` say nothing: all lower case, all capitals, or letters
+    in random case ("jAMie wALLaCE's FoOd lOgs"): three in five of its words of three
+    letters or more in none of the usual shapes (random case leaves few words in them;
+    brand names such as "MyChart" and "PrEP" are a few words of a text)."""
+    low, up = text.lower(), text.upper()
+    if low == up:
+        return False  # no cased letters (Chinese, Arabic, digits)
+    if text in (low, up):
+        return True
+    if _LOWER_UPPER.search(text) is None:
+        return False
+    long = [w for w in _CASED_WORD.findall(text) if len(w) >= 3]
+    odd = sum(1 for w in long if not (w.islower() or w.isupper() or w.istitle()))
+    return odd >= 2 and odd * 5 >= len(long) * 3
+
+
+def recase(text: str) -> str:
+    """`text` in lower case with the capitals a reader supplies. Same length as `text`.
+
+    Capitals go to the word after a reply prefix ("fw: okafor, jane"), person names
+    (data/names_*.txt, less those that are also dictionary words), a name or an initial
+    after such a name ("william pierce r"), a title before a name ("dra. ines") and the
+    word after "dr." ("dr. hakimi"), and a street address: the words from a house
+    number to the street type and the town after its comma ("603 old mill road,
+    ashland"; "4417 calle palma"). Linear: each word looks at most four ahead.
+    """
+    low = text.lower()
+    if len(low) != len(text):
+        return text  # a letter whose lower case is two ("İ"): leave the text as it came
+    v = _recase_words()
+    found = list(_CASED_WORD.finditer(low))
+    words = [fold(m.group(0)) for m in found]
+    gaps = [low[found[i - 1].end() if i else 0 : m.start()] for i, m in enumerate(found)]
+    caps = [False] * len(found)
+    # The first word and sentence starts stay as they are: the rules read no capital
+    # there, and a lower-case reading keeps matching what was written.
+    due = False
+    for i, word in enumerate(words):
+        gap = gaps[i]
+        close = _NEXT_TO.fullmatch(gap) is not None
+        prev = words[i - 1] if i else ""
+        if _HOUSE_NUMBER.search(gap):
+            _mark_street(words, gaps, caps, i, v)
+        named = len(word) >= 3 and (
+            word in v.names
+            or (close and i > 0 and caps[i - 1] and prev in v.every_name and word in v.every_name)
+            or (close and prev in v.titles and word in v.every_name)
+            # "dra. mendivil": a name the lists lack after a doctor's title and its dot
+            or (gap == ". " and prev in ("dr", "dra") and word not in v.not_after_dr)
+        )
+        if named and close and prev in v.titles:
+            caps[i - 1] = True
+        initial = i > 0 and caps[i - 1] and close and len(word) == 1 and prev in v.every_name
+        caps[i] = caps[i] or due or named or initial
+        # "fw: ...", "re: ...": the subject after a prefix starts with a capital.
+        due = word in _PREFIXES and low.startswith(":", found[i].end())
+    out: list[str] = []
+    pos = 0
+    for m, cap in zip(found, caps, strict=True):
+        if cap:
+            out += (low[pos : m.start()], low[m.start()].upper())
+            pos = m.start() + 1
+    out.append(low[pos:])
+    return "".join(out)
+
+
+def _mark_street(
+    words: list[str], gaps: list[str], caps: list[bool], i: int, v: _RecaseWords
+) -> None:
+    """Capitals for a street address starting at word `i`, after a house number: up to
+    the last street type of the next four words ("old mill road"), or a Spanish street
+    type and the two words after it ("calle palma"); then the town after a comma."""
+    end = -1
+    if words[i] in v.street_prefixes:
+        end = i
+        while end + 1 < min(len(words), i + 3) and gaps[end + 1] == " ":
+            end += 1
+    else:
+        for j in range(i, min(len(words), i + 4)):
+            if j > i and gaps[j] != " ":
+                break
+            if words[j] in v.street_suffixes:
+                end = j
+    if end < 0:
+        return
+    for j in range(i, end + 1):
+        caps[j] = True
+    if end + 1 < len(words) and gaps[end + 1] == ", ":
+        caps[end + 1] = True
+
+
+def case_readings(readings: list[str]) -> list[str]:
+    """Each reading, and when its case says nothing its recased form: beside it for
+    capitals (the all-capitals rules still read them: "MILLER, GERALD - REFERRAL"),
+    instead of it for lower case (which no rule reads apart) and random case (whose
+    capitals would pass for names). Replacing a lower-case reading rather than adding to
+    it measured better on validation (recall 0.984 against 0.982 at the FPR bound)."""
+    out: list[str] = []
+    for text in readings:
+        if not uninformative_case(text):
+            out.append(text)
+            continue
+        again = recase(text)
+        replace = text != text.upper()  # lower or random case: nothing its own rules read
+        for reading in (again,) if replace else (text, again):
+            if reading not in out:
+                out.append(reading)
+    return out
+
+
 def subject_texts(raw_value: str) -> list[str]:
-    """Every plausible decoded, normalised text of a raw Subject value (primary first)."""
+    """Every plausible decoded, normalised text of a raw Subject value, as the detector
+    judges them (`case_readings`): primary first. Never raises."""
+    return _subject_texts(raw_value, cased=True)
+
+
+def subject_text(raw_value: str) -> str:
+    """The decoded, normalised text of a raw Subject value as written (primary reading,
+    not recased): what a reader is shown. Never raises."""
+    return _subject_texts(raw_value, cased=False)[0]
+
+
+def _subject_texts(raw_value: str, cased: bool) -> list[str]:
     try:
         value = str(raw_value)
         if value.isascii() and "=?" not in value and "\n" not in value and "\r" not in value:
             # Nothing to unfold or decode (most subjects): the one reading _decoded_texts
             # would give.
-            return [normalize(value)]
-        return _decoded_texts(value)
+            text = normalize(value)
+            return case_readings([text]) if cased else [text]
+        return _decoded_texts(value, cased)
     except Exception:
         try:
             return [normalize(str(raw_value))]
@@ -482,7 +654,7 @@ def subject_texts(raw_value: str) -> list[str]:
             return [" ".join(str(raw_value).split())]
 
 
-def _decoded_texts(value: str) -> list[str]:
+def _decoded_texts(value: str, cased: bool = True) -> list[str]:
     out: list[str] = []
     for reading in _raw_readings(value):
         # Unfold (CRLF before WSP goes); a stray line break elsewhere separates words.
@@ -494,12 +666,9 @@ def _decoded_texts(value: str) -> list[str]:
                 folded = normalize(text)
                 if folded not in out:
                     out.append(folded)
-    return out or [""]
-
-
-def subject_text(raw_value: str) -> str:
-    """The decoded, normalised text of a raw Subject value (primary reading). Never raises."""
-    return subject_texts(raw_value)[0]
+    if not out:
+        return [""]
+    return case_readings(out) if cased else out
 
 
 # --- a second reading: shorthand written out, leetspeak undone ------------------------

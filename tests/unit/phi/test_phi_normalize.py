@@ -9,8 +9,10 @@ from relay.phi.normalize import (
     expand,
     html_text,
     normalize,
+    recase,
     subject_text,
     subject_texts,
+    uninformative_case,
     views,
 )
 
@@ -143,6 +145,45 @@ def test_a_stray_byte_never_hides_the_rest() -> None:
     assert subject_texts("=?utf-8?B?" + _b("SSN 123-45-6789", "utf-8")[:-2] + "?=")[0].startswith(
         "SSN 123-45-67"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "uninformative", "recased"),
+    [
+        (
+            "rv: autorizaci\u00f3n - mariela santana",
+            True,
+            "rv: Autorizaci\u00f3n - Mariela Santana",
+        ),
+        ("WILLIAM PIERCE RECORDS", True, "William Pierce records"),
+        ("jAMie wALLaCE's FoOd lOgs", True, "Jamie Wallace's food logs"),
+        ("la dra. mend\u00edvil respondi\u00f3", True, "la Dra. Mend\u00edvil respondi\u00f3"),
+        ("see your dr. appointment", True, "see your dr. appointment"),
+        ("mail to 603 old mill road, ashland ky", True, "mail to 603 Old Mill Road, Ashland ky"),
+        (
+            "nueva direcci\u00f3n: 4417 calle palma, laredo",
+            True,
+            "nueva direcci\u00f3n: 4417 Calle Palma, Laredo",
+        ),
+        ("FAX - HOLLOWAY, DENNIS R", True, "fax - Holloway, Dennis R"),
+        # capitals that say something are kept: sentence case, brand names, no cased letters
+        ("Your MyChart PrEP refill", False, None),
+        ("Jamie Wallace's food logs", False, None),
+        ("\u60a8\u7684\u62a5\u544a", False, None),
+    ],
+)
+def test_case_that_says_nothing_is_read_as_a_reader_would(
+    text: str, uninformative: bool, recased: str | None
+) -> None:
+    assert uninformative_case(text) is uninformative
+    if recased is not None:
+        assert recase(text) == recased
+        # Capitals keep their own reading beside; lower and random case are replaced.
+        # What a reader is shown (subject_text) stays as written.
+        texts = subject_texts(text)
+        assert texts[-1] == recased
+        assert (text in texts) is (text in (text.upper(), recased))
+        assert subject_text(text) == text
 
 
 def test_valid_utf8_of_unknown_charset_is_read_as_utf8_only() -> None:

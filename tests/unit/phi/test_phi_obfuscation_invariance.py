@@ -22,10 +22,10 @@ from relay.phi.normalize import subject_texts
 from tests.support.obfuscate import ALL, corpus_subjects
 
 SEED = 20261201
-# Case and leetspeak still change some verdicts: the detector reads capitals as a cue for
-# names, and a leetspeak word is also read as written (an identifier shape). Bounded
-# here at the rate measured, until the canonicaliser reads them as a reader does.
-KNOWN_GAP = {"case": 0.03, "leetspeak": 0.03}
+# Leetspeak still changes some verdicts (a leetspeak word is also read as written, an
+# identifier shape), and case a few (capitals the lists cannot restore): bounded here
+# near the rates bench/phi_obfuscation.py measures.
+KNOWN_GAP = {"case": 0.01, "leetspeak": 0.03}
 PER = 150  # subjects per transform: ~110 transforms judge ~30,000 texts in a few seconds
 
 
