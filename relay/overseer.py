@@ -170,6 +170,14 @@ class Overseer:
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.wake[0], selectors.EVENT_READ)
 
+    @property
+    def http_worker(self) -> int:
+        """The one worker that serves the HTTP listener (unsubscribe, health, and the
+        metrics of them all): the others never load aiohttp (~9 MB a process). The last
+        one, so the supervisor loads aiohttp only after forking the others. While it
+        restarts, HTTP clients wait in the listening socket's queue (kept open here)."""
+        return self.workers
+
     # --- handover ------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
@@ -401,12 +409,13 @@ class Overseer:
     def spawn(self, w: Slot) -> None:
         """A fresh worker interpreter in slot `w` on the same listeners."""
         status_read, status_write = os.pipe()
+        http = self.http if w.worker == self.http_worker else []
         slot = {
             "worker": w.worker,
             "workers": self.workers,
             "smtp": self.smtp,
             "implicit": self.implicit,
-            "http": self.http,
+            "http": http,
             "run_dir": self.run_dir,
             "ready_fd": status_write,
             "lifeline_fd": self.lifeline[0],
@@ -418,7 +427,7 @@ class Overseer:
             "ticket_keys": self.ticket_keys.hex(),
         }
         spec = memfile("phi-relay-worker", json.dumps(slot).encode())
-        passed = (spec, status_write, self.lifeline[0], *self.smtp, *self.implicit, *self.http)
+        passed = (spec, status_write, self.lifeline[0], *self.smtp, *self.implicit, *http)
         pid = os.fork()
         if pid == 0:
             try:

@@ -155,6 +155,8 @@ class Supervisor(Overseer):
             self.spawn(self.slots[1])
             self._wait_for_start()
             for n in range(2, self.workers + 1):
+                if n == self.http_worker and self._http:
+                    preload_http()  # for that worker alone (the others are forked)
                 self.spawn(self.slots[n])
             self._wait_for_start()
             self._announce()
@@ -211,7 +213,7 @@ class Supervisor(Overseer):
             workers=self.workers,
             smtp=self._smtp,
             implicit=self._implicit,
-            http=self._http,
+            http=self._http if w.worker == self.http_worker else (),
             run_dir=Path(self.run_dir),
             ready_fd=write_end,
             lifeline_fd=self.lifeline[0],
@@ -408,21 +410,32 @@ def preload() -> None:
     """Load here, once, what every worker would load after the fork, then freeze it.
 
     Forked workers share the supervisor's memory page by page until one writes to a page.
-    The HTTP side (aiohttp), the PHI detector's vocabularies (~7 MB), its scorer's
-    weights (4.3 MB, one table per process that every detector reads) and the modules a
-    worker imports as it starts were loaded by each worker on its own: ~25 MB a worker.
+    The PHI detector's vocabularies (~7 MB), its scorer's weights (4.3 MB, one table per
+    process that every detector reads) and the modules a worker imports as it starts
+    were loaded by each worker on its own: ~25 MB a worker. Not the HTTP side (aiohttp):
+    one worker serves it (`preload_http`).
     `gc.freeze()` moves everything made so far out of the collector's reach, so a
     worker's collections do not write to (and so copy) the pages it shares; `trim()`
     hands back the free heap pages, which a worker would otherwise copy to allocate in.
     """
-    import relay.consent.sqlite
-    import relay.httpguard
-    import relay.web  # noqa: F401
+    import relay.consent.sqlite  # noqa: F401
     from relay.phi.detector import vocabulary
     from relay.phi.scorer import default_scorer
 
     vocabulary()
     default_scorer()
+    gc.collect()
+    gc.freeze()
+    malloc.trim()
+
+
+def preload_http() -> None:
+    """The HTTP side (aiohttp, ~9 MB), loaded before forking the one worker that serves
+    it (`Overseer.http_worker`): once this process hands over, those pages are that
+    worker's alone, with none of the copies an import after the fork makes."""
+    import relay.httpguard
+    import relay.web  # noqa: F401
+
     gc.collect()
     gc.freeze()
     malloc.trim()
