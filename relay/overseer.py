@@ -534,6 +534,7 @@ class Overseer:
                     configured=answer["workers"],
                 )
             if answer.get("config"):
+                self.log("info", "configuration re-read for workers started from now on")
                 self.config = bytes.fromhex(str(answer["config"]))
                 self.grace = float(answer["grace"])
                 self.shutdown_timeout = float(answer["shutdown_timeout"])

@@ -463,6 +463,56 @@ async def test_a_refused_reload_stays_refused_in_workers_started_after_it(
     assert all(any(r["type"] == "decision" for r in rs) for rs in chains(state).values())
 
 
+async def test_a_worker_restarted_after_a_reload_starts_with_the_reloaded_configuration(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    """The lean supervisor reads a reloaded configuration in a child and hands it to the
+    workers it starts from then on: killed after a SIGHUP, both workers come back with the
+    new `server.max_message_size` (EHLO's SIZE), without reloading it themselves."""
+    import smtplib
+
+    config = tmp_path / "relay.toml"
+    config.write_text("[server]\nmax_message_size = 1000000\n")
+    service = await start_service(
+        tmp_path,
+        pki,
+        sink,
+        "--config",
+        str(config),
+        workers=2,
+        env={"PHI_RELAY_SERVER_MAX_SESSIONS_PER_CLIENT": "50"},
+    )
+    state = tmp_path / "state"
+
+    def events(name: str) -> list[dict[str, Any]]:
+        return [r for rs in chains(state).values() for r in rs if r.get("event") == name]
+
+    def sizes() -> set[str]:
+        seen = set()
+        for _ in range(8):
+            with smtplib.SMTP("127.0.0.1", service.smtp_port, timeout=10) as smtp:
+                smtp.ehlo("client.test")
+                seen.add(smtp.esmtp_features["size"])
+        return seen
+
+    try:
+        assert await asyncio.to_thread(sizes) == {"1000000"}
+        config.write_text("[server]\nmax_message_size = 2000000\n")
+        service.signal(signal.SIGHUP)
+        await wait_for("both reloaded", lambda: len(events("config-reload")) == 2)
+        await wait_for(
+            "the supervisor read it",
+            lambda: "configuration re-read for workers started from now on" in service.log_text(),
+        )
+        for pid in workers_of(service):
+            os.kill(pid, signal.SIGKILL)
+        await wait_for("both restarted", lambda: len(events("worker-restart")) == 2, timeout=60)
+        assert await asyncio.to_thread(sizes) == {"2000000"}
+    finally:
+        assert await service.stop() == 0, service.log_text()
+    assert [r["ok"] for r in events("config-reload")] == [True, True]  # none after restart
+
+
 def children(worker: int) -> dict[int, bytes]:
     """A worker's child processes and their command lines (a child started from a thread
     is listed under that thread's task)."""
