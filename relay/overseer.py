@@ -188,6 +188,8 @@ class Overseer:
             "signals": self.signals + ([signal.SIGHUP] if self.hup_pending else []),
             "generation": self.generation,
             "config_generation": self.config_generation,
+            "draining": self.draining,  # a SIGTERM during the start
+            "drain_deadline": self.drain_deadline,  # monotonic: the same clock after exec
             "config": self.config.hex(),
             "grace": self.grace,
             "shutdown_timeout": self.shutdown_timeout,
@@ -221,6 +223,8 @@ class Overseer:
         o.signals = list(state["signals"])
         o.generation = int(state["generation"])
         o.config_generation = int(state["config_generation"])
+        o.draining = bool(state["draining"])
+        o.drain_deadline = float(state["drain_deadline"])
         o.config = bytes.fromhex(str(state["config"]))
         o.grace = float(state["grace"])
         o.shutdown_timeout = float(state["shutdown_timeout"])

@@ -615,7 +615,9 @@ class Relay:
             implicit_tls=f"{cfg.server.implicit_tls_listen.host}:{self.implicit_port}"
             if cfg.server.implicit_tls_listen
             else None,
-            http=f"{cfg.http.listen.host}:{self.http_port}" if self.http_port else None,
+            http=f"{cfg.http.listen.host}:{self.http_port}"
+            if cfg.http.listen and self.http_port
+            else None,
             mode=cfg.server.mode,
             policies=[p.name for p in runtime.rules.policies],
         )
