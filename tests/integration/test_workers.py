@@ -45,6 +45,11 @@ def workers_of(service: Service) -> list[int]:
     return sorted(out)
 
 
+def is_lean(service: Service) -> bool:
+    """Whether the supervisor has handed over to the lean one (relay/overseer.py)."""
+    return b"relay.overseer" in Path(f"/proc/{service.proc.pid}/cmdline").read_bytes()
+
+
 def maps_aiohttp(pid: int) -> bool:
     """Whether process `pid` has aiohttp (its C parts) mapped."""
     return "aiohttp" in Path(f"/proc/{pid}/maps").read_text()
@@ -235,6 +240,8 @@ async def test_sighup_reloads_every_worker_and_a_bad_reload_is_refused_by_all(
         )
 
     try:
+        # After the handover: the lean supervisor (relay/overseer.py) takes the SIGHUP.
+        await wait_for("the lean supervisor", lambda: is_lean(service))
         service.signal(signal.SIGHUP)
         await wait_for("both reloaded", lambda: reloads() == [(1, True), (2, True)])
         policy = service.policy_file.read_text()
