@@ -432,7 +432,7 @@ class Overseer:
         }
         spec = memfile("phi-relay-worker", json.dumps(slot).encode())
         passed = (spec, status_write, self.lifeline[0], *self.smtp, *self.implicit, *http)
-        pid = os.fork()
+        pid = fork_worker()
         if pid == 0:
             try:
                 _child_signals(reload=signal.SIG_IGN)  # until the relay handles SIGHUP
@@ -642,6 +642,19 @@ def _release(run_dir: str, worker: int, pid: int) -> dict[str, Any]:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def fork_worker() -> int:
+    """os.fork() with our signals blocked across it. A SIGTERM that reached the child
+    before it reset its handlers would run this process's handler there, noted in a list
+    the child never reads: a drain that came as a worker started would be lost, and that
+    worker would serve on. Blocked, it waits until the worker has the default action back
+    (relay.supervisor.serve_worker unblocks them; the mask outlives an exec)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    pid = os.fork()
+    if pid:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+    return pid
 
 
 def _child_signals(*, reload: signal.Handlers) -> None:

@@ -48,6 +48,7 @@ from relay.overseer import (
     Overseer,
     Slot,
     drain_times,
+    fork_worker,
     memfile,
     read_memfile,
 )
@@ -144,24 +145,32 @@ class Supervisor(Overseer):
         on, as relay.overseer, which exits 0 once they have all drained). A worker that
         cannot start the first time is a `StartupError` carrying its own one-line reason."""
         try:
+            # First: a SIGTERM from here on is a stop asked for, never a failed start
+            # (nor, before the handlers, death by signal in the middle of the set-up).
+            self.install_signals()
             self._prepare()
             preload()
-            self.install_signals()
             for n in range(1, self.workers + 1):
                 self.slots[n] = Slot(n)
             # Worker 1 alone first: it makes the keys of a new state directory and opens
             # (or migrates) the stores exactly as a single relay does, and if it refuses
             # to start nothing else has touched the state. Then the others, side by side.
-            self.spawn(self.slots[1])
+            if not self._stop_asked():
+                self.spawn(self.slots[1])
             self._wait_for_start()
             for n in range(2, self.workers + 1):
+                if self._stop_asked():
+                    break
                 if n == self.http_worker and self._http:
                     preload_http()  # for that worker alone (the others are forked)
                 self.spawn(self.slots[n])
             self._wait_for_start()
-            self._announce()
-            self._hand_over()
-            self.supervise()  # only where the handover could not exec
+            if not self.draining:
+                self._announce()
+                self._hand_over()
+            # Where the handover could not exec, or a stop came during the start: the
+            # workers that did start drain, and the supervisor exits 0 once they have.
+            self.supervise()
         finally:
             self._cleanup()
         return 0
@@ -223,7 +232,7 @@ class Supervisor(Overseer):
         )
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        pid = fork_worker()
         if pid == 0:
             os.close(read_end)
             self._child(slot)
@@ -239,16 +248,23 @@ class Supervisor(Overseer):
                 os.close(other.status_fd)
         serve_worker(self.running, self.sources, slot, reuse_port=self.reuse_port)
 
+    def _stop_asked(self) -> bool:
+        """SIGTERM or SIGINT came (handled or still to be), so no worker is started."""
+        return self.draining or any(s in (signal.SIGTERM, signal.SIGINT) for s in self.signals)
+
     def _wait_for_start(self) -> None:
+        """Until every worker started so far listens, or a stop was asked for (then
+        `draining`: the ones started are told to drain, and ending is no failure)."""
         deadline = time.monotonic() + START_TIMEOUT
-        while not all(w.ready for w in self.slots.values() if w.started):
+        while not self.draining and not all(w.ready for w in self.slots.values() if w.started):
             failed = next((w for w in self.slots.values() if w.started and not w.pid), None)
             if failed is not None:
                 self._stop_all()
+                when = "during the start" if failed.ready else "before it was listening"
                 raise StartupError(
                     failed.error
-                    or f"worker {failed.worker} ended ({failed.previous_exit}) "
-                    "before it was listening; see its log lines above"
+                    or f"worker {failed.worker} ended ({failed.previous_exit}) {when}; "
+                    "see its log lines above"
                 )
             if time.monotonic() > deadline:
                 self._stop_all()
@@ -281,6 +297,8 @@ class Supervisor(Overseer):
         deadline = time.monotonic() + HELPER_TIMEOUT
         while self.helpers and time.monotonic() < deadline:
             self.step(timeout=0.2, starting=True)
+        if self.draining:
+            return  # a SIGTERM handled in that wait: this process drains the workers
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         self._lock_fds()
         state = memfile("phi-relay-supervisor", json.dumps(self.state()).encode())
