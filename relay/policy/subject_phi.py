@@ -41,7 +41,7 @@ from relay.model import (
 from relay.phi.api import STRONG, UNCERTAIN, Detector, Judgement
 from relay.phi.kinds import ALL as ALL_KINDS
 from relay.phi.kinds import IDENTIFIERS, NAME
-from relay.phi.normalize import case_readings, normalize, subject_texts
+from relay.phi.normalize import normalize, readings_to_judge, subject_texts
 from relay.phi.org import Organisation
 from relay.policy import register
 from relay.policy.base import ConfigError, PolicyDeps, Section
@@ -62,7 +62,7 @@ _FILE_SEPARATORS = re.compile(r"[_.+]+")
 
 def subject_readings(ctx: MessageContext) -> list[str]:
     """Every plausible reading of every field a client may show as the subject."""
-    readings = case_readings([ctx.subject]) if ctx.subject else []
+    readings = readings_to_judge([ctx.subject]) if ctx.subject else []
     message = ctx.message
     if isinstance(message, EmailMessage):
         for name, value in message.raw_items():
