@@ -437,11 +437,13 @@ def preload() -> None:
     hands back the free heap pages, which a worker would otherwise copy to allocate in.
     """
     import relay.consent.sqlite  # noqa: F401
+    from relay.phi import normalize
     from relay.phi.detector import vocabulary
     from relay.phi.scorer import default_scorer
 
     vocabulary()
     default_scorer()
+    normalize.warm()  # the canonicaliser's names and common words (~6 MB)
     gc.collect()
     gc.freeze()
     malloc.trim()

@@ -647,6 +647,14 @@ def unleet(text: str) -> str:
     return _LEET_TOKEN.sub(lambda m: _unleet_word(m.group(0)), text)
 
 
+def warm() -> None:
+    """Load the word lists the canonicaliser reads (names, titles, streets, common words),
+    as the first subject would: a server loads them before it forks its workers, so they
+    share the pages."""
+    _recase_words()
+    _common_words()
+
+
 def readings_to_judge(readings: list[str]) -> list[str]:
     """The readings the detector judges: leetspeak that reads as words written in
     letters (`unleet`), then the case a reader supplies (`case_readings`)."""
