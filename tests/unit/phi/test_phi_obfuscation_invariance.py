@@ -27,6 +27,10 @@ SEED = 20261201
 # 0.1-0.3% of subjects in bench/phi_obfuscation.py, bounded here at one in a hundred.
 KNOWN_GAP = {"case": 0.01, "leetspeak": 0.01}
 PER = 150  # subjects per transform: ~110 transforms judge ~30,000 texts in a few seconds
+# A transform with a known gap is judged on more subjects, so its bound is a rate and not
+# a count: at the measured 0.1-0.3%, two of 150 happen by chance whenever the corpus
+# grows and the seeded sample shifts; eleven of 1,200 do not.
+PER_KNOWN_GAP = 1200
 
 
 @cache
@@ -68,16 +72,17 @@ def test_verdict_is_invariant(name: str) -> None:
     transform = ALL[name]
     subjects = _subjects()
     rng = random.Random(f"{SEED}:{name}")
+    gap = max((rate for key, rate in KNOWN_GAP.items() if key in name), default=0.0)
+    per = PER_KNOWN_GAP if gap else PER
     tried: list[tuple[str, str]] = []
     for i in rng.sample(range(len(subjects)), len(subjects)):
         got = transform(subjects[i], rng)
         if got is not None:
             tried.append(got)
-            if len(tried) == PER:
+            if len(tried) == per:
                 break
-    assert len(tried) >= min(PER, 20), f"{name} applies to too few subjects"
+    assert len(tried) >= min(per, 20), f"{name} applies to too few subjects"
     differ = [(ref, raw) for ref, raw in tried if _phi(ref) != _phi(raw)]
-    gap = max((rate for key, rate in KNOWN_GAP.items() if key in name), default=0.0)
     assert len(differ) <= gap * len(tried), (
         f"{name}: {len(differ)}/{len(tried)} change the verdict, e.g. "
         + "; ".join(
