@@ -13,6 +13,7 @@ from relay.phi.normalize import (
     subject_text,
     subject_texts,
     uninformative_case,
+    unleet,
     views,
 )
 
@@ -304,3 +305,25 @@ def test_normalize_is_linear_on_a_64k_folded_subject() -> None:
         subject_texts(raw)
         best = min(best, time.perf_counter() - started)
     assert best < 0.05
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("authorization s747u5 0nlin3", "authorization status online"),
+        ("Resultados de la encue574", "Resultados de la encuesta"),
+        ("wORKER Fe1l FrOm 1ADd3R", "wORKER Fell FrOm lADdeR"),
+        ("R3SULT5 READY", "RESULTS READY"),
+        ("ends 5oon!", "ends soon!"),
+        # codes, doses, times and words no list holds stay as written
+        (
+            "MRN AB1234, A1C, B12, 10am, H1N1, COVID-19",
+            "MRN AB1234, A1C, B12, 10am, H1N1, COVID-19",
+        ),
+        ("policy #YJT69213369", "policy #YJT69213369"),
+        ("ch14myd1a", "ch14myd1a"),
+    ],
+)
+def test_unleet_reads_leetspeak_words_and_leaves_codes(text: str, expected: str) -> None:
+    assert unleet(text) == expected
+    assert len(unleet(text)) == len(text)
