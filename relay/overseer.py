@@ -249,6 +249,9 @@ class Overseer:
 
         for sig in SIGNALS:
             signal.signal(sig, note)
+        early = sys.modules.get("relay.earlystop")  # not imported: the lean one has none
+        if early is not None:
+            self.signals.extend(early.taken())  # a stop that came before these handlers
         signal.set_wakeup_fd(self.wake[1], warn_on_full_buffer=False)
         # A mask inherited from whoever started us (or blocked across the handover) must
         # not leave the supervisor, or the workers it starts, deaf to SIGTERM or SIGHUP.

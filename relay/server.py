@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 
 from relay import config as config_mod
-from relay import keys, malloc, rules, startup, tlsbuffers
+from relay import earlystop, keys, malloc, rules, startup, tlsbuffers
 from relay.audit import AuditError, AuditLog
 from relay.audit.names import chain_path, head_name
 from relay.certs import load_pair, server_context
@@ -745,6 +745,8 @@ async def run(relay: Relay) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, relay.reload)
+    if earlystop.taken():
+        stop.set()  # asked before these handlers were set: start, then stop at once
     try:
         await relay.start()
     except (StartupError, ConfigError, OSError):

@@ -256,6 +256,8 @@ class Supervisor(Overseer):
         """Until every worker started so far listens, or a stop was asked for (then
         `draining`: the ones started are told to drain, and ending is no failure)."""
         deadline = time.monotonic() + START_TIMEOUT
+        if self.signals:
+            self.step(timeout=0, starting=True)  # a stop noted before any worker started
         while not self.draining and not all(w.ready for w in self.slots.values() if w.started):
             failed = next((w for w in self.slots.values() if w.started and not w.pid), None)
             if failed is not None:

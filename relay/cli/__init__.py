@@ -11,7 +11,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from relay import __version__
+from relay import __version__, earlystop
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -37,8 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    earlystop.arm()  # before the commands load: serve may be PID 1 (relay.earlystop)
+    args: argparse.Namespace | None = None
+    try:
+        args = build_parser().parse_args(argv)
+    finally:
+        if args is None or args.command != "serve":
+            earlystop.disarm()
     try:
         code: int = args.func(args)
     except CliError as exc:

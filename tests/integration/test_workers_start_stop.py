@@ -109,3 +109,50 @@ async def test_sigterm_during_start_up_stops_cleanly(tmp_path: Path, pki: Pki, m
     finally:
         again.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(again.wait(), 60) == 0
+
+
+def loaded(pid: int, name: str) -> bool:
+    try:
+        return name in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_before_serve_set_its_handlers_is_a_stop(
+    tmp_path: Path, pki: Pki, workers: int
+) -> None:
+    """The SIGTERM comes once the CLI loads its commands (the `_ssl` extension is mapped:
+    relay.cli alone does not load it), before the supervisor's or the relay's handlers
+    are set (after the configuration is read and the serving stack preloaded). It used
+    to end the process by signal midway through the set-up, and was dropped for a PID 1
+    (a container's entrypoint), which then served on until its SIGKILL."""
+    err_path = tmp_path / "stderr"
+    with err_path.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            *serve_args(tmp_path, pki), "--workers", str(workers),
+            cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=err,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not loaded(proc.pid, "_ssl.cpython"):
+            assert proc.returncode is None, err_path.read_text()
+            assert time.monotonic() < deadline, "the CLI never loaded ssl"
+            await asyncio.sleep(0.001)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            raise AssertionError(f"SIGTERM did not stop it\n{err_path.read_text()}") from None
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    text = err_path.read_text(errors="replace")
+    assert code == 0, text
+    assert "Traceback" not in text, text
+    deadline = time.monotonic() + 10
+    while group_alive(proc.pid):
+        assert time.monotonic() < deadline, f"a process of the stopped relay is left\n{text}"
+        await asyncio.sleep(0.05)
