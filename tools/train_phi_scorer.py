@@ -362,9 +362,11 @@ def main() -> int:
     ap.add_argument("--check", action="store_true", help="compare a retrain with the file")
     ap.add_argument("--c", type=float, default=C)
     # Validation FPR under-states the FPR on writers never seen: leave-one-writer-out
-    # over 43 writers gave 0.018 at a validation bound of 0.0125, 0.016 at 0.011, 0.014
-    # at 0.01, 0.022 at 0.015. 0.0125 aims at the target, FPR <= 0.02 on unseen writers.
-    ap.add_argument("--max-fpr", type=float, default=0.0125, help="FPR bound for thresholds")
+    # over 43 writers gave 0.018 at a validation bound of 0.0125. On the spent held-out
+    # sets the FPR at that bound was 1.2x (fifth), 1.8x (sixth) and 2.3x (seventh) the
+    # validation FPR, growing as the training writers did, so the bound is the target
+    # (FPR <= 0.02 on unseen writers) over the largest of those: 0.008.
+    ap.add_argument("--max-fpr", type=float, default=0.008, help="FPR bound for thresholds")
     ap.add_argument(
         "--cv-bounds",
         default="",
