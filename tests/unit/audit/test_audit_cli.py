@@ -29,6 +29,22 @@ def no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(keys.env_name("audit"), raising=False)
 
 
+@pytest.fixture
+def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The working directory of an admin command run from outside the state directory."""
+    directory = tmp_path / "elsewhere"
+    directory.mkdir()
+    monkeypatch.chdir(directory)
+    monkeypatch.delenv("PHI_RELAY_STATE_DIR", raising=False)
+    return directory
+
+
+def _alter_second_record(state: Path) -> None:
+    raw = lines(state / "audit.log")
+    raw[1] = raw[1].replace(b'"n":1', b'"n":5')
+    (state / "audit.log").write_bytes(b"".join(raw))
+
+
 def test_intact_log_exits_0(state: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = run_cli(["audit", "verify", str(state / "audit.log"), "--state-dir", str(state)])
     out, err = capsys.readouterr()
@@ -37,14 +53,10 @@ def test_intact_log_exits_0(state: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_a_state_directory_named_from_elsewhere_brings_its_key(
-    state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    state: Path, elsewhere: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # `phi-relay audit verify /srv/relay/state` from another directory (an installed
     # wheel, a cron job): the key is the one beside those logs, not ./state's.
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    monkeypatch.delenv("PHI_RELAY_STATE_DIR", raising=False)
     assert run_cli(["audit", "verify", str(state)]) == 0
     assert capsys.readouterr().out == f"OK: {state / 'audit.log'}: 3 records, chain intact\n"
     assert run_cli(["audit", "verify", str(state / "audit.log")]) == 0
@@ -53,21 +65,15 @@ def test_a_state_directory_named_from_elsewhere_brings_its_key(
     keys.load_or_create(elsewhere / "state", "audit")
     assert run_cli(["audit", "verify", str(state)]) == 0
     # An edit is still caught with the key found there.
-    raw = lines(state / "audit.log")
-    raw[1] = raw[1].replace(b'"n":1', b'"n":5')
-    (state / "audit.log").write_bytes(b"".join(raw))
+    _alter_second_record(state)
     assert run_cli(["audit", "verify", str(state)]) == 1
 
 
 def test_a_report_of_a_state_directory_named_from_elsewhere_brings_its_key(
-    state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    state: Path, elsewhere: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # `phi-relay audit report /srv/relay/state` from another directory reads the key (and
     # the consent store's opt-outs) beside those logs, as `audit verify` does.
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    monkeypatch.delenv("PHI_RELAY_STATE_DIR", raising=False)
     assert run_cli(["audit", "report", str(state), "--format", "json", "--no-optouts"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["verification"]["ok"] is True
@@ -76,9 +82,7 @@ def test_a_report_of_a_state_directory_named_from_elsewhere_brings_its_key(
     assert json.loads(capsys.readouterr().out)["verification"]["ok"] is True
     assert not (elsewhere / "state").exists()
     # An edit is caught with the key found there.
-    raw = lines(state / "audit.log")
-    raw[1] = raw[1].replace(b'"n":1', b'"n":5')
-    (state / "audit.log").write_bytes(b"".join(raw))
+    _alter_second_record(state)
     assert run_cli(["audit", "report", str(state), "--format", "json", "--no-optouts"]) == 1
     assert json.loads(capsys.readouterr().out)["verification"]["ok"] is False
 
