@@ -100,6 +100,7 @@ class ServerConfig:
     decision_idle_timeout: float = 300.0
     reuse_port: bool = False
     inline_max_bytes: int = 32 * 1024
+    event_loop: str = "uvloop"
     mode: str = "enforce"
 
     @property
@@ -344,6 +345,7 @@ _KINDS: dict[str, dict[str, str]] = {
         "decision_idle_timeout": "float",
         "reuse_port": "bool",
         "inline_max_bytes": "int",
+        "event_loop": "str",
         "mode": "str",
     },
     "upstream": {
@@ -480,6 +482,8 @@ def validate(cfg: Config) -> Config:
     where = cfg.source
     if s.mode not in ("enforce", "monitor"):
         raise ConfigError(where, "server.mode", "expected enforce or monitor")
+    if s.event_loop not in ("uvloop", "asyncio"):
+        raise ConfigError(where, "server.event_loop", "expected uvloop or asyncio")
     if s.bare_line_endings not in ("refuse", "normalise"):
         raise ConfigError(where, "server.bare_line_endings", "expected refuse or normalise")
     if u.tls not in ("starttls", "implicit"):

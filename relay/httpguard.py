@@ -3,7 +3,7 @@
 aiohttp alone accepts connections without limit and lets a half-sent request wait for
 an hour, so a few hundred of them exhaust the process's descriptors and the SMTP
 listener stops greeting. Here every accepted connection counts from accept to close,
-a TLS handshake in progress included (TLS is started here, on the counted connection,
+a TLS handshake in progress included (TLS is set up here, on the counted connection,
 rather than by the event loop before we see it). Over the cap a connection is closed at
 once (with a `503` when it is plain HTTP). The handshake has the same deadline as the
 request headers; aiohttp's keep-alive timer, which starts when the connection opens,
@@ -13,10 +13,11 @@ covers the headers and the idle time after.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
+from asyncio import sslproto
 from collections.abc import Callable
+from typing import cast
 
 from aiohttp import web
 
@@ -34,44 +35,58 @@ class _Connection(asyncio.Protocol):
         self.inner: asyncio.Protocol | None = None
         self.pending: list[bytes] = []
         self.eof = False
-        self.handshake: asyncio.Task[None] | None = None
+        # Under TLS, the socket's transport while the handshake runs.
+        self.raw: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.raw is not None:
+            # The TLS layer's transport: its handshake is done.
+            self._attach(transport)
+            return
         site = self.site
+        # A stream server's transport, whichever loop made it (uvloop's do not derive from
+        # asyncio.Transport, so no isinstance test here).
+        stream = cast(asyncio.Transport, transport)
         if len(site.live) >= site.max_connections:
-            if site.tls is None and isinstance(transport, asyncio.WriteTransport):
-                transport.write(BUSY)
-            transport.close()
+            if site.tls is None:
+                stream.write(BUSY)
+            stream.close()
             return
         site.live.add(self)
         if site.tls is None:
-            self._attach(transport)
+            self._attach(stream)
             return
-        assert isinstance(transport, asyncio.Transport)
-        transport.pause_reading()  # the ClientHello is for start_tls, not for us
-        self.handshake = asyncio.get_running_loop().create_task(self._start_tls(transport))
+        # The TLS layer takes the socket's bytes from the first one on, set up here rather
+        # than by loop.start_tls in a task: uvloop reads once connection_made returns even
+        # after a pause_reading in it, so a ClientHello could reach this protocol before
+        # start_tls took over. The layer calls connection_made again when the handshake is
+        # done, and gives up at the deadline. `sslproto.SSLProtocol` is looked up here, so
+        # relay/tlsbuffers.py's shared read buffer applies.
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        waiter.add_done_callback(self._handshake_ended)
+        tls = sslproto.SSLProtocol(
+            loop,
+            self,
+            site.tls,
+            waiter,
+            server_side=True,
+            ssl_handshake_timeout=site.handshake_timeout,  # type: ignore[arg-type]  # seconds, a float
+        )
+        self.raw = stream
+        stream.set_protocol(tls)
+        tls.connection_made(stream)
 
-    async def _start_tls(self, transport: asyncio.Transport) -> None:
-        assert self.site.tls is not None
-        try:
-            tls = await asyncio.get_running_loop().start_tls(
-                transport,
-                self,
-                self.site.tls,
-                server_side=True,
-                ssl_handshake_timeout=self.site.handshake_timeout,
-            )
-        except BaseException as exc:
-            # Timed out, not TLS, or a certificate the client refused: nothing to answer.
-            self.site.live.discard(self)
-            transport.abort()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+    def _handshake_ended(self, waiter: asyncio.Future[None]) -> None:
+        if self.inner is not None:
             return
-        if tls is None:  # pragma: no cover - the peer went away during the handshake
-            self.site.live.discard(self)
-            return
-        self._attach(tls)
+        # Timed out, not TLS, a certificate the client refused, or the peer went away:
+        # nothing to answer.
+        self.site.live.discard(self)
+        if not waiter.cancelled():
+            waiter.exception()  # retrieved: the reason is not worth a log line
+        if self.raw is not None:
+            self.raw.abort()
 
     def _attach(self, transport: asyncio.BaseTransport) -> None:
         self.inner = self.make_inner()
@@ -107,8 +122,6 @@ class _Connection(asyncio.Protocol):
         self.site.live.discard(self)
         if self.inner is not None:
             self.inner.connection_lost(exc)
-        elif self.handshake is not None:
-            self.handshake.cancel()
 
 
 class GuardedSite(web.BaseSite):
@@ -159,8 +172,7 @@ class GuardedSite(web.BaseSite):
 
     async def stop(self) -> None:
         for conn in list(self.live):
-            if conn.handshake is not None and conn.inner is None:
-                conn.handshake.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await conn.handshake
+            if conn.raw is not None and conn.inner is None:  # still in its handshake
+                conn.site.live.discard(conn)
+                conn.raw.abort()
         await super().stop()

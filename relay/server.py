@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 
 from relay import config as config_mod
-from relay import earlystop, keys, malloc, rules, startup, tlsbuffers
+from relay import earlystop, eventloop, keys, malloc, rules, startup, tlsbuffers
 from relay.audit import AuditError, AuditLog
 from relay.audit.names import chain_path, head_name
 from relay.certs import load_pair, server_context
@@ -619,6 +619,7 @@ class Relay:
             if cfg.http.listen and self.http_port
             else None,
             mode=cfg.server.mode,
+            event_loop=eventloop.name(asyncio.get_running_loop()),
             policies=[p.name for p in runtime.rules.policies],
         )
         if cfg.upstream.capture:

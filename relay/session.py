@@ -25,7 +25,7 @@ import ssl
 import time
 from asyncio import sslproto
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import structlog
 from aiosmtpd.smtp import (
@@ -471,9 +471,12 @@ class RelaySMTP(SMTP):
         transport = self.transport
         if transport is None:
             return
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+        # Plain or TLS, asyncio's or uvloop's (whose transports do not derive from
+        # asyncio.WriteTransport): every transport a session has is a stream transport.
+        stream = cast(asyncio.WriteTransport, transport)
+        if not stream.is_closing():
             held, self.held = self.held, []
-            transport.write(
+            stream.write(
                 b"".join((*held, b"421 4.4.2 Timed out waiting for the client; closing\r\n"))
             )
         # close() flushes the write buffer first; connection_lost() then cleans up.
@@ -1135,8 +1138,8 @@ class RelaySMTP(SMTP):
             # close either, so end the session as aiosmtpd ends a failed handshake.
             raw = self._original_transport
             for layer in (self.transport, raw):
-                if isinstance(layer, asyncio.Transport):
-                    layer.abort()
+                if layer is not None:  # uvloop's transports are no asyncio.Transport
+                    cast(asyncio.Transport, layer).abort()
             if raw is not None:
                 self.connection_lost(None)
             return

@@ -17,7 +17,6 @@ close and drains. `worker_main` is a worker the lean supervisor restarted.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import json
@@ -37,7 +36,7 @@ import structlog
 
 import relay
 from relay import config as config_mod
-from relay import logs, malloc, startup, ticketkeys
+from relay import eventloop, logs, malloc, startup, ticketkeys
 from relay.audit.names import chain_path
 from relay.certs import server_context
 from relay.config import Config, HostPort
@@ -377,7 +376,7 @@ def serve_worker(
                 http=rebind(slot.http),
             )
         relay_ = Relay(config, sources=sources, slot=slot)
-        asyncio.run(run_relay(relay_))
+        eventloop.run(run_relay(relay_), config.server.event_loop)
         code = 0
     except (StartupError, ConfigError) as exc:
         _tell(slot.ready_fd, str(exc))

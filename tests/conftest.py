@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from tests.support.pki import Pki, make_pki
 from tests.support.relay import RunningRelay, start_relay
 from tests.support.upstream import Sink
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The event loops an async test runs on: asyncio's, or the one PHI_RELAY_TEST_LOOP names
+    (`PHI_RELAY_TEST_LOOP=uvloop pytest` runs the whole suite on serve's default loop);
+    tests marked `both_loops` run on each (relay/eventloop.py)."""
+    if item.get_closest_marker("both_loops") is not None:
+        return LOOPS
+    name = os.environ.get("PHI_RELAY_TEST_LOOP", "asyncio")
+    return {name: LOOPS[name]}
 
 
 @pytest.fixture(scope="session")

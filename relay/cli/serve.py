@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 from pathlib import Path
 from typing import Any
 
 from relay import config as config_mod
+from relay import eventloop
 from relay.certs import init_dev_certs
 from relay.cli import EXIT_OK, CliError, loader
 from relay.config_doc import variables
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             from relay.supervisor import Supervisor
 
             return Supervisor(cfg, loaded.sources, cfg.worker_count).run()
-        asyncio.run(run_relay(Relay(cfg, sources=loaded.sources)))
+        eventloop.run(run_relay(Relay(cfg, sources=loaded.sources)), cfg.server.event_loop)
     except StartupError as exc:
         raise CliError(str(exc)) from exc
     except ConfigError as exc:

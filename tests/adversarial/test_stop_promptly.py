@@ -31,6 +31,8 @@ from tests.support.rawsmtp import RawSmtp
 from tests.support.relay import start_relay
 from tests.support.upstream import Sink
 
+# uvloop (serve's default) and asyncio's loop hold and close transports differently.
+pytestmark = pytest.mark.both_loops
 # Far below the default server.shutdown_timeout (30 s) the drain would otherwise wait.
 PROMPT = 10.0
 KINDS = ("greeted", "after-ehlo", "after-starttls-220", "tls-idle")

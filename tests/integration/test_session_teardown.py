@@ -26,6 +26,8 @@ from tests.support.rawsmtp import RawSmtp
 from tests.support.relay import RunningRelay, start_relay
 from tests.support.upstream import Sink
 
+# uvloop (serve's default) and asyncio's loop hold and close transports differently.
+pytestmark = pytest.mark.both_loops
 fake = Faker()
 Faker.seed(2611)
 SENDER = "app@clinic.example"
