@@ -31,7 +31,9 @@ class ConfigError(Exception):
         self.file = str(file)
         self.key = key
         self.expected = expected
-        super().__init__(f"{self.file}: {key}: {expected}")
+        # "-" is the whole file (unreadable, not TOML): no key to name.
+        where = f"{self.file}: " if key in ("", "-") else f"{self.file}: {key}: "
+        super().__init__(where + expected)
 
 
 @dataclass(frozen=True, slots=True)
