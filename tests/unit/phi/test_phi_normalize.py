@@ -298,13 +298,21 @@ def test_normalize_is_linear_on_a_64k_folded_subject() -> None:
     import time
 
     raw = "\r\n ".join(["d i a b e t e s Jane Okafor =?UTF-8?Q?H=C3=A9?="] * 1400)[:65536]
-    # Best of three: the machine is shared, and a linear cost is the least one seen.
-    best = 1.0
-    for _ in range(3):
-        started = time.perf_counter()
-        subject_texts(raw)
-        best = min(best, time.perf_counter() - started)
-    assert best < 0.05
+    part = raw[: len(raw) // 40]
+
+    def best(text: str) -> float:
+        # Best of five: the machine is shared, and a linear cost is the least one seen.
+        seen = []
+        for _ in range(5):
+            started = time.perf_counter()
+            subject_texts(text)
+            seen.append(time.perf_counter() - started)
+        return min(seen)
+
+    # Linear, against a fortieth of the same text timed in the same run (an absolute
+    # figure belongs in bench/phi_speed.py: the load of a shared machine moves it 3x).
+    # Quadratic work would be 40x slower again; 3x slack absorbs fixed costs and noise.
+    assert best(raw) < 3 * 40 * best(part)
 
 
 @pytest.mark.parametrize(
