@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from relay.phi.normalize import (
@@ -286,12 +288,22 @@ def test_html_text(markup: str, expected: str) -> None:
 def test_html_text_is_linear() -> None:
     import time
 
-    for markup in ("<a" * 200_000, "<p>" * 200_000, "&" * 400_000, "<!--" * 100_000):
-        # CPU time, not wall time: on a loaded machine the wall clock measures the other
-        # work (a quadratic parser needs minutes of CPU here, a linear one ~0.2 s).
-        started = time.process_time()
-        html_text(markup)
-        assert time.process_time() - started < 1.0
+    def cost(markup: str) -> float:
+        # CPU time, best of three: on a loaded machine the wall clock measures the other
+        # work, and even CPU time moves 3x with the load of the other core.
+        best = math.inf
+        for _ in range(3):
+            started = time.process_time()
+            html_text(markup)
+            best = min(best, time.process_time() - started)
+        return best
+
+    for unit, count in (("<a", 200_000), ("<p>", 200_000), ("&", 400_000), ("<!--", 100_000)):
+        # Four times the markup costs about four times the time; a quadratic parser
+        # (the stdlib's on some of these) sixteen times, and minutes of CPU in all.
+        small, large = cost(unit * (count // 4)), cost(unit * count)
+        assert large < 8 * small + 0.05, (unit, small, large)
+        assert large < 10.0, (unit, large)
 
 
 def test_normalize_is_linear_on_a_64k_folded_subject() -> None:
