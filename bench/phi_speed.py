@@ -120,12 +120,31 @@ def readable(writer: str, part: str) -> bool:
 def corpus_rows(every_writer: bool) -> list[dict[str, str]]:
     """The older corpora and the training writers w01-w11 (or, for --compare, all of
     w01-w11)."""
+    if os.environ.get(_ALL_WRITERS):
+        return train_validation_rows()
     rows = [r for path in sorted(DATA.glob("*.tsv")) for r in _tsv(path)]
     for writer, part in sorted(_split().items()):
         path = WRITERS / f"{writer}.tsv"
         if not readable(writer, part) or not path.exists():
             continue
         if every_writer or part == "train":
+            rows.extend(_tsv(path))
+    return rows
+
+
+# `--compare --all-writers`: every row the detector may be tuned or checked on, the
+# older corpora and every writer marked `train` or `validation`. Writers marked
+# `heldout` or `spent` (or not listed) are never read.
+_ALL_WRITERS = "PHI_SPEED_ALL_WRITERS"
+READABLE_PARTS = frozenset({"train", "validation"})
+
+
+def train_validation_rows() -> list[dict[str, str]]:
+    """The older corpora and every train and validation writer's rows."""
+    rows = [r for path in sorted(DATA.glob("*.tsv")) for r in _tsv(path)]
+    for writer, part in sorted(_split().items()):
+        path = WRITERS / f"{writer}.tsv"
+        if part in READABLE_PARTS and path.exists():
             rows.extend(_tsv(path))
     return rows
 
@@ -384,6 +403,164 @@ def long_subject(targets: list[tuple[str, Path]], rounds: int, seconds: float) -
     return 0
 
 
+# --- `--shapes`: 64 KiB subjects of the shapes an attacker might send ----------------
+
+SHAPES = (
+    "repeated name",
+    "random words",
+    "digits",
+    "one huge word",
+    "mixed scripts",
+    "encoded words",
+    "invisible characters",
+    "leetspeak",
+)
+SMALL_CHARS = 1638  # 1.6 KiB: the same shape at this length is the baseline of its row
+_PHI_TAIL = " Jane Okafor DOB 03/14/1962 your HIV test came back positive"
+
+
+def _common_words() -> list[str]:
+    from relay.phi.normalize import DATA as NORMALIZE_DATA
+
+    lines = (NORMALIZE_DATA / "words_common.txt").read_text(encoding="utf-8").splitlines()
+    return [w for w in lines if w and not w.startswith("#")]
+
+
+def _shape_word(shape: str, rnd: Any, common: list[str]) -> str:
+    if shape == "random words":
+        return str(rnd.choice(common))
+    if shape == "digits":
+        return str(rnd.randrange(10 ** rnd.randrange(1, 7)))
+    if shape == "mixed scripts":
+        return "".join(rnd.choice("ae\u0430\u0431\u0434\u0397\u0399\u8a3a\u65ad") for _ in range(6))
+    if shape == "encoded words":
+        return f"=?UTF-8?Q?{rnd.choice(common)}_=C3=A9{rnd.randrange(1000)}?="
+    if shape == "invisible characters":
+        return "\u200b".join(rnd.choice(common)) + "\u00ad"
+    # leetspeak
+    return str(rnd.choice(common)).translate(str.maketrans("aeist", "4315+")) + str(
+        rnd.randrange(10)
+    )
+
+
+def shape_text(shape: str, size: int) -> str:
+    """`size` characters of one shape, seeded, folded ("\r\n " every eight words) as a
+    long header is. Every shape but the repeated name never repeats a window, and a line
+    of eight words is kept only when the window it closes is judged clean (a strong
+    window ends the loop early, so clean text is the costly case), chosen with this
+    checkout's detector."""
+    import random
+
+    from relay.phi import default_detector
+    from relay.phi.api import CLEAN
+    from relay.phi.detector import WINDOW
+    from relay.phi.normalize import subject_texts
+
+    rnd = random.Random(11)
+    if shape == "repeated name":
+        return "\r\n ".join(["Jane Okafor " * 4] * (size // 48 + 1))[:size]
+    if shape == "one huge word":  # no space anywhere: one token, nothing to fold at
+        return "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(size))
+    detector = default_detector()
+    common = _common_words()
+    lines: list[str] = []
+    total, tries = 0, 0
+    while total < size:
+        line = " ".join(_shape_word(shape, rnd, common) for _ in range(8))
+        tail = "\r\n ".join([*lines[-6:], line])[-WINDOW:]
+        tries += 1
+        # A bounded search: a shape that is never clean is kept as it comes.
+        if tries > 4 * (size // 40 + 10) or detector.judge(subject_texts(tail)).tier == CLEAN:
+            lines.append(line)
+            total += len(line) + 3
+    return "\r\n ".join(lines)[:size]
+
+
+def _shape_texts() -> dict[str, list[str]]:
+    return {s: [shape_text(s, LONG_CHARS), shape_text(s, SMALL_CHARS)] for s in SHAPES}
+
+
+def _cpu_ms(fn: Callable[[], object], seconds: float) -> float:
+    """Least CPU milliseconds of `fn` over at least three calls and `seconds`."""
+    best, started, n = math.inf, time.perf_counter(), 0
+    while n < 3 or time.perf_counter() - started < seconds:
+        cpu = time.process_time()
+        fn()
+        best = min(best, time.process_time() - cpu)
+        n += 1
+    return best * 1000
+
+
+def _shapes(seconds: float) -> dict[str, Any]:
+    """Per shape: CPU ms at 64 KiB and at 1.6 KiB, the 64 KiB text's tier, and whether PHI
+    written at its end (in place of its last characters) is found."""
+    from relay.phi import default_detector
+    from relay.phi.api import CLEAN
+    from relay.phi.normalize import subject_texts
+
+    detector = default_detector()
+    texts = json.loads(Path(os.environ[_SHAPE_TEXTS]).read_text(encoding="utf-8"))
+    detector.judge(subject_texts(texts["random words"][1]))  # warm
+    out: dict[str, Any] = {}
+    for shape in SHAPES:
+        big, small = texts[shape]
+        tail = big[: LONG_CHARS - len(_PHI_TAIL)] + _PHI_TAIL
+        out[shape] = {
+            "big": _cpu_ms(lambda b=big: detector.judge(subject_texts(b)), seconds),
+            "small": _cpu_ms(lambda s=small: detector.judge(subject_texts(s)), seconds / 4),
+            "tier": detector.judge(subject_texts(big)).tier,
+            "tail_found": detector.judge(subject_texts(tail)).tier != CLEAN,
+        }
+    return out
+
+
+_SHAPE_TEXTS = "PHI_SPEED_SHAPE_TEXTS"
+
+
+def shapes(targets: list[tuple[str, Path]], rounds: int, seconds: float) -> int:
+    """Print the 64 KiB time of each shape, its 1.6 KiB time (the baseline of the same
+    run) and their ratio (40 is linear), per checkout, rounds alternating."""
+    made = run(ROOT, "shape-texts", 0)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8", delete=False) as f:
+        json.dump(made, f)
+    os.environ[_SHAPE_TEXTS] = f.name
+    got: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in targets}
+    try:
+        for _ in range(rounds):
+            for label, src in targets:
+                got[label].append(run(src, "shapes", seconds))
+    finally:
+        os.unlink(f.name)
+    print(
+        f"one subject of {LONG_CHARS} characters (64 KiB, folded) and of {SMALL_CHARS} "
+        "(1.6 KiB) per shape, subject_texts + judge, CPU ms (least of the rounds)"
+    )
+    head = f"{'shape':<22}"
+    for label, _ in targets:
+        head += f"{label + ' 64K ms':>13}{'1.6K ms':>9}{'ratio':>7}"
+    if len(targets) == 2:
+        head += "   64K new/old"
+    print(head + "   64K tier, PHI at the end")
+    worst = 0.0
+    for shape in SHAPES:
+        line = f"{shape:<22}"
+        best = {}
+        for label, _ in targets:
+            big = min(r[shape]["big"] for r in got[label])
+            small = min(r[shape]["small"] for r in got[label])
+            best[label] = big
+            line += f"{big:>13.1f}{small:>9.2f}{big / small:>7.1f}"
+        if len(targets) == 2:
+            line += f"   {best['new'] / best['old']:>11.2f}x"
+        worst = max(worst, best["new"])
+        found = all(r[shape]["tail_found"] for rs in got.values() for r in rs)
+        tiers = "/".join(sorted({r[shape]["tier"] for rs in got.values() for r in rs}))
+        print(line + f"   {tiers}, " + ("found" if found else "MISSED"))
+    met = "met" if worst < 50 else "NOT met"
+    print(f"target < 50 ms for every shape: {met} (worst {worst:.0f} ms)")
+    return 0
+
+
 def worker(mode: str, seconds: float) -> None:
     _pin()
     import relay
@@ -402,6 +579,10 @@ def worker(mode: str, seconds: float) -> None:
         result = _long_text()
     elif mode == "long":
         result = _long(seconds)
+    elif mode == "shapes":
+        result = _shapes(seconds)
+    elif mode == "shape-texts":
+        result = _shape_texts()
     else:
         result = _decisions(inputs)
     json.dump(result, sys.stdout)
@@ -486,11 +667,23 @@ def main() -> int:
         action="store_true",
         help="time a 64 KiB subject of clean subjects that never repeats a window",
     )
+    ap.add_argument(
+        "--shapes",
+        action="store_true",
+        help="time 64 KiB subjects of each attacker shape against 1.6 KiB of the same",
+    )
+    ap.add_argument(
+        "--all-writers",
+        action="store_true",
+        help="--compare on every train and validation writer (never heldout or spent)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args.worker, args.seconds)
         return 0
+    if args.all_writers:
+        os.environ[_ALL_WRITERS] = "1"
     if args.compare:
         if args.old is None:
             ap.error("--compare needs --old DIR")
@@ -498,6 +691,8 @@ def main() -> int:
     targets = [("new", ROOT)] + ([("old", args.old)] if args.old else [])
     if args.long:
         return long_subject(targets, args.rounds, args.seconds)
+    if args.shapes:
+        return shapes(targets, args.rounds, args.seconds)
     rates: dict[str, list[float]] = {label: [] for label, _ in targets}
     subjects = 0
     for _ in range(args.rounds):

@@ -27,6 +27,7 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from itertools import compress
 from pathlib import Path
 
 from selectolax.lexbor import LexborHTMLParser
@@ -482,6 +483,7 @@ _CASED_WORD = re.compile(r"[^\W\d_]+")
 # Between a name and the next (or a title and a name): "jane okafor", "okafor, jane",
 # "dr. ines".
 _NEXT_TO = re.compile(r"\.? |, ")
+_MATCH_START, _MATCH_END, _MATCH_GROUP = re.Match.start, re.Match.end, re.Match.group
 _DIGIT = re.compile(r"\d")
 _HOUSE_NUMBER = re.compile(r"(?<![\d.,/:-])\d{1,6}[a-z]? $")
 # Reply and forward prefixes: the subject after one starts with a capital.
@@ -555,37 +557,49 @@ def recase(text: str) -> str:
         if v.every_name.isdisjoint(present) and v.cue_words.isdisjoint(present):
             return low
     found = list(_CASED_WORD.finditer(low))
-    words = [fold(m.group(0)) for m in found]
-    gaps = [low[found[i - 1].end() if i else 0 : m.start()] for i, m in enumerate(found)]
+    starts = list(map(_MATCH_START, found))
+    ends = list(map(_MATCH_END, found))
+    if low.isascii():  # ASCII lower case folds to itself: the words as they are
+        words = list(map(_MATCH_GROUP, found))
+    else:
+        words = list(map(fold, map(_MATCH_GROUP, found)))
+    gaps = list(map(low.__getitem__, map(slice, [0, *ends[:-1]], starts)))
     caps = [False] * len(found)
+    names, every_name, titles = v.names, v.every_name, v.titles
     # The first word and sentence starts stay as they are: the rules read no capital
     # there, and a lower-case reading keeps matching what was written.
     due = False
+    prev = ""
     for i, word in enumerate(words):
         gap = gaps[i]
-        close = _NEXT_TO.fullmatch(gap) is not None
-        prev = words[i - 1] if i else ""
-        if _HOUSE_NUMBER.search(gap):
-            _mark_street(words, gaps, caps, i, v)
-        named = len(word) >= 3 and (
-            word in v.names
-            or (close and i > 0 and caps[i - 1] and prev in v.every_name and word in v.every_name)
-            or (close and prev in v.titles and word in v.every_name)
-            # "dra. mendivil": a name the lists lack after a doctor's title and its dot
-            or (gap == ". " and prev in ("dr", "dra") and word not in v.not_after_dr)
-        )
-        if named and close and prev in v.titles:
-            caps[i - 1] = True
-        initial = i > 0 and caps[i - 1] and close and len(word) == 1 and prev in v.every_name
-        caps[i] = caps[i] or due or named or initial
+        if gap == " ":  # most gaps: close, and no house number before the word
+            close = True
+        else:
+            close = _NEXT_TO.fullmatch(gap) is not None
+            if _HOUSE_NUMBER.search(gap):
+                _mark_street(words, gaps, caps, i, v)
+        if len(word) >= 3:
+            named = (
+                word in names
+                or (close and i > 0 and caps[i - 1] and prev in every_name and word in every_name)
+                or (close and prev in titles and word in every_name)
+                # "dra. mendivil": a name the lists lack after a doctor's title and its dot
+                or (gap == ". " and prev in ("dr", "dra") and word not in v.not_after_dr)
+            )
+            if named and close and prev in titles:
+                caps[i - 1] = True
+            if named or due:
+                caps[i] = True
+        elif due or (i > 0 and caps[i - 1] and close and len(word) == 1 and prev in every_name):
+            caps[i] = True  # after a prefix, or an initial after a name ("william pierce r")
         # "fw: ...", "re: ...": the subject after a prefix starts with a capital.
-        due = word in _PREFIXES and low.startswith(":", found[i].end())
+        due = word in _PREFIXES and low.startswith(":", ends[i])
+        prev = word
     out: list[str] = []
     pos = 0
-    for m, cap in zip(found, caps, strict=True):
-        if cap:
-            out += (low[pos : m.start()], low[m.start()].upper())
-            pos = m.start() + 1
+    for start in compress(starts, caps):
+        out += (low[pos:start], low[start].upper())
+        pos = start + 1
     out.append(low[pos:])
     return "".join(out)
 
