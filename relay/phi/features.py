@@ -18,7 +18,9 @@ have whatever the lists know. Leave-one-writer-out chose these (docs/phi-detecti
 from __future__ import annotations
 
 import re
+import sys
 import zlib
+from array import array
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
 from operator import attrgetter
@@ -58,6 +60,54 @@ _LASTINDEX = attrgetter("lastindex")
 _SHAPE_PUNCT = {",": ",", ":": ":", "-": "-", "\u2013": "-"}
 _NS_WORD, _NS_PAIR, _NS_RULE, _NS_CLASS, _NS_CLASS_PAIR = 1, 2, 3, 4, 5
 _NS_TEXT_WORD, _NS_TEXT_PAIR, _NS_SHAPE2, _NS_SHAPE3 = 7, 8, 9, 10
+
+
+def _gram_planes(size: int, start: int) -> tuple[tuple[bytes, ...], ...]:
+    """Byte tables for `_grams`: CRC-32 of `size` bytes from `start`, masked to MASK.
+
+    CRC-32 is affine over GF(2) for a fixed length: the CRC of n bytes is the XOR of one
+    table entry per byte position (the CRC of that byte alone at that position, other
+    bytes zero, XOR the CRC of all zeros) and the CRC of all zeros. Entry k's table is
+    split into three byte planes (bits 0-7, 8-15, 16-17) so `bytes.translate` can look
+    them up; position 0's tables carry the all-zero CRC.
+    """
+    zero = zlib.crc32(bytes(size), start)
+    out = []
+    for k in range(size):
+        entries = [
+            zlib.crc32(bytes(k) + bytes([b]) + bytes(size - k - 1), start) ^ zero
+            for b in range(256)
+        ]
+        if k == 0:
+            entries = [e ^ zero for e in entries]
+        out.append(tuple(bytes(((e & MASK) >> (8 * p)) & 0xFF for e in entries) for p in range(3)))
+    return tuple(out)
+
+
+_GRAMS4 = _gram_planes(4, 0)
+_SHAPES2, _SHAPES3 = _gram_planes(2, _NS_SHAPE2), _gram_planes(3, _NS_SHAPE3)
+# Below this many n-grams the comprehension is as quick as the fixed cost of `_grams`.
+_GRAMS_FROM = 64
+# `_grams` reads its buckets back as 4-byte little-endian unsigned integers.
+_GRAMS_OK = array("I").itemsize == 4 and sys.byteorder == "little"
+
+
+def _grams(data: bytes, planes: tuple[tuple[bytes, ...], ...]) -> array[int]:
+    """`crc32(data[i : i + n], start) & MASK` for every i, `planes` from `_gram_planes(n,
+    start)`, computed in a fixed number of C calls (translate, big-integer XOR) instead
+    of one Python operation a position: a long window has hundreds of n-grams."""
+    size = len(planes)
+    m = len(data) - size + 1
+    buf = bytearray(4 * m)
+    parts = [data[k : k + m] for k in range(size)]
+    for p in range(3):
+        x = 0
+        for k in range(size):
+            x ^= int.from_bytes(parts[k].translate(planes[k][p]), "little")
+        buf[p::4] = x.to_bytes(m, "little")
+    out = array("I")
+    out.frombytes(buf)
+    return out
 
 
 def _shape(token: str) -> str:
@@ -103,7 +153,10 @@ def feature_set(
     data = (" " + text + " ").encode("utf-8")
     crc = zlib.crc32
     n = len(data)
-    out = {crc(data[i : i + 4]) & MASK for i in range(n - 3)}
+    if n - 3 >= _GRAMS_FROM and _GRAMS_OK:
+        out = set(_grams(data, _GRAMS4))
+    else:
+        out = {crc(data[i : i + 4]) & MASK for i in range(n - 3)}
     out.update([crc(rule.encode("utf-8"), _NS_RULE) & MASK for rule in rules])
     # Words (health terms, names and numbers as class tokens) and their pairs, with the
     # start and the end ("^ $" when there are none).
@@ -127,6 +180,10 @@ def feature_set(
         tokens = _SHAPE_TOKEN.findall(view)
         shapes = ("^" + "".join(map(_shape, tokens)) + "$").encode("utf-8")
     m = len(shapes)
+    if m - 2 >= _GRAMS_FROM and _GRAMS_OK:
+        out.update(_grams(shapes, _SHAPES2))
+        out.update(_grams(shapes, _SHAPES3))
+        return out
     out.update([crc(shapes[i : i + 2], _NS_SHAPE2) & MASK for i in range(m - 1)])
     out.update([crc(shapes[i : i + 3], _NS_SHAPE3) & MASK for i in range(m - 2)])
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import re
+import zlib
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -328,3 +329,39 @@ def test_a_row_is_built_when_first_summed_and_holds_every_lane() -> None:
         wide = scorer._w[i]
         table = hidden.table[i * units : (i + 1) * units]
         assert lanes == [wide + 128, *[(b ^ 0x80) for b in table]]
+
+
+def _grams_slow(data: bytes, size: int, start: int) -> list[int]:
+    return [
+        zlib.crc32(data[i : i + size], start) & features.MASK for i in range(len(data) - size + 1)
+    ]
+
+
+@pytest.mark.parametrize(("size", "start"), [(4, 0), (2, 9), (3, 10), (1, 0), (5, 77)])
+def test_ngram_hashes_in_c_calls_equal_one_crc_a_position(size: int, start: int) -> None:
+    # `_grams` computes the CRC-32 of every n-gram through byte tables and big-integer
+    # XOR; it must give exactly the buckets of one zlib.crc32 call a position, in order.
+    rng = random.Random(size * 100 + start)
+    planes = features._gram_planes(size, start)
+    lengths = [*range(size, size + 70), *(rng.randrange(size, 3000) for _ in range(300))]
+    for n in lengths:
+        data = bytes(rng.randrange(256) for _ in range(n))
+        assert list(features._grams(data, planes)) == _grams_slow(data, size, start), n
+    for text in TEXTS[:3000]:
+        data = (" " + text + " ").encode("utf-8")
+        if len(data) >= size:
+            assert list(features._grams(data, planes)) == _grams_slow(data, size, start)
+
+
+def test_feature_set_is_the_same_with_and_without_the_ngram_fast_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Long texts (every corpus subject three times over, and windows of shapes) take the
+    # fast path; the general code must give the same sets.
+    rng = random.Random(4)
+    texts = [" ".join(rng.sample(TEXTS[:5000], k)) for k in (6, 20) for _ in range(200)]
+    texts += ["\u8a3a\u65ad " * 60, "\u0430\u0431c" * 100, "a" * 500, "é" * 300]
+    fast = [features.feature_set(t, ["r:x"], t.split()) for t in texts]
+    monkeypatch.setattr(features, "_GRAMS_FROM", 10**9)
+    slow = [features.feature_set(t, ["r:x"], t.split()) for t in texts]
+    assert fast == slow
