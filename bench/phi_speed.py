@@ -4,6 +4,8 @@
     .venv/bin/python bench/phi_speed.py --old /tmp/phi-base      # and a baseline, as ratios
     .venv/bin/python bench/phi_speed.py --old /tmp/phi-base --compare   # decisions identical?
     .venv/bin/python bench/phi_speed.py --old /tmp/phi-base --long      # a 64 KiB subject
+    .venv/bin/python bench/phi_speed.py --old /tmp/phi-base --shapes    # 64 KiB, each shape
+    .venv/bin/python bench/phi_speed.py --old /tmp/phi-base --compare --all-writers
 
 A baseline is a checkout of the package alone, e.g.
 `mkdir /tmp/phi-base && git archive <sha> relay | tar -x -C /tmp/phi-base`.
@@ -22,6 +24,16 @@ vocabularies, weights, first judgement) and memory in a fresh process.
 `--long` times one subject of about 64 KiB that never repeats a window and holds no
 strong one (clean subjects of the training corpora joined), so every window is judged:
 the issue's bound is 50 ms.
+
+`--shapes` times one 64 KiB folded subject of each shape an attacker might send (one
+repeated name, random words, digits, one huge word, mixed scripts, encoded-words,
+invisible characters, leetspeak; seeded, and but for the repeated name never repeating a
+window, a line kept only where the window it closes is judged clean) beside the same
+shape at 1.6 KiB, measured in the same run (a ratio of about 40 is linear), prints the
+64 KiB text's tier and checks that PHI written over its last characters is found.
+
+`--compare --all-writers` compares on every row of the older corpora and of every writer
+marked `train` or `validation` (never `heldout` or `spent`).
 
 `--compare` judges every row of the older corpora and of writers w01-w11 (never the
 held-out writers, split `heldout`, nor later ones) with both

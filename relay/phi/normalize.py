@@ -630,7 +630,7 @@ def _common_words() -> frozenset[str]:
 @lru_cache(maxsize=4096)
 def _unleet_word(word: str) -> str:
     core = word.strip("!|")
-    if not 4 <= len(core) <= 30 or not any(c in _LEET_SIGNS for c in core):
+    if not 4 <= len(core) <= 30 or _LEET_SIGNS.isdisjoint(core):
         return word
     table = _leet()
     either = [i for i, c in enumerate(core) if c in _EITHER]
@@ -849,7 +849,7 @@ def expand(text: str, known: Callable[[str], bool] | None = None) -> str:
             repl = table[stripped] + low[len(stripped) :]
         elif (cut := stripped.rstrip("#:")) in table and cut != stripped:
             repl = table[cut] + low[len(cut) :]
-        elif any(c in _LEET_CHARS for c in word):
+        elif not _LEET_CHARS.isdisjoint(word):
             repl = _deleet_word(word, known)
         else:
             continue
