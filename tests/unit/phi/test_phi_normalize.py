@@ -299,10 +299,12 @@ def test_html_text_is_linear() -> None:
         return best
 
     for unit, count in (("<a", 200_000), ("<p>", 200_000), ("&", 400_000), ("<!--", 100_000)):
-        # Four times the markup costs about four times the time; a quadratic parser
-        # (the stdlib's on some of these) sixteen times, and minutes of CPU in all.
-        small, large = cost(unit * (count // 4)), cost(unit * count)
-        assert large < 8 * small + 0.05, (unit, small, large)
+        # Sixteen times the markup costs about sixteen times the time; a quadratic parser
+        # (the stdlib's on some of these) 256 times, and minutes of CPU in all. Under load
+        # the large input loses more to the other core's cache traffic (10x for 4x seen at
+        # load average 4), hence the slack.
+        small, large = cost(unit * (count // 16)), cost(unit * count)
+        assert large < 80 * small + 0.05, (unit, small, large)
         assert large < 10.0, (unit, large)
 
 
