@@ -27,20 +27,23 @@ from pathlib import Path
 import aiosmtplib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import SENDER, Sink, make_messages, make_pki, positive_int, start_relay, stop_relay
+from load import (
+    SENDER,
+    Sink,
+    make_messages,
+    make_pki,
+    positive_int,
+    proc_stats,
+    start_relay,
+    stop_relay,
+)
 
 CLK = os.sysconf("SC_CLK_TCK")
 
 
 def tree(pid: int) -> dict[int, tuple[str, int]]:
     """pid -> (short command line, utime+stime ticks) for `pid` and its descendants."""
-    stats: dict[int, list[str]] = {}
-    with contextlib.suppress(OSError):
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError):
-                    text = Path(f"/proc/{entry.name}/stat").read_text()
-                    stats[int(entry.name)] = text.rpartition(")")[2].split()
+    stats = proc_stats()
     out: dict[int, tuple[str, int]] = {}
     todo = [pid]
     while todo:

@@ -388,12 +388,8 @@ async def stop_relay(proc: asyncio.subprocess.Process) -> int:
 # --- report ------------------------------------------------------------------------------
 
 
-def process_cpu(pid: int | None = None) -> float:
-    """User+system CPU seconds of this process, or of `pid` and its descendants (the
-    supervisor's workers, decision workers; Linux /proc; 0.0 elsewhere)."""
-    if pid is None:
-        t = os.times()
-        return t.user + t.system
+def proc_stats() -> dict[int, list[str]]:
+    """pid -> the fields of /proc/PID/stat after the command name (Linux; {} elsewhere)."""
     stats: dict[int, list[str]] = {}
     with contextlib.suppress(OSError):
         for entry in os.scandir("/proc"):
@@ -401,6 +397,16 @@ def process_cpu(pid: int | None = None) -> float:
                 with contextlib.suppress(OSError):
                     text = Path(f"/proc/{entry.name}/stat").read_text()
                     stats[int(entry.name)] = text.rpartition(")")[2].split()
+    return stats
+
+
+def process_cpu(pid: int | None = None) -> float:
+    """User+system CPU seconds of this process, or of `pid` and its descendants (the
+    supervisor's workers, decision workers; Linux /proc; 0.0 elsewhere)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    stats = proc_stats()
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
