@@ -1274,7 +1274,19 @@ def _judge_throughput(inputs: list[str], seconds: float) -> float:
     return done / wall
 
 
-def evaluate_writers(part: str, old_src: Path | None, seconds: float) -> int:
+def training_subjects() -> list[str]:
+    """Every subject training reads: the train writers' and the older corpora's."""
+    subjects = [r["subject"] for r in writer_rows("train")]
+    for path in sorted((ROOT / "tests" / "data").glob("*.tsv")):
+        for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+            if line:
+                subjects.append(line.split("\t")[2])
+    return subjects
+
+
+def evaluate_writers(
+    part: str, old_src: Path | None, seconds: float, near_dup: tuple[float, ...] = (0.6, 0.8)
+) -> int:
     from relay.phi import default_detector
     from relay.phi.api import STRONG
     from relay.phi.normalize import subject_texts
@@ -1313,6 +1325,34 @@ def evaluate_writers(part: str, old_src: Path | None, seconds: float) -> int:
     table("obfuscated + rfc2047", lambda r: ["encoded"] if r["form"] != "plain" else [])
     table("per guide rule (label column 'rule')", lambda r: [r["rule"].split()[0]])
     table("per guide section", lambda r: [r["rule"][:2] if r["rule"][:1] == "R" else "B"])
+    if near_dup and part != "train":
+        from near_dups import best_ratios
+
+        best = best_ratios([r["subject"] for r in rows], training_subjects())
+        print(
+            "\nnear-duplicates of training subjects (the guide's difflib ratio, on folded "
+            "text: bench/near_dups.py); the figures without the subjects at or above each cut:"
+        )
+        for cut in near_dup:
+            novel = [i for i, b in enumerate(best) if b < cut]
+
+            def novel_table(title: str, key: object, novel: list[int] = novel) -> None:
+                def pick(flags: list[bool]) -> dict[str, list[tuple[bool, bool]]]:
+                    out: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+                    for i in novel:
+                        for k in key(rows[i]):  # type: ignore[operator]
+                            out[k].append((labels[i], flags[i]))
+                    return out
+
+                _table(title, pick(pred), pick(old_pred) if old_pred else None)
+
+            print(f"\nratio >= {cut}: {len(rows) - len(novel)} of {len(rows)} left out")
+            novel_table(f"overall, ratio < {cut}", lambda r: ["all"])
+            novel_table(f"per writer, ratio < {cut}", lambda r: [r["writer"]])
+            novel_table(
+                f"obfuscated + rfc2047, ratio < {cut}",
+                lambda r: ["encoded"] if r["form"] != "plain" else [],
+            )
     strong = sum(1 for j in judged if j.tier == STRONG)
     uncertain = sum(1 for j in judged if j.phi and j.tier != STRONG)
     print(f"\ntiers: {strong} strong (refuse/replace per kind), {uncertain} uncertain (replace)")
@@ -1359,9 +1399,16 @@ def main() -> int:
         help="score the writers' corpora",
     )
     ap.add_argument("--old", type=Path, help="checkout of an older detector to compare")
+    ap.add_argument(
+        "--near-dup",
+        default="0.6,0.8",
+        help="with --split validation|heldout, also the figures without the subjects whose "
+        "difflib ratio to a training subject is at least each of these ('': skip)",
+    )
     args = ap.parse_args()
     if args.split:
-        return evaluate_writers(args.split, args.old, args.seconds)
+        cuts = tuple(float(c) for c in args.near_dup.split(",") if c)
+        return evaluate_writers(args.split, args.old, args.seconds, cuts)
     if args.generate:
         rows = generate()
         write_corpus(rows)
