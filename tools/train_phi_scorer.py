@@ -357,7 +357,8 @@ def cross_validate(
     # whole decision at a pooled FPR within the target, the cut-off read off the pool.
     d, sc, yh = inp.decisive[held_rows], scores[held_rows], y[held_rows]
     best = max(
-        (rates(d | (sc >= t), yh)[0], t) for t in GRID if rates(d | (sc >= t), yh)[1] <= 0.02
+        ((rates(d | (sc >= t), yh)[0], t) for t in GRID if rates(d | (sc >= t), yh)[1] <= 0.02),
+        default=(float("nan"), float("nan")),  # the rules alone already exceed the FPR
     )
     print(f"  best recall at pooled FPR <= 0.02: {best[0]:.4f} (cut-off {best[1]})")
     obf = np.array([r.form in ("obfuscated", "rfc2047") for r in train]) & held_rows
