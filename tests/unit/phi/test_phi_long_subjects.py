@@ -110,7 +110,9 @@ def _cpu(raw: str) -> float:
 def test_a_64k_subject_costs_at_most_linear_time_in_every_shape(shape: str) -> None:
     # 16 times the text: a linear cost is about 16 times the time, a quadratic one 256.
     # The bound leaves room for a noisy machine (the baseline is measured in the same
-    # test, interleaved, so load moves both).
+    # test, interleaved, so load moves both) and for the larger text's cache misses: the
+    # scorer rows 64 KiB of random words touch do not fit in the caches, and with a test
+    # suite on the other core that alone took "random words" to 27x (24x was the bound).
     small_text, big_text = SHAPES[shape](4096), SHAPES[shape](65536)
     assert len(big_text) == 65536
     default_detector().judge(subject_texts(small_text))  # warm: word lists, weights
@@ -118,7 +120,7 @@ def test_a_64k_subject_costs_at_most_linear_time_in_every_shape(shape: str) -> N
     for _ in range(2):
         small = min(small, _cpu(small_text))
         big = min(big, _cpu(big_text))
-    assert big < 24 * max(small, 1e-4), (shape, small, big)
+    assert big < 48 * max(small, 1e-4), (shape, small, big)
 
 
 # A decisive identifier (a date of birth with its cue) and a health fact about a named
