@@ -89,8 +89,7 @@ def near_duplicates(
 
 
 def main() -> int:
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-    from phi_eval import training_subjects, writer_rows
+    from phi_eval import training_subjects, writer_rows  # bench/ is on sys.path as a script
 
     part = sys.argv[1] if len(sys.argv) > 1 else "heldout"
     train = training_subjects()

@@ -1278,9 +1278,7 @@ def training_subjects() -> list[str]:
     """Every subject training reads: the train writers' and the older corpora's."""
     subjects = [r["subject"] for r in writer_rows("train")]
     for path in sorted((ROOT / "tests" / "data").glob("*.tsv")):
-        for line in path.read_text(encoding="utf-8").splitlines()[1:]:
-            if line:
-                subjects.append(line.split("\t")[2])
+        subjects.extend(subject for _, _, subject in load_corpus(path))
     return subjects
 
 
@@ -1303,11 +1301,13 @@ def evaluate_writers(
     pred = [j.phi for j in judged]
     old_pred = run_old(old_src, [r["input"] for r in rows]) if old_src else None
 
-    def groups(key: object, flags: list[bool]) -> dict[str, list[tuple[bool, bool]]]:
+    def groups(
+        key: object, flags: list[bool], only: list[int] | None = None
+    ) -> dict[str, list[tuple[bool, bool]]]:
         out: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
-        for r, y, p in zip(rows, labels, flags, strict=True):
-            for k in key(r):  # type: ignore[operator]
-                out[k].append((y, p))
+        for i in range(len(rows)) if only is None else only:
+            for k in key(rows[i]):  # type: ignore[operator]
+                out[k].append((labels[i], flags[i]))
         return out
 
     def table(title: str, key: object) -> None:
@@ -1337,14 +1337,8 @@ def evaluate_writers(
             novel = [i for i, b in enumerate(best) if b < cut]
 
             def novel_table(title: str, key: object, novel: list[int] = novel) -> None:
-                def pick(flags: list[bool]) -> dict[str, list[tuple[bool, bool]]]:
-                    out: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
-                    for i in novel:
-                        for k in key(rows[i]):  # type: ignore[operator]
-                            out[k].append((labels[i], flags[i]))
-                    return out
-
-                _table(title, pick(pred), pick(old_pred) if old_pred else None)
+                old = groups(key, old_pred, novel) if old_pred else None
+                _table(title, groups(key, pred, novel), old)
 
             print(f"\nratio >= {cut}: {len(rows) - len(novel)} of {len(rows)} left out")
             novel_table(f"overall, ratio < {cut}", lambda r: ["all"])

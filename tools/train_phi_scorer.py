@@ -356,8 +356,9 @@ def cross_validate(
     # Model selection without the validation writers' thresholds: the most recall of the
     # whole decision at a pooled FPR within the target, the cut-off read off the pool.
     d, sc, yh = inp.decisive[held_rows], scores[held_rows], y[held_rows]
+    at = [(*rates(d | (sc >= t), yh), t) for t in GRID]
     best = max(
-        ((rates(d | (sc >= t), yh)[0], t) for t in GRID if rates(d | (sc >= t), yh)[1] <= 0.02),
+        ((rec, t) for rec, fpr, t in at if fpr <= 0.02),
         default=(float("nan"), float("nan")),  # the rules alone already exceed the FPR
     )
     print(f"  best recall at pooled FPR <= 0.02: {best[0]:.4f} (cut-off {best[1]})")
