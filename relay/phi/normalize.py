@@ -58,6 +58,12 @@ _SPACED_WHOLE = re.compile(r"\s*(?:\S (?! )){3,}\S\s*")
 # Every spaced-out run holds " x " (its second letter between spaces): a cheap test
 # with a literal prefix the regex engine scans for, before the costly pattern.
 _SPACED_HINT = re.compile(r" [^\W_] ")
+# Three or more single letters with the same dot, hyphen, underscore or asterisk between
+# them ("H.I.V", "s-t-e-r-i-l-e", "c_a_n_c_e_r"): one word written apart. Letters only
+# (a code such as "A-1-B" or a version "4.2.1" keeps its separators); two letters stay
+# ("a.m.", "e.g."). Each match scans its run once: linear.
+_SEPARATED = re.compile(r"(?<![^\W_])[^\W\d_]([.\-_*])[^\W\d_](?:\1[^\W\d_])+(?![^\W_])\.?")
+_SEPARATED_HINT = re.compile(r"[.\-_*][^\W\d_][.\-_*]")
 _REPLACEMENT = "\ufffd"
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _LOST_IN_WORD = re.compile(r"(?<=[^\W\d_])\ufffd+(?=[^\W\d_])")
@@ -412,6 +418,10 @@ def _join_spaced(match: re.Match[str]) -> str:
     # "Hepatitis A y B", "vitamina D o E": single capitals joined by a one-letter word
     # are not a spaced-out word; a spaced word is one case (or capitalised).
     if any(c.islower() for c in letters[1:]) and any(c.isupper() for c in letters[1:]):
+        # "h e p a t i t i s B", "v i t a m i n D": a word spaced out, then the capital
+        # that follows it.
+        if len(letters) >= 5 and letters[-1].isupper() and letters[:-1].islower():
+            return letters[:-1] + " " + letters[-1]
         return run
     if len(letters) == 3 and any(c.islower() for c in letters):
         return run
@@ -422,6 +432,13 @@ def _join_apart(match: re.Match[str]) -> str:
     return match.group(0).replace(" ", "")
 
 
+def _join_separated(match: re.Match[str]) -> str:
+    run, sep = match.group(0), match.group(1)
+    # A full stop after "H-I-V." ends the sentence; after "U.S.A." it is the last dot.
+    end = "." if run.endswith(".") and sep != "." else ""
+    return run.rstrip(".").replace(sep, "") + end
+
+
 def normalize(text: str) -> str:
     """Fold decoded text: NFKC, invisibles, look-alikes, spaced-out words, whitespace."""
     if (
@@ -429,6 +446,7 @@ def normalize(text: str) -> str:
         and text.isprintable()
         and "  " not in text
         and _SPACED_HINT.search(text) is None
+        and _SEPARATED_HINT.search(text) is None
     ):
         # Printable ASCII without a double space (most subjects): its only whitespace is
         # single spaces and nothing is spaced out, so only the ends can change.
@@ -465,6 +483,8 @@ def _normalize(text: str) -> str:
             text = _SPACED_APART.sub(_join_apart, text)
         if _SPACED.search(text) is not None:
             text = _SPACED.sub(_join_spaced, text)
+    if _SEPARATED_HINT.search(text) is not None:
+        text = _SEPARATED.sub(_join_separated, text)
     if _UNUSUAL_SPACE.search(text) is None:
         return text.strip()  # every run of whitespace is one space already
     return _SPACES.sub(" ", text).strip()
@@ -627,10 +647,18 @@ def _common_words() -> frozenset[str]:
     return frozenset(words) | _recase_words().every_name
 
 
+@cache
+def _short_words() -> frozenset[str]:
+    """Frequent words of two or three letters (data/words_short.txt, tools/words_build.py):
+    read only in a subject already written in leetspeak, where "5u" is "su"."""
+    text = (DATA / "words_short.txt").read_text(encoding="utf-8")
+    return frozenset(ln for ln in text.splitlines() if ln and not ln.startswith("#"))
+
+
 @lru_cache(maxsize=4096)
-def _unleet_word(word: str) -> str:
+def _unleet_word(word: str, shortest: int = 4) -> str:
     core = word.strip("!|")
-    if not 4 <= len(core) <= 30 or _LEET_SIGNS.isdisjoint(core):
+    if not shortest <= len(core) <= 30 or _LEET_SIGNS.isdisjoint(core):
         return word
     table = _leet()
     either = [i for i, c in enumerate(core) if c in _EITHER]
@@ -639,7 +667,7 @@ def _unleet_word(word: str) -> str:
     letters = [c for c in core if c.isalpha()]
     upper = len(letters) > 1 and all(c.isupper() for c in letters)
     base = [table.get(c, c) if c in _LEET_SIGNS else c for c in core]
-    words = _common_words()
+    words = _common_words() if len(core) >= 4 else _short_words()
     for combo in itertools.product(*(_EITHER[core[i]] for i in either)):
         for i, letter in zip(either, combo, strict=True):
             base[i] = letter
@@ -658,7 +686,21 @@ def unleet(text: str) -> str:
     one letter. Linear: each word tries at most 16 readings of at most 30 characters."""
     if _LEET_IN_WORD.search(text) is None:
         return text
-    return _LEET_TOKEN.sub(lambda m: _unleet_word(m.group(0)), text)
+    read = 0
+
+    def one(m: re.Match[str]) -> str:
+        nonlocal read
+        word = m.group(0)
+        out = _unleet_word(word)
+        read += out != word
+        return out
+
+    text = _LEET_TOKEN.sub(one, text)
+    if read < 2:
+        return text
+    # Two words read as leetspeak: the whole subject is written so, and its short words
+    # too ("c0nf1rm3 5u c1t4 3n l4 cl1n1c4": "su", "en", "la").
+    return _LEET_TOKEN.sub(lambda m: _unleet_word(m.group(0), 2), text)
 
 
 def warm() -> None:
@@ -667,6 +709,7 @@ def warm() -> None:
     share the pages."""
     _recase_words()
     _common_words()
+    _short_words()
 
 
 def readings_to_judge(readings: list[str]) -> list[str]:

@@ -234,6 +234,42 @@ def leetspeak(text: str, rng: random.Random) -> Result:
     return (text, "".join(out)) if changed else None
 
 
+def leetspeak_heavy(text: str, rng: random.Random) -> Result:
+    """Nearly every letter that has a digit form written as one, in words of every length
+    ("c0nf1rm3 5u c1t4 3n l4 c11n1c4"): how writers leet a whole subject, short words
+    included."""
+
+    def word(m: re.Match[str]) -> str:
+        return "".join(_LEET[c] if c in _LEET and rng.random() < 0.8 else c for c in m.group(0))
+
+    # Words of letters only (a code such as "I-693" or "B12" already holds digits), and
+    # their lower-case letters (a capital starts a name a reader still sees).
+    raw = re.sub(r"(?<![\w-])[^\W\d_]+(?![\w-])", word, text)
+    return (text, raw) if raw != text else None
+
+
+def spaced_tight(text: str, rng: random.Random) -> Result:
+    """One word of four or more letters spaced out with single spaces on both sides, so
+    only its letters tell where it starts and ends ("Low h e p a t i t i s B antibodies")."""
+    words = [m for m in _LONE_WORD.finditer(text) if len(m.group(0)) >= 4]
+    if not words:
+        return None
+    m = rng.choice(words)
+    return text, text[: m.start()] + " ".join(m.group(0)) + text[m.end() :]
+
+
+def _separated(sep: str) -> Transform:
+    def transform(text: str, rng: random.Random) -> Result:
+        """One word of three or more letters with `sep` between its letters ("H.I.V")."""
+        words = list(_LONE_WORD.finditer(text))
+        if not words:
+            return None
+        m = rng.choice(words)
+        return text, text[: m.start()] + sep.join(m.group(0)) + text[m.end() :]
+
+    return transform
+
+
 def mixed_case(text: str, rng: random.Random) -> Result:
     """Letters in random case ("yOuR hIv TeSt")."""
     out = "".join(c.upper() if rng.random() < 0.5 else c.lower() for c in text)
@@ -517,6 +553,10 @@ OBFUSCATIONS: dict[str, Transform] = {
     "spaced_all": spaced_all,
     "spaced_digits": spaced_digits,
     "leetspeak": leetspeak,
+    "leetspeak_heavy": leetspeak_heavy,
+    "spaced_tight": spaced_tight,
+    "dotted_word": _separated("."),
+    "hyphenated_letters": _separated("-"),
     "mixed_case": mixed_case,
     "upper_case": upper_case,
     "lower_case": lower_case,

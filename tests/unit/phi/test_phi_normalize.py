@@ -213,6 +213,20 @@ def test_raw_8bit_header_is_read_both_ways() -> None:
         ("H I V", "HIV"),
         ("Hepatitis A y B", "Hepatitis A y B"),
         ("Vitamina D o E", "Vitamina D o E"),
+        # a word spaced out with single spaces, then a capital of its own
+        ("Low h e p a t i t i s B antibodies", "Low hepatitis B antibodies"),
+        ("v i t a m i n D level", "vitamin D level"),
+        # letters apart by one repeated dot, hyphen, underscore or asterisk
+        ("Surgical tray s.t.e.r.i.l.i.z.a.t.i.o.n delay", "Surgical tray sterilization delay"),
+        ("Your H-I-V test.", "Your HIV test."),
+        ("c_a_n_c_e_r screening", "cancer screening"),
+        ("p*r*e*g*n*a*n*c*y", "pregnancy"),
+        ("Resultados de E.T.S: ya", "Resultados de ETS: ya"),
+        ("Trip to the U.S.A. soon", "Trip to the USA soon"),
+        # two letters, codes and versions keep their separators
+        ("at 9 a.m. today, e.g. now", "at 9 a.m. today, e.g. now"),
+        ("ICD-10 code A-1-B, v4.2.1", "ICD-10 code A-1-B, v4.2.1"),
+        ("up-to-date X-ray", "up-to-date X-ray"),
         ("Proxy form: patient born 10\u221506\u22151951", "Proxy form: patient born 10/06/1951"),
         ("DOB 10\u204406\u20441951", "DOB 10/06/1951"),
         ("Visit at 10\u223630", "Visit at 10:30"),
@@ -344,6 +358,11 @@ def test_normalize_is_linear_on_a_64k_folded_subject() -> None:
         ),
         ("policy #YJT69213369", "policy #YJT69213369"),
         ("ch14myd1a", "ch14myd1a"),
+        # a subject written in leetspeak: its short words are read too
+        ("c0nf1rm3 5u c1t4 3n l4 cl1n1c4", "confirme su cita en la clinica"),
+        ("c4n i g3t my c4nn4bis r3n3w3d", "can i get my cannabis renewed"),
+        # one leetspeak word does not make "3B" or "5u" words
+        ("R3SULT5 in room 3B, 5u", "RESULTS in room 3B, 5u"),
     ],
 )
 def test_unleet_reads_leetspeak_words_and_leaves_codes(text: str, expected: str) -> None:
