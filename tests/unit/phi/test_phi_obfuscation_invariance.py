@@ -25,7 +25,11 @@ SEED = 20261201
 # Case and leetspeak can still change a verdict where the word lists cannot restore what
 # a reader reads (a name no list holds, written in lower case or in leetspeak): about
 # 0.1-0.3% of subjects in bench/phi_obfuscation.py, bounded here at one in a hundred.
-KNOWN_GAP = {"case": 0.01, "leetspeak": 0.01}
+# Raw 8-bit windows-1252 bytes are also judged as UTF-8 with the invalid bytes lost (a
+# stray byte must not hide the letters around it), and that garbled reading ("cambi el
+# lote ... bitcora") can score higher than the text: 0.16% of 1,255 with the scorer of
+# the twelfth set's retrain.
+KNOWN_GAP = {"case": 0.01, "leetspeak": 0.01, "raw_8bit": 0.01}
 PER = 150  # subjects per transform: ~110 transforms judge ~30,000 texts in a few seconds
 # A transform with a known gap is judged on more subjects, so its bound is a rate and not
 # a count: at the measured 0.1-0.3%, two of 150 happen by chance whenever the corpus
