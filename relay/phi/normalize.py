@@ -736,9 +736,9 @@ def unleet(text: str) -> str:
 
 
 # A unit after a number ("10am", "5mg", "2nd"): not leetspeak even in a leetspeak subject.
-_WITH_UNIT = re.compile(
-    r"\d+(?:st|nd|rd|th|am|pm|h|hr|hrs|min|mg|mcg|ml|kg|lb|lbs|x|k|yo|s)", re.I
-)
+_WITH_UNIT = re.compile(r"\d+(?:st|nd|rd|th|am|pm|h|hr|hrs|min|mg|mcg|ml|kg|lb|lbs|x|k|yo|s)", re.I)
+
+
 def _unleet_any(word: str) -> str:
     """A word of a leetspeak subject: as a common word when it reads as one, else each
     sign as its letter (same length)."""
