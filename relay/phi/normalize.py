@@ -647,7 +647,8 @@ def _digest(word: str) -> int:
 class _WordSet:
     """A large word list as its words' sorted 64-bit digests, plus a set kept elsewhere:
     8 bytes a word where a frozenset of str costs ~90 (51,000 common words: 0.4 MB, not
-    4.8 MB, in every worker). Two words share a digest with odds of about 2**-50."""
+    4.8 MB, in every worker). A word not in the list matches a digest with odds of about
+    2**-48."""
 
     __slots__ = ("_also", "_keys")
 
@@ -713,8 +714,10 @@ def _unleet_word(word: str, shortest: int = 4) -> str:
 def unleet(text: str) -> str:
     """`text` with each leetspeak word that reads as a common word or a name written in
     letters ("r3su1t" is "result", "s747u5" "status"); a word that reads as none (a code
-    such as "AB1234", a dose, a time) stays. Same length as `text`: a sign stands for
-    one letter. Linear: each word tries at most 16 readings of at most 30 characters."""
+    such as "AB1234", a dose, a time) stays, unless two words read as leetspeak: then
+    the subject is written so, and its other words are read too (`_unleet_any`). Same
+    length as `text`: a sign stands for one letter. Linear: each word tries at most 16
+    readings of at most 30 characters, in at most two passes."""
     if _LEET_IN_WORD.search(text) is None:
         return text
     read = 0
