@@ -92,6 +92,8 @@ ADDRESS_LOCKED = PAIR_LOCKED
 AUTH_WAIT_POLL = 0.02
 """Seconds between looks at a pair's attempts in flight (a password check takes longer)."""
 ACCOUNT_LOCKED = "454 4.7.0 Too many failed logins for this account; try again later"
+AUTH_BUSY = "454 4.7.0 Too many logins in progress; try again later"
+"""`begin`: at a limit only through attempts still being checked; wait and begin again."""
 _MAX_NAME = 128  # longer names cannot exist (users file rule); keys stay small
 
 
@@ -112,9 +114,14 @@ class AuthThrottle:
     (`per_account`): guesses spread over many addresses. Per address (`per_address`,
     higher): one address trying many accounts, without one broken app locking out every
     other account on its host. An attempt is counted when it starts (`begin`), before
-    the password is checked, so parallel attempts cannot all pass the check; a success
-    takes back only its own pair's attempts. A pair that logged in recently is not held
-    to the per-account limit, so a guesser elsewhere cannot lock out the real client.
+    the password is checked, so parallel attempts cannot all pass the check. A limit
+    reached only through attempts still in flight answers `AUTH_BUSY` (the caller waits
+    and begins again): parallel right logins, as Postfix's smtp processes make, are not
+    refused, and no more than the limit's unchecked guesses are ever under way. The
+    decision is one step (one transaction in `relay.sharedlimits`), so nothing can
+    settle between "at the limit" and "still in flight". A success takes back only its
+    pair's settled failures and itself. A pair that logged in recently is not held to
+    the per-account limit, so a guesser elsewhere cannot lock out the real client.
     """
 
     def __init__(
@@ -130,8 +137,11 @@ class AuthThrottle:
         self.window, self.max_tracked = window, max_tracked
         self._order: deque[_Attempt] = deque()
         self._pairs: dict[tuple[str, str], list[_Attempt]] = {}
+        # Live attempts (in flight or failed), and of those the failed ones.
         self._hosts: Counter[str] = Counter()
         self._accounts: Counter[str] = Counter()
+        self._hosts_failed: Counter[str] = Counter()
+        self._accounts_failed: Counter[str] = Counter()
         self._proven: dict[tuple[str, str], float] = {}
 
     def _prune(self, now: float) -> None:
@@ -156,27 +166,46 @@ class AuthThrottle:
             self._pairs[pair] = left
         else:
             self._pairs.pop(pair, None)
-        for counter, key in ((self._hosts, attempt.host), (self._accounts, attempt.account)):
+        counters = [(self._hosts, attempt.host), (self._accounts, attempt.account)]
+        if attempt.settled:
+            counters += [
+                (self._hosts_failed, attempt.host),
+                (self._accounts_failed, attempt.account),
+            ]
+        for counter, key in counters:
             counter[key] -= 1
             if counter[key] <= 0:
                 del counter[key]
 
     def address_locked(self, host: str, now: float) -> str | None:
-        """Checked before the exchange: an address over its ceiling is refused at once."""
+        """Checked before the exchange: an address over its ceiling of failures is refused
+        at once (attempts in flight wait in `begin`)."""
         self._prune(now)
-        return ADDRESS_LOCKED if self._hosts[host] >= self.per_address else None
+        return ADDRESS_LOCKED if self._hosts_failed[host] >= self.per_address else None
 
     def begin(self, host: str, account: str, now: float) -> _Attempt | str:
-        """Count an attempt before the password is checked, or say why it is refused."""
+        """Count an attempt before the password is checked, or say why it is refused
+        (`AUTH_BUSY`: only attempts in flight stand in the way; begin again shortly)."""
         account = account[:_MAX_NAME]
         self._prune(now)
         pair = (host, account)
-        if self._hosts[host] >= self.per_address:
-            return ADDRESS_LOCKED
-        if len(self._pairs.get(pair, ())) >= self.per_pair:
-            return PAIR_LOCKED
-        if self._accounts[account] >= self.per_account and pair not in self._proven:
-            return ACCOUNT_LOCKED
+        attempts = self._pairs.get(pair, ())
+        counts = [
+            (self._hosts_failed[host], self._hosts[host], self.per_address, ADDRESS_LOCKED),
+            (sum(a.settled for a in attempts), len(attempts), self.per_pair, PAIR_LOCKED),
+        ]
+        if pair not in self._proven:
+            counts.append(
+                (
+                    self._accounts_failed[account],
+                    self._accounts[account],
+                    self.per_account,
+                    ACCOUNT_LOCKED,
+                )
+            )
+        refused = refusal(counts)
+        if refused is not None:
+            return refused
         attempt = _Attempt(now, host, account)
         self._order.append(attempt)
         self._pairs.setdefault(pair, []).append(attempt)
@@ -186,22 +215,36 @@ class AuthThrottle:
 
     def fail(self, attempt: _Attempt) -> None:
         """The password was wrong: the attempt is a failure now, no longer in flight."""
+        if attempt.live and not attempt.settled:
+            self._hosts_failed[attempt.host] += 1
+            self._accounts_failed[attempt.account] += 1
         attempt.settled = True
 
     def in_flight(self, host: str, account: str) -> bool:
-        """True while an attempt of this pair is still being checked.
-
-        A pair at its limit only because of such attempts is not refused: the caller waits
-        for them to settle (parallel logins with the right password, as Postfix's smtp
-        processes make), so no more than `per_pair` unchecked guesses are ever under way.
-        """
+        """True while an attempt of this pair is still being checked."""
         pair = (host, account[:_MAX_NAME])
         return any(a.live and not a.settled for a in self._pairs.get(pair, ()))
 
     def succeed(self, attempt: _Attempt, now: float) -> None:
-        """The password was right: this pair's earlier failures were its own typos."""
+        """The password was right: this pair's earlier failures were its own typos.
+
+        Attempts of the pair still in flight are left alone: if one of them is a wrong
+        password it must still count when it fails.
+        """
         pair = (attempt.host, attempt.account)
         for earlier in list(self._pairs.get(pair, [])):
-            self._forget(earlier)
+            if earlier.settled or earlier is attempt:
+                self._forget(earlier)
         self._proven.pop(pair, None)
         self._proven[pair] = now
+
+
+def refusal(counts: list[tuple[int, int, int, str]]) -> str | None:
+    """The reply for the first limit reached by (failed, failed + in flight, limit, reply),
+    `AUTH_BUSY` if no limit is reached by failures alone but one is with those in flight."""
+    for failed, _, limit, reply in counts:
+        if failed >= limit:
+            return reply
+    if any(live >= limit for _, live, limit, _ in counts):
+        return AUTH_BUSY
+    return None

@@ -46,7 +46,7 @@ from relay.address import DOT_ATOM_MAILBOX
 from relay.config import IPNetwork
 from relay.datareader import read_data
 from relay.flow import Runtime, Transaction, new_id
-from relay.limits import AUTH_WAIT_POLL, PAIR_LOCKED, AuthThrottle, DataPace, SessionLimiter
+from relay.limits import AUTH_BUSY, AUTH_WAIT_POLL, AuthThrottle, DataPace, SessionLimiter
 from relay.message import SessionFacts
 from relay.model import Peer, Reply, TlsInfo
 from relay.proxy import BAD_HEADER, NOT_LISTED, read_header, sniff
@@ -741,14 +741,10 @@ class RelaySMTP(SMTP):
         name, password = creds
         # Counted before the (slow) check, so parallel attempts cannot all get through.
         attempt = throttle.begin(self.peer_host, name, time.monotonic())
-        # At the limit only through attempts still being checked (parallel logins, as a
+        # At a limit only through attempts still being checked (parallel logins, as a
         # Postfix's smtp processes make): wait for them rather than refuse the password.
         waited = time.monotonic() + self.shared.runtime.config.server.pre_auth_timeout
-        while (
-            attempt == PAIR_LOCKED
-            and time.monotonic() < waited
-            and throttle.in_flight(self.peer_host, name)
-        ):
+        while attempt == AUTH_BUSY and time.monotonic() < waited:
             await asyncio.sleep(AUTH_WAIT_POLL)
             attempt = throttle.begin(self.peer_host, name, time.monotonic())
         if isinstance(attempt, str):

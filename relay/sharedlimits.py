@@ -30,6 +30,7 @@ from relay.limits import (
     AuthThrottle,
     SessionLimiter,
     _Attempt,
+    refusal,
 )
 
 log = structlog.get_logger("relay.sharedlimits")
@@ -130,6 +131,20 @@ def _one(db: sqlite3.Connection, sql: str, *args: object) -> int:
     return int(row[0] or 0)
 
 
+_COUNTS = "SELECT sum(settled), count(*) FROM attempts WHERE "
+_BY = {
+    "host": _COUNTS + "host = ?",
+    "pair": _COUNTS + "host = ? AND account = ?",
+    "account": _COUNTS + "account = ?",
+}
+
+
+def _two(db: sqlite3.Connection, by: str, *args: object) -> tuple[int, int]:
+    """(failed, failed + in flight) among the attempts of one host, pair or account."""
+    row = db.execute(_BY[by], args).fetchone()
+    return int(row[0] or 0), int(row[1] or 0)
+
+
 class SharedSessionLimiter(SessionLimiter):
     """`SessionLimiter` whose counts are the sum over every worker (`SharedCounters`).
 
@@ -226,33 +241,31 @@ class SharedAuthThrottle(AuthThrottle):
         try:
             with self.counters.transaction() as db:
                 self._prune_shared(db, now)
-                failures = _one(db, "SELECT count(*) FROM attempts WHERE host = ?", host)
+                failed = _one(db, "SELECT sum(settled) FROM attempts WHERE host = ?", host)
         except sqlite3.Error as exc:
             log.error("shared AUTH counters failed; refusing the attempt", error=str(exc))
             return ADDRESS_LOCKED
-        return ADDRESS_LOCKED if failures >= self.per_address else None
+        return ADDRESS_LOCKED if failed >= self.per_address else None
 
     def begin(self, host: str, account: str, now: float) -> _Attempt | str:
+        # Check and count in one transaction: no other worker's attempt can settle in
+        # between, so "busy" never turns into a refusal of a right password.
         account = account[:_MAX_NAME]
+        pair = (host, account)
         try:
             with self.counters.transaction() as db:
                 self._prune_shared(db, now)
-                if _one(db, "SELECT count(*) FROM attempts WHERE host = ?", host) >= (
-                    self.per_address
-                ):
-                    return ADDRESS_LOCKED
-                pair = (host, account)
-                if (
-                    _one(db, "SELECT count(*) FROM attempts WHERE host = ? AND account = ?", *pair)
-                    >= self.per_pair
-                ):
-                    return PAIR_LOCKED
-                if _one(
-                    db, "SELECT count(*) FROM attempts WHERE account = ?", account
-                ) >= self.per_account and not _one(
+                counts = [
+                    (*_two(db, "host", host), self.per_address, ADDRESS_LOCKED),
+                    (*_two(db, "pair", *pair), self.per_pair, PAIR_LOCKED),
+                ]
+                if not _one(
                     db, "SELECT count(*) FROM proven WHERE host = ? AND account = ?", *pair
                 ):
-                    return ACCOUNT_LOCKED
+                    counts.append((*_two(db, "account", account), self.per_account, ACCOUNT_LOCKED))
+                refused = refusal(counts)
+                if refused is not None:
+                    return refused
                 row = db.execute(
                     "INSERT INTO attempts (at, host, account) VALUES (?, ?, ?)", (now, *pair)
                 )
@@ -271,27 +284,24 @@ class SharedAuthThrottle(AuthThrottle):
 
     def in_flight(self, host: str, account: str) -> bool:
         # A worker killed mid-check leaves its attempt unsettled: it counts as in flight
-        # until the window drops it, and the caller's wait is bounded.
+        # until the window drops it.
         try:
             with self.counters.transaction() as db:
-                return bool(
-                    _one(
-                        db,
-                        "SELECT count(*) FROM attempts WHERE host = ? AND account = ? "
-                        "AND settled = 0",
-                        host,
-                        account[:_MAX_NAME],
-                    )
-                )
+                failed, live = _two(db, "pair", host, account[:_MAX_NAME])
         except sqlite3.Error as exc:
-            log.error("shared AUTH counters failed; refusing the attempt", error=str(exc))
+            log.error("shared AUTH counters failed", error=str(exc))
             return False
+        return live > failed
 
     def succeed(self, attempt: _Attempt, now: float) -> None:
         pair = (attempt.host, attempt.account)
         try:
             with self.counters.transaction() as db:
-                db.execute("DELETE FROM attempts WHERE host = ? AND account = ?", pair)
+                # Its own row and the pair's failures; others still in flight stay counted.
+                db.execute(
+                    "DELETE FROM attempts WHERE host = ? AND account = ? AND (settled OR id = ?)",
+                    (*pair, attempt.ident),
+                )
                 db.execute(
                     "INSERT INTO proven VALUES (?, ?, ?) ON CONFLICT (host, account) DO UPDATE "
                     "SET at = excluded.at",

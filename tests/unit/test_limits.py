@@ -12,6 +12,7 @@ from relay.limits import (
     AuthThrottle,
     DataPace,
     SessionLimiter,
+    _Attempt,
 )
 
 
@@ -23,7 +24,9 @@ def throttle(**kw: float) -> AuthThrottle:
 def test_failures_expire_after_the_window() -> None:
     t = throttle()
     for now in (0.0, 1.0):
-        assert not isinstance(t.begin("10.0.0.1", "app", now), str)
+        attempt = t.begin("10.0.0.1", "app", now)
+        assert isinstance(attempt, _Attempt)
+        t.fail(attempt)
     assert t.begin("10.0.0.1", "app", 2.0) == PAIR_LOCKED
     assert t.begin("10.0.0.1", "app", 9.9) == PAIR_LOCKED
     assert not isinstance(t.begin("10.0.0.1", "app", 10.5), str)  # the first one expired
@@ -32,7 +35,9 @@ def test_failures_expire_after_the_window() -> None:
 def test_a_success_takes_back_only_its_own_pair() -> None:
     t = throttle(per_pair=3)
     for host in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
-        assert not isinstance(t.begin(host, "app", 0.0), str)
+        attempt = t.begin(host, "app", 0.0)
+        assert isinstance(attempt, _Attempt)
+        t.fail(attempt)
     mine = t.begin("10.0.0.4", "app", 0.0)
     assert mine == ACCOUNT_LOCKED  # three failures for the account from three addresses
     ok = t.begin("10.0.0.1", "other", 0.0)
