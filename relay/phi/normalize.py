@@ -683,8 +683,7 @@ def _common_words() -> _WordSet:
 def _short_words() -> frozenset[str]:
     """Frequent words of two or three letters (data/words_short.txt, tools/words_build.py):
     read only in a subject already written in leetspeak, where "5u" is "su"."""
-    text = (DATA / "words_short.txt").read_text(encoding="utf-8")
-    return frozenset(ln for ln in text.splitlines() if ln and not ln.startswith("#"))
+    return frozenset(row[0] for row in _data_lines("words_short.txt"))
 
 
 @lru_cache(maxsize=4096)

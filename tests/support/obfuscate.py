@@ -248,26 +248,21 @@ def leetspeak_heavy(text: str, rng: random.Random) -> Result:
     return (text, raw) if raw != text else None
 
 
-def spaced_tight(text: str, rng: random.Random) -> Result:
-    """One word of four or more letters spaced out with single spaces on both sides, so
-    only its letters tell where it starts and ends ("Low h e p a t i t i s B antibodies")."""
-    words = [m for m in _LONE_WORD.finditer(text) if len(m.group(0)) >= 4]
-    if not words:
-        return None
-    m = rng.choice(words)
-    return text, text[: m.start()] + " ".join(m.group(0)) + text[m.end() :]
-
-
-def _separated(sep: str) -> Transform:
+def _letters_apart(sep: str, shortest: int) -> Transform:
     def transform(text: str, rng: random.Random) -> Result:
-        """One word of three or more letters with `sep` between its letters ("H.I.V")."""
-        words = list(_LONE_WORD.finditer(text))
+        """One word of `shortest` or more letters with `sep` between its letters
+        ("Low h e p a t i t i s B antibodies", "H.I.V", "s-t-e-r-i-l-e"): only its letters
+        tell where it starts and ends."""
+        words = [m for m in _LONE_WORD.finditer(text) if len(m.group(0)) >= shortest]
         if not words:
             return None
         m = rng.choice(words)
         return text, text[: m.start()] + sep.join(m.group(0)) + text[m.end() :]
 
     return transform
+
+
+spaced_tight = _letters_apart(" ", 4)
 
 
 def mixed_case(text: str, rng: random.Random) -> Result:
@@ -555,8 +550,8 @@ OBFUSCATIONS: dict[str, Transform] = {
     "leetspeak": leetspeak,
     "leetspeak_heavy": leetspeak_heavy,
     "spaced_tight": spaced_tight,
-    "dotted_word": _separated("."),
-    "hyphenated_letters": _separated("-"),
+    "dotted_word": _letters_apart(".", 3),
+    "hyphenated_letters": _letters_apart("-", 3),
     "mixed_case": mixed_case,
     "upper_case": upper_case,
     "lower_case": lower_case,
