@@ -140,7 +140,8 @@ MEANINGS: dict[str, str] = {
     "dedup.ttl": "Seconds a delivered recipient is remembered (longer than any client's "
     "retry schedule).",
     "dedup.claim_lease": "Seconds a recipient claimed for sending stays taken; a claim older "
-    "than this was left by a crash and is taken over.",
+    "than this was left by a crash and is taken over (at once, whatever its age, when the "
+    "process that made it on this host is gone).",
     "dkim.keys": "DKIM signing keys, `DOMAIN:SELECTOR:KEYFILE` each (`--dkim`, repeatable): "
     "mail whose From is in DOMAIN is signed after every change (docs/dkim.md).",
     "dkim.stale_signature": "A DKIM-Signature that came with a message the relay then "

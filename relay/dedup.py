@@ -14,6 +14,8 @@ through claim -> send -> confirm (delivered) or release (not sent, may be retrie
 
 A claim nobody confirmed or released within `lease` seconds was left by a crash in the
 middle of a send; it is taken over (the outcome was unknown, so it is reported stale).
+So is one whose owner process is proven dead (`relay.claimowner`: a worker killed and
+replaced), at once rather than after the lease.
 
 `DedupStore` is the interface the flow uses; `SqliteDedup` keeps the records in one
 SQLite file (WAL, shared by the processes of one host). Each statement first runs where
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from relay.address import AddressError, canonical
+from relay.claimowner import abandoned
 
 T = TypeVar("T")
 
@@ -224,7 +227,7 @@ class SqliteDedup:
                         if state == DELIVERED:
                             done.append(rcpt)
                             continue
-                        if holder != owner and at >= now - self.lease:
+                        if holder != owner and at >= now - self.lease and not abandoned(holder):
                             busy.append(rcpt)
                             continue
                         stale.append(rcpt)

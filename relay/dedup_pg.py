@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from relay.claimowner import abandoned
 from relay.dedup import (
     DELIVERED,
     SENDING,
@@ -39,6 +40,12 @@ _CLAIM = (
     "  SET state = 'sending', owner = EXCLUDED.owner, at = EXCLUDED.at"
     "  WHERE r.at < $5 OR (r.state = 'sending' AND (r.owner = EXCLUDED.owner OR r.at < $6))"
     " RETURNING (SELECT state FROM prev) AS prev_state, (SELECT at FROM prev) AS prev_at"
+)
+# A claim whose owner process is dead (relay.claimowner), only if it still holds it.
+_TAKE_OVER = (
+    "UPDATE dedup_recipients SET owner = $3, at = $4"
+    " WHERE fingerprint = $1 AND recipient = $2 AND state = 'sending' AND owner = $5"
+    " RETURNING true"
 )
 _CONFIRM = (
     "INSERT INTO dedup_recipients VALUES ($1, $2, 'delivered', '', $3)"
@@ -116,13 +123,25 @@ class PostgresDedup:
                         if row["prev_state"] == SENDING and row["prev_at"] >= now - self.ttl:
                             stale.append(rcpt)
                         continue
-                    state = await conn.fetchval(
-                        "SELECT state FROM dedup_recipients"
+                    held = await conn.fetchrow(
+                        "SELECT state, owner FROM dedup_recipients"
                         " WHERE fingerprint = $1 AND recipient = $2",
                         fingerprint,
                         digest,
                     )
-                    (done if state == DELIVERED else busy).append(rcpt)
+                    if held is not None and held["state"] == DELIVERED:
+                        done.append(rcpt)
+                    elif (
+                        held is not None
+                        and abandoned(held["owner"])
+                        and await conn.fetchval(
+                            _TAKE_OVER, fingerprint, digest, owner, now, held["owner"]
+                        )
+                    ):
+                        mine.append(rcpt)  # its owner died mid-send: the outcome is unknown
+                        stale.append(rcpt)
+                    else:
+                        busy.append(rcpt)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             # What was claimed before the failure lapses after the lease: a retry sends it.
             raise DedupError(f"dedup store (PostgreSQL): {type(exc).__name__}") from exc

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from relay import esmtp, maillog, pipeline, replies
+from relay import claimowner, esmtp, maillog, pipeline, replies
 from relay.address import domain_of
 from relay.category import HEADER
 from relay.decide import Decided, Request, Strikes, decide, ordinary
@@ -310,7 +310,10 @@ class Transaction:
         if rt.dedup is not None and outcome.enforced < Action.TEMPFAIL and outcome.accepted:
             fingerprint = rt.dedup.fingerprint(self.mail_from, raw)
             try:
-                claim = await rt.dedup.claim(fingerprint, outcome.accepted, decision_id)
+                # The owner names this process, so if it dies mid-send the retry need
+                # not wait out the lease (relay.claimowner).
+                owner = claimowner.owner(decision_id)
+                claim = await rt.dedup.claim(fingerprint, outcome.accepted, owner)
             except DedupError as err:
                 self._failure("dedup-claim", error=True, decision_id=decision_id, detail=str(err))
                 rt.metrics.dedup_error("claim")

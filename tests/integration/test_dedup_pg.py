@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 
+from relay import claimowner
 from relay.dedup_pg import PostgresDedup
+from tests.support.owners import UNJUDGED, dead_owner, live_owner
 from tests.support.postgres import PostgresServer, fresh_database
 
 KEY = os.urandom(32)
@@ -54,6 +56,30 @@ async def test_a_claim_left_by_a_crash_is_taken_over_after_the_lease(
         await asyncio.sleep(0.3)
         taken = await b.claim(fp, ["p@example.org"], "other")
         assert taken.mine == taken.stale == ("p@example.org",)
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_a_claim_whose_owner_process_died_is_taken_over_at_once(
+    postgres_server: PostgresServer,
+) -> None:
+    url = await fresh_database(postgres_server)
+    a, b = await open_two(url)
+    try:
+        fp = a.fingerprint("app@clinic.example", b"bytes")
+        await a.claim(fp, ["p@example.org"], dead_owner())
+        with live_owner() as live:
+            await a.claim(fp, ["q@example.org"], live)
+            for holder in UNJUDGED:
+                await a.claim(fp, [f"{len(holder)}@example.org"], holder)
+            got = await b.claim(
+                fp,
+                ["p@example.org", "q@example.org", *(f"{len(h)}@example.org" for h in UNJUDGED)],
+                claimowner.owner("retry"),
+            )
+        assert got.mine == got.stale == ("p@example.org",)
+        assert set(got.busy) == {"q@example.org", *(f"{len(h)}@example.org" for h in UNJUDGED)}
     finally:
         a.close()
         b.close()

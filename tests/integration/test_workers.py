@@ -24,8 +24,8 @@ import pytest
 from tests.adversarial.service import PHI_RELAY, Service, start_service
 from tests.adversarial.test_restart_under_traffic import Tally, build, client, copies
 from tests.support.pki import Pki
-from tests.support.rawsmtp import RawSmtp
-from tests.support.upstream import Sink
+from tests.support.rawsmtp import Closed, RawSmtp
+from tests.support.upstream import Sink, hold_accepts
 
 MESSAGES = 60
 CLIENTS = 8
@@ -118,7 +118,6 @@ async def two_workers(
         workers=2,
         env={
             "PHI_RELAY_SERVER_MAX_SESSIONS_PER_CLIENT": "50",
-            "PHI_RELAY_DEDUP_CLAIM_LEASE": "2",
             "PHI_RELAY_SERVER_REUSE_PORT": str(reuse_port).lower(),
         },
     )
@@ -223,6 +222,50 @@ async def test_a_killed_worker_is_restarted_and_nothing_acknowledged_is_lost(
     # The killed worker's chain goes on in its successor: one chain, still intact.
     code, out, err = await audit_cli("verify", str(state), "--state-dir", str(state))
     assert code == 0, (out, err)
+
+
+async def test_a_retry_after_a_worker_died_mid_send_goes_out_at_once(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    # The default lease (15 minutes): a claim left by a killed worker is taken over because
+    # its owner is proven dead, not because the lease ran out.
+    service = await start_service(tmp_path, pki, sink, workers=2)
+    release = hold_accepts(sink)
+    message = b"From: app@clinic.example\r\nSubject: Parking update\r\n\r\nThe lot closes.\r\n"
+
+    async def send(conn: RawSmtp) -> None:
+        assert (await conn.cmd("MAIL FROM:<app@clinic.example>")).startswith("250 ")
+        assert (await conn.cmd("RCPT TO:<member@example.org>")).startswith("250 ")
+        assert (await conn.cmd("DATA")).startswith("354 ")
+        await conn.send(message + b".\r\n")
+
+    try:
+        first = await RawSmtp.ready(service.smtp_port, pki.client_context())
+        await send(first)
+        await wait_for("the upstream holding it", lambda: len(sink.received) == 1)
+        before = workers_of(service)
+        for pid in before:  # whichever took it, it dies mid-send
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(Closed, ConnectionError, TimeoutError):
+            await first.reply(timeout=5)  # the connection dies with its worker
+        sink.faults.on_accept = None
+        release.set()
+        await wait_for(
+            "both workers replaced",
+            lambda: len(workers_of(service)) == 2 and not set(workers_of(service)) & set(before),
+            timeout=60,
+        )
+        retry = await RawSmtp.ready(service.smtp_port, pki.client_context())
+        await send(retry)
+        assert (await retry.reply()).startswith("250 ")
+        await retry.close()
+    finally:
+        assert await service.stop() == 0, service.log_text()
+    # The upstream had the first copy before its reply was lost: the retry is the second
+    # (the outcome of the first was unknown, so it is sent and said to be so).
+    assert [m.rcpt_tos for m in sink.received] == [["member@example.org"]] * 2
+    events = [r.get("event") for rs in chains(tmp_path / "state").values() for r in rs]
+    assert "dedup-stale-claim" in events
 
 
 async def test_sighup_reloads_every_worker_and_a_bad_reload_is_refused_by_all(

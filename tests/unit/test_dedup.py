@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from relay import claimowner
 from relay.dedup import DedupError, SqliteDedup
+from tests.support.owners import UNJUDGED, dead_owner, live_owner
 
 KEY = b"k" * 32
 A, B = "pat@example.org", "lee@example.org"
@@ -64,6 +66,32 @@ async def test_a_claim_left_by_a_crash_is_taken_over_after_the_lease(
     assert (await store.claim(fp, [A], "t2")).busy == (A,)
     clock.now += 2
     late = await store.claim(fp, [A], "t3")
+    assert (late.mine, late.stale) == ((A,), (A,))
+
+
+async def test_a_claim_whose_owner_process_died_is_taken_over_at_once(
+    store: SqliteDedup,
+) -> None:
+    # A worker killed mid-send (the supervisor replaces it): its claim is stale now, not
+    # after the lease, so the client's retry is sent instead of waiting 15 minutes.
+    fp = store.fingerprint("app@clinic.example", b"bytes")
+    await store.claim(fp, [A], dead_owner())
+    taken = await store.claim(fp, [A], claimowner.owner("retry"))
+    assert (taken.mine, taken.stale, taken.busy) == ((A,), (A,), ())
+
+
+@pytest.mark.parametrize("which", ["live", "self", *UNJUDGED])
+async def test_a_claim_whose_owner_may_be_alive_waits_for_the_lease(
+    store: SqliteDedup, clock: Clock, which: str
+) -> None:
+    fp = store.fingerprint("app@clinic.example", b"bytes")
+    with live_owner() as live:
+        holder = {"live": live, "self": claimowner.owner("first")}.get(which, which)
+        await store.claim(fp, [A], holder)
+        assert not claimowner.abandoned(holder)
+        assert (await store.claim(fp, [A], claimowner.owner("second"))).busy == (A,)
+    clock.now += 61
+    late = await store.claim(fp, [A], claimowner.owner("third"))
     assert (late.mine, late.stale) == ((A,), (A,))
 
 
