@@ -41,6 +41,12 @@ from phi_speed import timed_rounds  # noqa: E402  (bench/ is on sys.path when ru
 # --- corpus generation ------------------------------------------------------------------
 
 
+def on_the_wire(raw: str) -> str:
+    """A corpus raw value as the header arrives: `\\r\\n` and a space or `\\t` are a fold
+    (tools/corpus/BRIEF.md)."""
+    return raw.replace("\\r\\n\\t", "\r\n\t").replace("\\r\\n", "\r\n")
+
+
 def _ssn(rng: random.Random) -> str:
     area = rng.choice([rng.randint(1, 665), rng.randint(667, 899)])
     return f"{area:03d}-{rng.randint(1, 99):02d}-{rng.randint(1, 9999):04d}"
@@ -1199,7 +1205,7 @@ def writer_rows(part: str) -> list[dict[str, str]]:
         for line in lines[1:]:
             if line:
                 r = dict(zip(head, line.split("\t"), strict=False))
-                raw = r["raw"].replace("\\r\\n", "\r\n") if r["form"] == "rfc2047" else ""
+                raw = on_the_wire(r["raw"]) if r["form"] == "rfc2047" else ""
                 r["input"] = raw or r["subject"]
                 rows.append(r)
     return rows

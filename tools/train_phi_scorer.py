@@ -72,6 +72,12 @@ class Row:
     form: str = "plain"
 
 
+def on_the_wire(raw: str) -> str:
+    """A corpus raw value as the header arrives: `\\r\\n` and a space or `\\t` are a fold
+    (tools/corpus/BRIEF.md)."""
+    return raw.replace("\\r\\n\\t", "\r\n\t").replace("\\r\\n", "\r\n")
+
+
 def split() -> dict[str, str]:
     out = {}
     for line in (CORPUS / "split.tsv").read_text(encoding="utf-8").splitlines():
@@ -89,7 +95,7 @@ def writer_rows(path: Path) -> list[Row]:
         if not line:
             continue
         r = dict(zip(head, line.split("\t"), strict=False))
-        text = r["raw"].replace("\\r\\n", "\r\n") if r["form"] == "rfc2047" else r["subject"]
+        text = on_the_wire(r["raw"]) if r["form"] == "rfc2047" else r["subject"]
         rows.append(Row(r["writer"], r["label"] == "phi", text, r["lang"], r["form"]))
     return rows
 
