@@ -729,12 +729,34 @@ def unleet(text: str) -> str:
         return out
 
     text = _LEET_TOKEN.sub(one, text)
-    if read < 2:
+    if read < 2 and not _written_in_leet(text):
         return text
-    # Two words read as leetspeak: the whole subject is written so. Its short words are
-    # read too ("c0nf1rm3 5u c1t4 3n l4 cl1n1c4": "su", "en", "la"), and a word no list
-    # holds is read sign by sign ("357r31145" is no number), but for a dose or a time.
+    # Two words read as leetspeak, or most words mix letters and signs: the whole subject
+    # is written so. Its short words are read too ("c0nf1rm3 5u c1t4 3n l4 cl1n1c4": "su",
+    # "en", "la"), and a word no list holds is read sign by sign ("357r31145" is no
+    # number; "P0u m0un k1 n4n pw0gram dy48è7", in a language no list holds), but for a
+    # dose or a time.
     return _LEET_TOKEN.sub(lambda m: _unleet_any(m.group(0)), text)
+
+
+def _written_in_leet(text: str) -> bool:
+    """Whether three or more words, and a third of all, mix lower-case letters with signs
+    that stand for letters: leetspeak even where no word list knows the language's words.
+    Not counted: codes, which are capitals and digits ("4471B", "X1037") or hold digits no
+    letter looks like ("AB1234"), and units ("10am")."""
+    table = _leet()
+    mixed = 0
+    for m in _LEET_TOKEN.finditer(text):
+        word = m.group(0)
+        letters = [c for c in word if c.isalpha()]
+        if (
+            len(letters) >= 2
+            and any(c.islower() for c in letters)
+            and _WITH_UNIT.fullmatch(word) is None
+            and all(c in table for c in word if c.isdigit())
+        ):
+            mixed += 1
+    return mixed >= 3 and 3 * mixed >= len(text.split())
 
 
 # A unit after a number ("10am", "5mg", "2nd"): not leetspeak even in a leetspeak subject.
