@@ -368,7 +368,10 @@ def test_normalize_is_linear_on_a_64k_folded_subject() -> None:
         ("Ma5 m4t445 4ng g0ut s4 mg4 P1l1p1n0", "Mas mataas ang gout sa mga Pilipino"),
         # codes of capitals and digits are no leetspeak words, however many
         ("MRN 1A4837, acct 3B71045, claim 55A3107", "MRN 1A4837, acct 3B71045, claim 55A3107"),
-        ("Ref PO-4471B, INV-3310A, SKU X1037 shipped", "Ref PO-4471B, INV-3310A, SKU X1037 shipped"),
+        (
+            "Ref PO-4471B, INV-3310A, SKU X1037 shipped",
+            "Ref PO-4471B, INV-3310A, SKU X1037 shipped",
+        ),
     ],
 )
 def test_unleet_reads_leetspeak_words_and_leaves_codes(text: str, expected: str) -> None:
