@@ -34,13 +34,15 @@ CLIENTS = 8
 def workers_of(service: Service) -> list[int]:
     """The supervisor's worker processes, from /proc: its children but the short-lived
     ones it forks for a job (checking a reload, releasing a dead worker's sessions),
-    which run its own command line (relay.overseer)."""
+    which run its own command line (relay.overseer), nor such a child that has exited
+    and is not reaped yet (a zombie: its command line is empty)."""
     pid = service.proc.pid
     text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     out = []
     for kid in map(int, text.split()):
         with contextlib.suppress(OSError):
-            if b"relay.overseer" not in Path(f"/proc/{kid}/cmdline").read_bytes():
+            cmdline = Path(f"/proc/{kid}/cmdline").read_bytes()
+            if cmdline and b"relay.overseer" not in cmdline:
                 out.append(kid)
     return sorted(out)
 
