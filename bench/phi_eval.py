@@ -1356,6 +1356,16 @@ def evaluate_writers(
     strong = sum(1 for j in judged if j.tier == STRONG)
     uncertain = sum(1 for j in judged if j.phi and j.tier != STRONG)
     print(f"\ntiers: {strong} strong (refuse/replace per kind), {uncertain} uncertain (replace)")
+    # What a sender of clean mail sees: a strong judgement is refused under the default
+    # actions (550), an uncertain one only has its subject replaced.
+    clean = [j for j, y in zip(judged, labels, strict=True) if not y]
+    refused = sum(1 for j in clean if j.tier == STRONG)
+    replaced = sum(1 for j in clean if j.phi and j.tier != STRONG)
+    print(
+        f"  of {len(clean)} clean subjects: {refused} strong ({refused / max(1, len(clean)):.3f}"
+        f", refused by the default actions), {replaced} uncertain "
+        f"({replaced / max(1, len(clean)):.3f}, subject replaced)"
+    )
     fired: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
     for j, y in zip(judged, labels, strict=True):
         for rule in j.rules:

@@ -152,6 +152,7 @@ _ID_VALUE = re.compile(
 )
 # Cues of numbers a business uses for itself (B8): not a patient's account on their own.
 _BUSINESS_CUES = lexicon.BUSINESS_CUES
+_BUSINESS_ID_WORDS = lexicon.BUSINESS_ID_WORDS
 _DOSE = re.compile(r"\b\d+(?:\.\d+)?\s?(?:mg|mcg|µg|ml|iu|units?|tabs?|tablets?|caps?)\b", re.I)
 _ZIP_AFTER_STATE = re.compile(
     r"\b(?:A[LKZR]|C[AOT]|D[EC]|FL|GA|HI|I[DLNA]|K[SY]|LA|M[EDAINSOT]|N[EVHJMYCD]|O[HKR]|PA|RI|"
@@ -1036,7 +1037,10 @@ class PhiDetector:
                 continue
             if _overlaps(taken, m.start(1), m.end(1)) or not _cued_value_ok(kind, value):
                 continue
-            if (two or word) in _BUSINESS_CUES or word in _BUSINESS_CUES:
+            business = (two or word) in _BUSINESS_CUES or word in _BUSINESS_CUES
+            if not business and word == "id" and i and words[i - 1] in _BUSINESS_ID_WORDS:
+                business = True  # "Ticket ID", "Zoom meeting ID": not a patient's ID
+            if business:
                 # An order, ticket or invoice number is the business's own unless the
                 # subject is about a patient (B8): then it is weak evidence only.
                 patient = t.any(lexicon.PATIENT_WORDS) or bool(self._mentions(t))

@@ -87,6 +87,8 @@ NOT_TEST_REPORT = words("not_test_report")
 
 # The detector's word classes (relay/phi/detector.py): what each is for is in its file.
 BUSINESS_CUES = words("business_cues")
+# Before the cue "ID": the ID is the business's own (lex_business_id_words.txt).
+BUSINESS_ID_WORDS = words("business_id_words") | BUSINESS_CUES
 ORG_MOVES = words("org_moves")
 POSSESSED_GENERIC = words("possessed_generic")
 ROLE_MAILBOXES = words("role_mailboxes")

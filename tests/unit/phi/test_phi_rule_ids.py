@@ -74,7 +74,10 @@ TABLE: dict[str, tuple[list[str], list[str]]] = {
         ["Invoice 44718812 for patient Jane Okafor"],
         ["Invoice 44718812 from our vendor"],
     ),
-    "id.business-number": (["Your order 99812345 has shipped"], ["Your order has shipped"]),
+    "id.business-number": (
+        ["Your order 99812345 has shipped", "Zoom meeting ID 84412290331 for the huddle"],
+        ["Your order has shipped"],
+    ),
     "id.long-number": (["Re: 4471881239 needed"], ["Call 911 now"]),
     "id.alnum-number": (["Re: XJH882311901 status"], ["Flight BA123 delayed"]),
     "name.records-caps": (["MILLER, GERALD - REFERRAL"], ["SALES, MARKETING - Q3 REVIEW"]),

@@ -1,0 +1,84 @@
+"""A business's own IDs ("Ticket ID 4471902", "Zoom meeting ID 844 1229 0331") are not MRNs.
+
+The cue "ID" alone reads as a patient identifier, which refused every subject with an IT
+ticket, meeting, webinar or transaction ID in it (guide R3.8: "Teams meeting ID 291 004
+557 613 - budget review" is clean). The word before the cue says whose ID it is. The
+class is attacked as a whole: every business word of the data file, several spellings of
+the cue and shapes of the number, against the rules alone and the whole detector, with
+patient IDs and patient contexts as the controls. Examples are written for this test.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from relay.phi import default_detector, lexicon
+from relay.phi.api import STRONG
+from relay.phi.detector import DECISIVE, PhiDetector
+from relay.phi.normalize import subject_texts
+
+RULES = PhiDetector(scorer=False)
+OBJECTS = sorted(lexicon.BUSINESS_ID_WORDS - lexicon.BUSINESS_CUES)
+CUES = ["ID", "Id", "id", "ID:", "ID -"]
+NUMBERS = ["4471902", "84412290331", "291 004 557 613", "2026-0441-77", "SR220914"]
+TAILS = ["closed", "for Thursday's budget review", "- please confirm by Friday"]
+
+
+def _decisive(subject: str) -> list[str]:
+    found = RULES.analyse(subject).found
+    return [f.rule for f in found if f.confidence >= DECISIVE]
+
+
+def _cases() -> list[str]:
+    out = []
+    for i, (obj, cue) in enumerate(itertools.product(OBJECTS, CUES)):
+        number, tail = NUMBERS[i % len(NUMBERS)], TAILS[i % len(TAILS)]
+        out.append(f"{obj.capitalize()} {cue} {number} {tail}")
+    return out
+
+
+def test_the_class_is_large() -> None:
+    assert len(OBJECTS) >= 30
+    assert {"meeting", "zoom", "teams", "webinar", "incident", "transaction"} <= set(OBJECTS)
+
+
+@pytest.mark.parametrize("subject", _cases())
+def test_a_business_id_is_not_decisive(subject: str) -> None:
+    assert _decisive(subject) == []
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Zoom meeting ID 844 1229 0331 for Thursday's staff huddle",
+        "Ticket ID 4471902 resolved",
+        "Webinar ID 99120044 - billing basics",
+        "Transaction ID 77120034 for the supply order",
+        "Incident ID 20260441 phishing report",
+        "Teams ID 2 3 7 1 1 8 6 4 0 5 5 2 - rebate review",
+        "Change ID 4471902 approved for Saturday's maintenance window",
+    ],
+)
+def test_the_relay_does_not_refuse_it(subject: str) -> None:
+    judgement = default_detector().judge(subject_texts(subject))
+    assert judgement.tier != STRONG, judgement.rules
+    assert "id.cued" not in judgement.rules
+
+
+@pytest.mark.parametrize(
+    ("subject", "rule"),
+    [
+        ("Patient ID 4471902 needs review", "id.cued"),
+        ("ID 4471902 on your chart", "id.cued"),
+        ("Member ID XJH88231190 card", "id.cued"),
+        ("Chart ID 4471902 for the biopsy", "id.cued"),
+        # A business word with a patient context is still evidence (B8).
+        ("Request ID 4471902: patient records for the MRI", "id.cued-business"),
+    ],
+)
+def test_patient_ids_still_count(subject: str, rule: str) -> None:
+    found = RULES.analyse(subject).found
+    assert rule in [f.rule for f in found]
+    assert default_detector().judge(subject_texts(subject)).phi
