@@ -1038,8 +1038,14 @@ class PhiDetector:
             if _overlaps(taken, m.start(1), m.end(1)) or not _cued_value_ok(kind, value):
                 continue
             business = (two or word) in _BUSINESS_CUES or word in _BUSINESS_CUES
-            if not business and word == "id" and i and words[i - 1] in _BUSINESS_ID_WORDS:
-                business = True  # "Ticket ID", "Zoom meeting ID": not a patient's ID
+            if not business and i:
+                before = words[i - 1]
+                if before.isdigit() and i > 1 and kind == kinds.DEVICE:
+                    before = words[i - 2]  # "Freezer #3 serial 44812"
+                # "Ticket ID", "Zoom meeting ID": not a patient's ID; "Printer SN": an asset.
+                business = (word == "id" and before in _BUSINESS_ID_WORDS) or (
+                    kind == kinds.DEVICE and before in lexicon.EQUIPMENT
+                )
             if business:
                 # An order, ticket or invoice number is the business's own unless the
                 # subject is about a patient (B8): then it is weak evidence only.

@@ -89,6 +89,8 @@ NOT_TEST_REPORT = words("not_test_report")
 BUSINESS_CUES = words("business_cues")
 # Before the cue "ID": the ID is the business's own (lex_business_id_words.txt).
 BUSINESS_ID_WORDS = words("business_id_words") | BUSINESS_CUES
+# Before a serial-number cue: the organisation's own asset (lex_equipment.txt).
+EQUIPMENT = words("equipment")
 ORG_MOVES = words("org_moves")
 POSSESSED_GENERIC = words("possessed_generic")
 ROLE_MAILBOXES = words("role_mailboxes")

@@ -82,3 +82,56 @@ def test_patient_ids_still_count(subject: str, rule: str) -> None:
     found = RULES.analyse(subject).found
     assert rule in [f.rule for f in found]
     assert default_detector().judge(subject_texts(subject)).phi
+
+
+# The organisation's own equipment: its serial numbers are assets, not devices tied to a
+# person (guide R1.11 and R3.8).
+EQUIPMENT = sorted(lexicon.EQUIPMENT)
+SERIAL_CUES = ["SN", "S/N", "serial", "Serial #", "SN:"]
+
+
+def _equipment_cases() -> list[str]:
+    out = []
+    for i, (thing, cue) in enumerate(itertools.product(EQUIPMENT, SERIAL_CUES)):
+        number = ["CNB8K41234", "7731-AX-20", "44812", "5CG2041XYZ"][i % 4]
+        where = ["", " #3"][i % 2]
+        out.append(f"{thing.capitalize()}{where} {cue} {number} due for service")
+    return out
+
+
+def test_the_equipment_class_is_large() -> None:
+    assert len(EQUIPMENT) >= 15
+    assert not {"pump", "monitor", "ventilator", "pacemaker", "cpap"} & set(EQUIPMENT)
+
+
+@pytest.mark.parametrize("subject", _equipment_cases())
+def test_an_equipment_serial_is_not_decisive(subject: str) -> None:
+    assert _decisive(subject) == []
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Printer SN CNB8K41234 jammed again",
+        "Centrifuge serial 7731-AX-20 due for calibration",
+        "Freezer #3 serial 44812 alarm log",
+    ],
+)
+def test_the_relay_does_not_refuse_an_asset(subject: str) -> None:
+    judgement = default_detector().judge(subject_texts(subject))
+    assert judgement.tier != STRONG, judgement.rules
+    assert "id.cued" not in judgement.rules
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Your pump serial 44HX0921 replacement ships today",
+        "CPAP rental SN 23A77104 - return label",
+        "Cochlear processor SN CP-6620914 paired to the new app",
+        "Pacemaker SN 44HX0921 check Wed 9:10 am",
+    ],
+)
+def test_a_patient_device_serial_still_counts(subject: str) -> None:
+    assert "id.cued" in [f.rule for f in RULES.analyse(subject).found]
+    assert default_detector().judge(subject_texts(subject)).phi
