@@ -317,6 +317,8 @@ _DIGITS_NEEDED: dict[re.Pattern[str], tuple[int, int, str]] = {
 _DIGITS_NEEDED_BY_ID = {id(p): needs for p, needs in _DIGITS_NEEDED.items()}
 _ICD_CUES = lexicon.ICD_CUES
 _CPT_CUES = lexicon.CPT_CUES
+# Spanish words for a test that are also proof of something (lex_proof_of.txt).
+_PROOF = frozenset({"prueba", "pruebas"})
 # Words right before a number that say what it is: "SSN 123 45 6789", "cell 3125550187".
 _SSN_CUES = lexicon.SSN_CUES
 _PHONE_CUES = lexicon.PHONE_CUES
@@ -1037,6 +1039,10 @@ class PhiDetector:
                 continue
             if _overlaps(taken, m.start(1), m.end(1)) or not _cued_value_ok(kind, value):
                 continue
+            if word in _CPT_CUES and _CPT.fullmatch(value):
+                # "Billing J3590 correctly", "billing 99213 vs 99214": a procedure code,
+                # judged by id.cpt-cued and its case context (guide B7), not an account.
+                continue
             business = (two or word) in _BUSINESS_CUES or word in _BUSINESS_CUES
             if not business and i:
                 before = words[i - 1]
@@ -1046,6 +1052,8 @@ class PhiDetector:
                 business = (word == "id" and before in _BUSINESS_ID_WORDS) or (
                     kind == kinds.DEVICE and before in lexicon.EQUIPMENT
                 )
+                if business:
+                    kind = kinds.ACCOUNT  # a ticket's or a printer's number, as an order's
             if business:
                 # An order, ticket or invoice number is the business's own unless the
                 # subject is about a patient (B8): then it is weak evidence only.
@@ -1540,6 +1548,9 @@ class PhiDetector:
                         )
                 i += 1
                 continue
+            if words[i] in _PROOF and i + 2 < n and _proof_of(t.folded, t.ends[i]):
+                i += 1  # "prueba de ingresos": proof of income, not a test
+                continue
             for size in self.vocab.phrase_sizes[words[i]]:
                 if size > n - i:
                     continue
@@ -1707,6 +1718,8 @@ class PhiDetector:
         ("your MRI results", "your knee replacement", "tus medicamentos")."""
         for rm in _POSS_TEST.finditer(t.folded):
             before = t.before(rm.start(), 2)
+            if _proof_of(t.folded, rm.end()):
+                continue  # "su prueba de ingresos": proof of income, not a test
             if not generic and not (set(before) & _CTA):
                 out.append(Finding(kinds.PROCEDURE, rm.start(), rm.end(), 0.7, "health.possessive"))
         for pattern, kind, nouns in _POSSESSED_NOUNS:
@@ -1721,6 +1734,17 @@ class PhiDetector:
                     continue
                 if not generic or (kind == kinds.RESULT and t.any(lexicon.READY_WORDS)):
                     out.append(Finding(kind, rm.start(), rm.end(), 0.75, "health.possessive"))
+
+
+_PROOF_AFTER = re.compile(r"\s+de\s+(\w+)")
+
+
+def _proof_of(folded: str, end: int) -> bool:
+    """A test word ending at `end` is proof of something ("prueba de ingresos")."""
+    if not folded[:end].endswith(("prueba", "pruebas")):
+        return False
+    m = _PROOF_AFTER.match(folded, end)
+    return m is not None and m.group(1) in lexicon.PROOF_OF
 
 
 _NumberRule = Callable[[PhiDetector, _Text, list[Finding], list[tuple[int, int]]], None]

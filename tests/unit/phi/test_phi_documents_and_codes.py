@@ -1,0 +1,87 @@
+"""Two look-alikes that were refused: a proof document read as a test, a code as an account.
+
+"Suba su prueba de ingresos" is proof of income, not a test result (guide R3.5:
+paperwork); "billing J3590 correctly (webinar)" is a procedure code in coding education
+(guide B7), not an account number after the cue "billing". Each class is attacked as a
+whole (every word of the data file, every code shape), with real tests and codes in a
+case context as the controls. Examples are written for this test.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from relay.phi import default_detector, lexicon
+from relay.phi.api import STRONG
+from relay.phi.detector import DECISIVE, PhiDetector
+from relay.phi.normalize import subject_texts
+
+RULES = PhiDetector(scorer=False)
+FRAMES = [
+    "Suba su {noun} de {what} para terminar la solicitud",
+    "Falta su {noun} de {what}",
+    "Recibimos sus {noun}s de {what}, gracias",
+]
+
+
+def _proof_cases() -> list[str]:
+    return [
+        frame.format(noun="prueba", what=what)
+        for frame, what in itertools.product(FRAMES, sorted(lexicon.PROOF_OF))
+    ]
+
+
+def _findings(subject: str) -> list[str]:
+    return [f.rule for f in RULES.analyse(subject).found]
+
+
+@pytest.mark.parametrize("subject", _proof_cases())
+def test_proof_of_something_is_not_a_test(subject: str) -> None:
+    found = _findings(subject)
+    assert "health.possessive" not in found and "health.term" not in found, found
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Su prueba de embarazo salió positiva",
+        "Su prueba de COVID salió negativa",
+        "Sus pruebas de laboratorio están listas",
+        "Tu prueba de VIH: resultado disponible",
+    ],
+)
+def test_a_real_test_still_counts(subject: str) -> None:
+    assert "health.possessive" in _findings(subject)
+    assert default_detector().judge(subject_texts(subject)).phi
+
+
+CODES = ["99213", "99214", "J3590", "P9016", "G0439", "0591T", "3044F"]
+CODE_FRAMES = [
+    "Billing {code} correctly: a 30-minute webinar",
+    "Coding primer: billing {code} vs the alternatives",
+    "Webinar: billing {code} for blood products in 2027",
+]
+
+
+@pytest.mark.parametrize(
+    "subject", [f.format(code=c) for f, c in itertools.product(CODE_FRAMES, CODES)]
+)
+def test_a_code_after_billing_is_not_an_account(subject: str) -> None:
+    found = RULES.analyse(subject).found
+    assert [f.rule for f in found if f.confidence >= DECISIVE] == []
+    assert default_detector().judge(subject_texts(subject)).tier != STRONG
+
+
+@pytest.mark.parametrize(
+    ("subject", "rule"),
+    [
+        ("Your claim: billing code 99214 for your visit", "id.cpt-cued"),
+        ("Billing 4471902 past due", "id.cued"),
+        ("Billing account 55120934 statement ready", "id.cued"),
+    ],
+)
+def test_codes_in_a_case_and_accounts_still_count(subject: str, rule: str) -> None:
+    assert rule in _findings(subject)
+    assert default_detector().judge(subject_texts(subject)).phi
