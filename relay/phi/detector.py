@@ -144,6 +144,10 @@ _NPI = re.compile(r"(?<![\w-])([12]\d{9})(?![\w-])")
 _ICD_DOTTED = re.compile(r"\b([A-TV-Z]\d[0-9AB])\.([0-9A-Z]{1,4})\b")
 _ICD_BARE = re.compile(r"\b([A-TV-Z]\d[0-9AB])([0-9A-Z]{0,4})\b")
 _CPT = re.compile(r"\b(\d{4}[0-9FTU]|[A-V]\d{4})\b")
+# "billing 99401-99404": a range of codes.
+_CPT_RANGE = re.compile(r"(?:\d{4}[0-9FTU]|[A-V]\d{4})[-\u2013](?:\d{4}[0-9FTU]|[A-V]\d{4})")
+# A year or a span of years is no identifier value: "Plan 2026-27 benefits".
+_YEARS = re.compile(r"(?:19|20)\d{2}(?:[-\u2013/](?:19|20)?\d{2})?")
 _LONG_NUMBER = re.compile(r"(?<![\w.,/-])\d{8,}(?![\w.,/-])")
 _ALNUM_ID = re.compile(r"\b(?=[A-Z0-9-]*\d[A-Z0-9-]*\d[A-Z0-9-]*\d)[A-Z]{1,4}-?\d{5,}[A-Z]?\b")
 _ID_VALUE = re.compile(
@@ -1035,11 +1039,11 @@ class PhiDetector:
                 continue
             value = m.group(1)
             digits = sum(ch.isdigit() for ch in value)
-            if digits < 4 or len(value) < 5 or re.fullmatch(r"(?:19|20)\d{2}", value):
+            if digits < 4 or len(value) < 5 or _YEARS.fullmatch(value):
                 continue
             if _overlaps(taken, m.start(1), m.end(1)) or not _cued_value_ok(kind, value):
                 continue
-            if word in _CPT_CUES and _CPT.fullmatch(value):
+            if word in _CPT_CUES and (_CPT.fullmatch(value) or _CPT_RANGE.fullmatch(value)):
                 # "Billing J3590 correctly", "billing 99213 vs 99214": a procedure code,
                 # judged by id.cpt-cued and its case context (guide B7), not an account.
                 continue
@@ -1271,6 +1275,11 @@ class PhiDetector:
     def _name_title(self, t: _Text, c: _NameCtx) -> Finding | None:
         """name.title: "Mr. Okafor", "Sra. López", a name after a courtesy title."""
         if c.prev in lexicon.TITLES and c.gap_before.strip() in ("", "."):
+            title = t.orig[c.i - 1]
+            if len(title) > 1 and title.isupper() and t.text.upper() != t.text:
+                # "MS Walk", "MR safety week": capitals in a subject that has lower case
+                # are an abbreviation (multiple sclerosis, magnetic resonance), not "Ms."
+                return None
             return _name(t, c.i, self._extend(t, c.i), 0.95, "name.title")
         return None
 

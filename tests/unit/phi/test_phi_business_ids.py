@@ -58,6 +58,8 @@ def test_a_business_id_is_not_decisive(subject: str) -> None:
         "Transaction ID 77120034 for the supply order",
         "Incident ID 20260441 phishing report",
         "Teams ID 2 3 7 1 1 8 6 4 0 5 5 2 - rebate review",
+        "Credit card processor statement for May - merchant ID 4455012",
+        "Providers: our EDI payer ID is 61101",
         "Change ID 4471902 approved for Saturday's maintenance window",
     ],
 )

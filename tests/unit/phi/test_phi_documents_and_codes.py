@@ -85,3 +85,58 @@ def test_a_code_after_billing_is_not_an_account(subject: str) -> None:
 def test_codes_in_a_case_and_accounts_still_count(subject: str, rule: str) -> None:
     assert rule in _findings(subject)
     assert default_detector().judge(subject_texts(subject)).phi
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Webinar: billing 99401-99404 for prevention counseling",
+        "Coding corner: when to bill 95885 vs 95886",
+        "Billed J3590 twice? How to correct the line (webinar)",
+    ],
+)
+def test_bill_and_code_ranges_are_codes(subject: str) -> None:
+    assert [f.rule for f in RULES.analyse(subject).found if f.confidence >= DECISIVE] == []
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Student Health Insurance Plan 2026-27 benefits summary is posted",
+        "Plan 2026\u20132027 open enrolment starts Monday",
+        "Plan 2027-28 rates are posted",
+    ],
+)
+def test_a_span_of_years_is_no_identifier(subject: str) -> None:
+    assert [f.rule for f in RULES.analyse(subject).found if f.confidence >= DECISIVE] == []
+
+
+@pytest.mark.parametrize(
+    ("subject", "rule"),
+    [("Member ID 4471902 card", "id.cued"), ("Your bill 4471902 is past due", "id.cued")],
+)
+def test_numbers_after_the_same_cues_still_count(subject: str, rule: str) -> None:
+    assert rule in _findings(subject)
+
+
+# Capitals in a subject that has lower case are an abbreviation, not a courtesy title:
+# "MS Walk" is the multiple sclerosis walk (guide R3.4), "MR safety" magnetic resonance.
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "MS Walk team sign-ups are open",
+        "Save the date: MS Walk on 4/26",
+        "MR Safety week: screening forms updated",
+        "Join the MS Society Walk this Saturday",
+    ],
+)
+def test_an_all_caps_abbreviation_is_no_title(subject: str) -> None:
+    assert "name.title" not in _findings(subject)
+
+
+@pytest.mark.parametrize(
+    "subject",
+    ["Ms. Okafor, your biopsy results", "Mr Jones called about his MRI", "Mrs Patel: lab results"],
+)
+def test_a_courtesy_title_still_names(subject: str) -> None:
+    assert "name.title" in _findings(subject)
