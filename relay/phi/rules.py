@@ -255,10 +255,15 @@ def segment(s: Subject) -> list[Finding]:
     """
     if runs(s.folded, s.words).isdisjoint(_SEGMENT_WORDS):
         return []
-    m = _SEGMENT.search(s.folded)
-    if m is None:
-        return []
-    return [Finding(kinds.CONDITION, m.start(), m.end(), 0.9, "health.segment")]
+    for m in _SEGMENT.finditer(s.folded):
+        if _READERS_OWN.search(s.folded, 0, m.start()) is None:
+            return [Finding(kinds.CONDITION, m.start(), m.end(), 0.9, "health.segment")]
+    return []
+
+
+# "Your patients with COPD may qualify": the reader's own patients or members make the
+# reader a clinician or a plan, not one of the segment (mail to providers, guide R3.1).
+_READERS_OWN = re.compile(r"\b(?:your|sus|tus|vos|votre|seus|suas)\s$")
 
 
 _AUDIENCE_NOUNS = _class("audience")

@@ -78,6 +78,11 @@ class Site:
         return out
 
     def check(self, subject: str, rcpt: str, category: str = "treatment") -> int:
+        return self.check_run(subject, rcpt, category).returncode
+
+    def check_run(
+        self, subject: str, rcpt: str, category: str = "treatment"
+    ) -> subprocess.CompletedProcess[str]:
         msg = EmailMessage()
         msg["From"] = "app@clinic.example"
         msg["To"] = rcpt
@@ -86,7 +91,7 @@ class Site:
         msg.set_content("Synthetic body.\n")
         path = self.cwd / "m.eml"
         path.write_bytes(bytes(msg))
-        return self.run(["check", str(path)]).returncode
+        return self.run(["check", str(path)])
 
     def nothing_in_cwd(self) -> None:
         assert not (self.cwd / "state").exists(), "a command wrote to ./state, not the volume"
@@ -113,14 +118,23 @@ def test_consent_and_optout_reach_the_store_serve_reads(site: Site) -> None:
     site.nothing_in_cwd()
 
 
+def _subject_phi_line(result: subprocess.CompletedProcess[str]) -> str:
+    return next(line for line in result.stdout.splitlines() if line.startswith("subject-phi"))
+
+
 def test_roster_import_reaches_the_roster_serve_reads(site: Site) -> None:
     csv = site.cwd / "roster.csv"
     csv.write_text("first_name,last_name,mrn\nZorba,Quillfeather,A-99812\n")
-    assert site.check("Re: zorba quillfeather", "p@example.org") == 0
+    # Before the import no rule knows the name (the scorer may still judge the subject);
+    # after it, the roster's exact match refuses it as a name.
+    before = _subject_phi_line(site.check_run("Re: zorba quillfeather", "p@example.org"))
+    assert "name" not in before, before
     out = site.run(["roster", "import", str(csv)])
     assert out.returncode == 0, out.stderr
     assert str(site.volume) in out.stdout
-    assert site.check("Re: zorba quillfeather", "p@example.org") == 1
+    after = site.check_run("Re: zorba quillfeather", "p@example.org")
+    assert after.returncode == 1
+    assert "name" in _subject_phi_line(after), after.stdout
     site.nothing_in_cwd()
 
 

@@ -117,6 +117,10 @@ TABLE: list[tuple[Rule, str, list[str], list[str]]] = [
             "Open to all: the Kidney Smart class series",
             "Members: new portal login page",
             "New program for people living with diabetes",
+            # The reader's own patients: mail to a clinician, not a segment.
+            "Your patients with COPD may qualify for triple therapy",
+            "Are your patients on two statins? Duplicate therapy alert logic",
+            "¿Sus pacientes con EPOC siguen exacerbando? Conozca la terapia",
         ],
     ),
     (
