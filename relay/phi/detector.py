@@ -143,9 +143,10 @@ _DEA = re.compile(r"\b([ABCDEFGHJKLMPRSTUX][A-Z9])(\d{7})\b")
 _NPI = re.compile(r"(?<![\w-])([12]\d{9})(?![\w-])")
 _ICD_DOTTED = re.compile(r"\b([A-TV-Z]\d[0-9AB])\.([0-9A-Z]{1,4})\b")
 _ICD_BARE = re.compile(r"\b([A-TV-Z]\d[0-9AB])([0-9A-Z]{0,4})\b")
-_CPT = re.compile(r"\b(\d{4}[0-9FTU]|[A-V]\d{4})\b")
-# "billing 99401-99404": a range of codes.
-_CPT_RANGE = re.compile(r"(?:\d{4}[0-9FTU]|[A-V]\d{4})[-\u2013](?:\d{4}[0-9FTU]|[A-V]\d{4})")
+_CPT_CODE = r"\d{4}[0-9FTU]|[A-V]\d{4}"
+_CPT = re.compile(rf"\b({_CPT_CODE})\b")
+# A code or a range of codes as a cued value: "billing J3590", "billing 99401-99404".
+_CPT_VALUE = re.compile(rf"(?:{_CPT_CODE})(?:[-\u2013](?:{_CPT_CODE}))?")
 # A year or a span of years is no identifier value: "Plan 2026-27 benefits".
 _YEARS = re.compile(r"(?:19|20)\d{2}(?:[-\u2013/](?:19|20)?\d{2})?")
 _LONG_NUMBER = re.compile(r"(?<![\w.,/-])\d{8,}(?![\w.,/-])")
@@ -156,7 +157,6 @@ _ID_VALUE = re.compile(
 )
 # Cues of numbers a business uses for itself (B8): not a patient's account on their own.
 _BUSINESS_CUES = lexicon.BUSINESS_CUES
-_BUSINESS_ID_WORDS = lexicon.BUSINESS_ID_WORDS
 _DOSE = re.compile(r"\b\d+(?:\.\d+)?\s?(?:mg|mcg|µg|ml|iu|units?|tabs?|tablets?|caps?)\b", re.I)
 _ZIP_AFTER_STATE = re.compile(
     r"\b(?:A[LKZR]|C[AOT]|D[EC]|FL|GA|HI|I[DLNA]|K[SY]|LA|M[EDAINSOT]|N[EVHJMYCD]|O[HKR]|PA|RI|"
@@ -322,7 +322,8 @@ _DIGITS_NEEDED_BY_ID = {id(p): needs for p, needs in _DIGITS_NEEDED.items()}
 _ICD_CUES = lexicon.ICD_CUES
 _CPT_CUES = lexicon.CPT_CUES
 # Spanish words for a test that are also proof of something (lex_proof_of.txt).
-_PROOF = frozenset({"prueba", "pruebas"})
+_PROOF_WORDS = ("prueba", "pruebas")
+_PROOF = frozenset(_PROOF_WORDS)
 # Words right before a number that say what it is: "SSN 123 45 6789", "cell 3125550187".
 _SSN_CUES = lexicon.SSN_CUES
 _PHONE_CUES = lexicon.PHONE_CUES
@@ -1043,21 +1044,13 @@ class PhiDetector:
                 continue
             if _overlaps(taken, m.start(1), m.end(1)) or not _cued_value_ok(kind, value):
                 continue
-            if word in _CPT_CUES and (_CPT.fullmatch(value) or _CPT_RANGE.fullmatch(value)):
+            if word in _CPT_CUES and _CPT_VALUE.fullmatch(value):
                 # "Billing J3590 correctly", "billing 99213 vs 99214": a procedure code,
                 # judged by id.cpt-cued and its case context (guide B7), not an account.
                 continue
             business = (two or word) in _BUSINESS_CUES or word in _BUSINESS_CUES
-            if not business and i:
-                before = words[i - 1]
-                if before.isdigit() and i > 1 and kind == kinds.DEVICE:
-                    before = words[i - 2]  # "Freezer #3 serial 44812"
-                # "Ticket ID", "Zoom meeting ID": not a patient's ID; "Printer SN": an asset.
-                business = (word == "id" and before in _BUSINESS_ID_WORDS) or (
-                    kind == kinds.DEVICE and before in lexicon.EQUIPMENT
-                )
-                if business:
-                    kind = kinds.ACCOUNT  # a ticket's or a printer's number, as an order's
+            if not business and _owned_by_business(words, i, kind):
+                business, kind = True, kinds.ACCOUNT  # a ticket's or printer's, as an order's
             if business:
                 # An order, ticket or invoice number is the business's own unless the
                 # subject is about a patient (B8): then it is weak evidence only.
@@ -1276,7 +1269,7 @@ class PhiDetector:
         """name.title: "Mr. Okafor", "Sra. López", a name after a courtesy title."""
         if c.prev in lexicon.TITLES and c.gap_before.strip() in ("", "."):
             title = t.orig[c.i - 1]
-            if len(title) > 1 and title.isupper() and t.text.upper() != t.text:
+            if len(title) > 1 and title.isupper() and not t.text.isupper():
                 # "MS Walk", "MR safety week": capitals in a subject that has lower case
                 # are an abbreviation (multiple sclerosis, magnetic resonance), not "Ms."
                 return None
@@ -1557,7 +1550,7 @@ class PhiDetector:
                         )
                 i += 1
                 continue
-            if words[i] in _PROOF and i + 2 < n and _proof_of(t.folded, t.ends[i]):
+            if words[i] in _PROOF and _proof_of(t.folded, t.ends[i]):
                 i += 1  # "prueba de ingresos": proof of income, not a test
                 continue
             for size in self.vocab.phrase_sizes[words[i]]:
@@ -1750,10 +1743,24 @@ _PROOF_AFTER = re.compile(r"\s+de\s+(\w+)")
 
 def _proof_of(folded: str, end: int) -> bool:
     """A test word ending at `end` is proof of something ("prueba de ingresos")."""
-    if not folded[:end].endswith(("prueba", "pruebas")):
+    if not folded.endswith(_PROOF_WORDS, 0, end):
         return False
     m = _PROOF_AFTER.match(folded, end)
     return m is not None and m.group(1) in lexicon.PROOF_OF
+
+
+def _owned_by_business(words: Sequence[str], i: int, kind: str) -> bool:
+    """The cue at `i` names the business's own number by the word before it: "Ticket ID",
+    "Zoom meeting ID" (lex_business_id_words.txt), "Printer SN", "Freezer #3 serial"
+    (lex_equipment.txt)."""
+    if not i:
+        return False
+    before = words[i - 1]
+    if kind == kinds.DEVICE:
+        if before.isdigit() and i > 1:
+            before = words[i - 2]
+        return before in lexicon.EQUIPMENT
+    return words[i] == "id" and before in lexicon.BUSINESS_ID_WORDS
 
 
 _NumberRule = Callable[[PhiDetector, _Text, list[Finding], list[tuple[int, int]]], None]

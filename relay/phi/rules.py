@@ -246,6 +246,11 @@ _SEGMENT = re.compile(
 )
 
 
+# "Your patients with COPD may qualify": the reader's own patients or members make the
+# reader a clinician or a plan, not one of the segment (mail to providers, guide R3.1).
+_READERS_OWN = re.compile(r"\b(?:your|sus|tus|vos|votre|seus|suas)\s$")
+
+
 def segment(s: Subject) -> list[Finding]:
     """health.segment: a subject addressed to people with a condition, drug or device.
 
@@ -259,11 +264,6 @@ def segment(s: Subject) -> list[Finding]:
         if _READERS_OWN.search(s.folded, 0, m.start()) is None:
             return [Finding(kinds.CONDITION, m.start(), m.end(), 0.9, "health.segment")]
     return []
-
-
-# "Your patients with COPD may qualify": the reader's own patients or members make the
-# reader a clinician or a plan, not one of the segment (mail to providers, guide R3.1).
-_READERS_OWN = re.compile(r"\b(?:your|sus|tus|vos|votre|seus|suas)\s$")
 
 
 _AUDIENCE_NOUNS = _class("audience")

@@ -31,6 +31,12 @@ def _decisive(subject: str) -> list[str]:
     return [f.rule for f in found if f.confidence >= DECISIVE]
 
 
+def _assert_not_refused(subject: str) -> None:
+    judgement = default_detector().judge(subject_texts(subject))
+    assert judgement.tier != STRONG, judgement.rules
+    assert "id.cued" not in judgement.rules
+
+
 def _cases() -> list[str]:
     out = []
     for i, (obj, cue) in enumerate(itertools.product(OBJECTS, CUES)):
@@ -64,9 +70,7 @@ def test_a_business_id_is_not_decisive(subject: str) -> None:
     ],
 )
 def test_the_relay_does_not_refuse_it(subject: str) -> None:
-    judgement = default_detector().judge(subject_texts(subject))
-    assert judgement.tier != STRONG, judgement.rules
-    assert "id.cued" not in judgement.rules
+    _assert_not_refused(subject)
 
 
 @pytest.mark.parametrize(
@@ -120,9 +124,7 @@ def test_an_equipment_serial_is_not_decisive(subject: str) -> None:
     ],
 )
 def test_the_relay_does_not_refuse_an_asset(subject: str) -> None:
-    judgement = default_detector().judge(subject_texts(subject))
-    assert judgement.tier != STRONG, judgement.rules
-    assert "id.cued" not in judgement.rules
+    _assert_not_refused(subject)
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,11 @@ def _findings(subject: str) -> list[str]:
     return [f.rule for f in RULES.analyse(subject).found]
 
 
+def _decisive(subject: str) -> list[str]:
+    """The rules that decide alone (a refusal whatever the score)."""
+    return [f.rule for f in RULES.analyse(subject).found if f.confidence >= DECISIVE]
+
+
 @pytest.mark.parametrize("subject", _proof_cases())
 def test_proof_of_something_is_not_a_test(subject: str) -> None:
     found = _findings(subject)
@@ -69,8 +74,7 @@ CODE_FRAMES = [
     "subject", [f.format(code=c) for f, c in itertools.product(CODE_FRAMES, CODES)]
 )
 def test_a_code_after_billing_is_not_an_account(subject: str) -> None:
-    found = RULES.analyse(subject).found
-    assert [f.rule for f in found if f.confidence >= DECISIVE] == []
+    assert _decisive(subject) == []
     assert default_detector().judge(subject_texts(subject)).tier != STRONG
 
 
@@ -96,7 +100,7 @@ def test_codes_in_a_case_and_accounts_still_count(subject: str, rule: str) -> No
     ],
 )
 def test_bill_and_code_ranges_are_codes(subject: str) -> None:
-    assert [f.rule for f in RULES.analyse(subject).found if f.confidence >= DECISIVE] == []
+    assert _decisive(subject) == []
 
 
 @pytest.mark.parametrize(
@@ -108,7 +112,7 @@ def test_bill_and_code_ranges_are_codes(subject: str) -> None:
     ],
 )
 def test_a_span_of_years_is_no_identifier(subject: str) -> None:
-    assert [f.rule for f in RULES.analyse(subject).found if f.confidence >= DECISIVE] == []
+    assert _decisive(subject) == []
 
 
 @pytest.mark.parametrize(
