@@ -567,7 +567,9 @@ async def test_a_worker_restarted_after_a_reload_starts_with_the_reloaded_config
 
 def children(worker: int) -> dict[int, bytes]:
     """A worker's child processes and their command lines (a child started from a thread
-    is listed under that thread's task)."""
+    is listed under that thread's task); a child that has exited and is not reaped yet (a
+    zombie, such as a decision process just killed: its command line is empty) is left
+    out, as in `workers_of`."""
     kids = [
         int(k)
         for t in Path(f"/proc/{worker}/task").iterdir()
@@ -576,7 +578,9 @@ def children(worker: int) -> dict[int, bytes]:
     out = {}
     for kid in kids:
         with contextlib.suppress(OSError):
-            out[kid] = Path(f"/proc/{kid}/cmdline").read_bytes()
+            cmdline = Path(f"/proc/{kid}/cmdline").read_bytes()
+            if cmdline:
+                out[kid] = cmdline
     return out
 
 
