@@ -16,7 +16,8 @@ and validation. The model (relay.phi.scorer) is wide and deep over the hashed
 features of relay.phi.features: a linear part plus one hidden layer of HIDDEN ReLU
 units (an embedding bag), trained together by Adagrad on the weighted logistic loss
 with L2 and feature dropout, seeded, in numpy (single-threaded sparse products, so a retrain is
-byte-identical); weights are stored as int8 (the linear part with one scale, the
+byte-identical); the weights kept are the mean of snapshots over the last AVERAGE_EPOCHS
+epochs, stored as int8 (the linear part with one scale, the
 hidden table with one scale a unit).
 
 --cv is leave-one-writer-out over the training writers: for each writer, a model is
