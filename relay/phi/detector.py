@@ -1752,7 +1752,7 @@ def _proof_of(folded: str, end: int) -> bool:
 def _owned_by_business(words: Sequence[str], i: int, kind: str) -> bool:
     """The cue at `i` names the business's own number by the word before it: "Ticket ID",
     "Zoom meeting ID" (lex_business_id_words.txt), "Printer SN", "Freezer #3 serial"
-    (lex_equipment.txt)."""
+    (lex_equipment.txt), "Carrier claim", "Employer account" (lex_business_owners.txt)."""
     if not i:
         return False
     before = words[i - 1]
@@ -1760,7 +1760,9 @@ def _owned_by_business(words: Sequence[str], i: int, kind: str) -> bool:
         if before.isdigit() and i > 1:
             before = words[i - 2]
         return before in lexicon.EQUIPMENT
-    return words[i] == "id" and before in lexicon.BUSINESS_ID_WORDS
+    if words[i] == "id":
+        return before in lexicon.BUSINESS_ID_WORDS
+    return before in lexicon.BUSINESS_OWNERS
 
 
 _NumberRule = Callable[[PhiDetector, _Text, list[Finding], list[tuple[int, int]]], None]

@@ -91,6 +91,9 @@ BUSINESS_CUES = words("business_cues")
 BUSINESS_ID_WORDS = words("business_id_words") | BUSINESS_CUES
 # Before a serial-number cue: the organisation's own asset (lex_equipment.txt).
 EQUIPMENT = words("equipment")
+# Before a claim, account, case or permit cue: the business's own number
+# (lex_business_owners.txt).
+BUSINESS_OWNERS = words("business_owners")
 # After "prueba de": a document, not a test (lex_proof_of.txt).
 PROOF_OF = words("proof_of")
 ORG_MOVES = words("org_moves")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from relay.phi import kinds
+from relay.phi import kinds, lexicon
 from relay.phi.api import Finding
 from relay.phi.normalize import fold, normalize
 
@@ -143,16 +143,30 @@ _BILLING = _class("billing")
 _BUSINESS = _class("business")
 # Prices in offers are marketing, not a person's bill.
 _OFFER = _class("offer")
+# A supplier's invoice ("Invoice #A-99172 - scope repair, $4,120", "Facture 88120 : 1 240 €")
+# is the business's own; a patient's invoice says whose it is (your, my, Dad's), what care
+# it is for, or names a health term ("Su factura de anestesia de $645.20").
+_INVOICE = _class("invoice")
+_SELF = _class("self")
+_NOT_SUPPLIER = _YOU | _SELF | _CARE | lexicon.FAMILY
 
 
 def billing_amount(s: Subject) -> list[Finding]:
-    """id.amount: a money amount with a patient-billing word ("$40 copay", "Usted debe $318")."""
+    """id.amount: a money amount with a patient-billing word ("$40 copay", "Usted debe $318"),
+    not a supplier's invoice (no you- or I-word, relative, care word or health term beside
+    the invoice)."""
     if not s.has_digit or s.words.isdisjoint(_BILLING) or not s.words.isdisjoint(_BUSINESS):
         return []
     m = _AMOUNT.search(s.folded)
     if m is None:
         return []
     if not s.words.isdisjoint(_OFFER) and s.words.isdisjoint(_YOU):
+        return []
+    if (
+        not s.words.isdisjoint(_INVOICE)
+        and s.words.isdisjoint(_NOT_SUPPLIER)
+        and not s.terms
+    ):
         return []
     return [Finding(kinds.ACCOUNT, m.start(), m.end(), 0.9, "id.amount")]
 

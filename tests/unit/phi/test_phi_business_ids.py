@@ -139,3 +139,86 @@ def test_the_relay_does_not_refuse_an_asset(subject: str) -> None:
 def test_a_patient_device_serial_still_counts(subject: str) -> None:
     assert "id.cued" in [f.rule for f in RULES.analyse(subject).found]
     assert default_detector().judge(subject_texts(subject)).phi
+
+
+# A claim, account, case or permit named by its business owner: a freight or warranty
+# claim, a vendor or utility account, an employer's account with the clinic, a building
+# permit (guide R3.8, lex_business_owners.txt).
+OWNERS = sorted(lexicon.BUSINESS_OWNERS)
+OWNED_CUES = ["claim", "claim #", "account", "acct", "permit", "case #"]
+
+
+def _owned_cases() -> list[str]:
+    out = []
+    for i, (owner, cue) in enumerate(itertools.product(OWNERS, OWNED_CUES)):
+        number = ["34458803", "W-30918", "4410-22", "26-1043", "FC-20441"][i % 5]
+        tail = ["filed", "- photos attached", "approved, see the letter", "closed"][i % 4]
+        out.append(f"{owner.capitalize()} {cue} {number} {tail}")
+    return out
+
+
+def test_the_owner_class_is_large_and_leaves_patients_out() -> None:
+    assert len(OWNERS) >= 20
+    assert not {"insurance", "medical", "dental", "patient", "member", "pharmacy"} & set(OWNERS)
+
+
+@pytest.mark.parametrize("subject", _owned_cases())
+def test_a_business_owned_number_is_not_decisive(subject: str) -> None:
+    assert _decisive(subject) == []
+
+
+@pytest.mark.parametrize(
+    ("subject", "rule"),
+    [
+        ("Insurance claim 34458803 for your MRI", "id.cued"),
+        ("Claim #W-30918 denied", "id.cued"),
+        ("Account 4410-22: your balance after the ER visit", "id.cued"),
+        # A business owner with a patient context is still evidence (B8).
+        ("Warranty claim WC-55102 approved for your insulin pump", "id.cued-business"),
+    ],
+)
+def test_patient_claims_and_accounts_still_count(subject: str, rule: str) -> None:
+    assert rule in [f.rule for f in RULES.analyse(subject).found]
+    assert default_detector().judge(subject_texts(subject)).phi
+
+
+# A supplier's invoice with an amount is the business's own (guide R3.8); a patient's says
+# whose it is, what care it is for, or names a health term (R2.5, B3).
+INVOICE_WORDS = ["Invoice", "Invoice #", "Factura", "Facture", "Fatura", "Remittance"]
+GOODS = [
+    "waiting-room chairs",
+    "scope repair",
+    "janitorial services, March",
+    "toner and paper",
+    "HVAC maintenance",
+    "catering for the board lunch",
+]
+AMOUNTS = ["$4,120", "1.240 €", "1 250 €", "US$980.00", "R$ 2.300,00", "$12,480.22"]
+
+
+def _invoice_cases() -> list[str]:
+    out = []
+    for i, (word, goods) in enumerate(itertools.product(INVOICE_WORDS, GOODS)):
+        number = ["A-99172", "88120", "2025-0883", "PT-62018"][i % 4]
+        out.append(f"{word} {number} – {goods}, {AMOUNTS[i % len(AMOUNTS)]}")
+    return out
+
+
+@pytest.mark.parametrize("subject", _invoice_cases())
+def test_a_supplier_invoice_amount_is_not_a_bill(subject: str) -> None:
+    assert "id.amount" not in [f.rule for f in RULES.analyse(subject).found]
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Your invoice: $120 for the visit",
+        "Su factura de anestesia de $645.20 pasó a cobranza",
+        "Votre facture de 95 $ pour le certificat médical",
+        "Invoice for my MRI: $1,120 - why so high?",
+        "Invoice for Dad's home care: $980.00",
+        "Fatura da sua consulta: R$ 250,00",
+    ],
+)
+def test_a_patient_invoice_amount_still_counts(subject: str) -> None:
+    assert "id.amount" in [f.rule for f in RULES.analyse(subject).found]
