@@ -200,7 +200,7 @@ def _invoice_cases() -> list[str]:
     out = []
     for i, (word, goods) in enumerate(itertools.product(INVOICE_WORDS, GOODS)):
         number = ["A-99172", "88120", "2025-0883", "PT-62018"][i % 4]
-        out.append(f"{word} {number} – {goods}, {AMOUNTS[i % len(AMOUNTS)]}")
+        out.append(f"{word} {number} \u2013 {goods}, {AMOUNTS[i % len(AMOUNTS)]}")
     return out
 
 
