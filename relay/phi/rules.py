@@ -162,11 +162,7 @@ def billing_amount(s: Subject) -> list[Finding]:
         return []
     if not s.words.isdisjoint(_OFFER) and s.words.isdisjoint(_YOU):
         return []
-    if (
-        not s.words.isdisjoint(_INVOICE)
-        and s.words.isdisjoint(_NOT_SUPPLIER)
-        and not s.terms
-    ):
+    if not s.words.isdisjoint(_INVOICE) and s.words.isdisjoint(_NOT_SUPPLIER) and not s.terms:
         return []
     return [Finding(kinds.ACCOUNT, m.start(), m.end(), 0.9, "id.amount")]
 
