@@ -208,7 +208,7 @@ _RECORD_CUE = re.compile(
     r"accession|acc|encounter|enc|patient|pt|specimen|lab(?:oratory)? id|requisition|"
     r"historia clinica|expediente|hc|numero de paciente|n(?:o|umero)\.? de expediente|"
     r"prontuario|dossier(?: medical)?|dosye(?: medikal)?|ma benh nhan|"
-    r"member|subscriber|beneficiary|afiliado|medicaid|mbi|group|policy|poliza)"
+    r"member|subscriber|beneficiary|afiliado|medicaid|mbi|policy|poliza)"
     r"\s?(?:#|no\.?|n\.?o|nº|n°|num\.?|number|id|numero|es|is)?\s?[:#.]?\s?"
     r"([a-z]{0,4}[/-]?\d[\d/.-]{2,}[\da-z]*|[a-z]{1,3}\d{3,}[\da-z-]*)"
 )

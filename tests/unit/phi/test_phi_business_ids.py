@@ -222,3 +222,41 @@ def test_a_supplier_invoice_amount_is_not_a_bill(subject: str) -> None:
 )
 def test_a_patient_invoice_amount_still_counts(subject: str) -> None:
     assert "id.amount" in [f.rule for f in RULES.analyse(subject).found]
+
+
+# A group number is the employer's plan, not a person's identifier (guide R1.3 lists
+# member, subscriber, beneficiary, policy and Medicaid IDs, not groups; R3.8).
+GROUP_CUES = ["Group", "group #", "Group No.", "GROUP", "group number", "Group ID"]
+EMPLOYER_TAILS = [
+    "renewal packet for Lakeshore Dairy",
+    "- rates effective 1/1",
+    "wants a 4-tier contribution structure",
+    "claims experience summary (aggregate)",
+    "census file received",
+    "broker of record letter",
+]
+
+
+def _group_cases() -> list[str]:
+    out = []
+    for i, (cue, tail) in enumerate(itertools.product(GROUP_CUES, EMPLOYER_TAILS)):
+        number = ["00471", "27730", "GRP-44019", "0073310", "62044-A"][i % 5]
+        out.append(f"{cue} {number} {tail}")
+    return out
+
+
+@pytest.mark.parametrize("subject", _group_cases())
+def test_an_employer_group_number_is_not_decisive(subject: str) -> None:
+    assert _decisive(subject) == []
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Group 55120 / member 0448812 - eligibility failed at check-in",
+        "Group #44810, subscriber no. W227164093: EAP authorization",
+        "Newly diagnosed leukemia patient in group 62044 - early notice to carrier",
+    ],
+)
+def test_a_member_with_a_group_still_counts(subject: str) -> None:
+    assert default_detector().judge(subject_texts(subject)).phi
