@@ -75,6 +75,9 @@ DATA = Path(__file__).with_name("data")
 
 _DIGIT = re.compile(r"\d")
 _DIGITS = re.compile(r"\d+")
+# Every digit but 0, and the table that writes them as 0 (a number's shape, _classes).
+_NONZERO = re.compile(r"[1-9]")
+_ZERO_DIGITS = str.maketrans("123456789", "000000000")
 _TOKEN = re.compile(r"[^\W_]+(?:['\-][^\W_]+)*")
 # _TOKEN on ASCII text, where a letter or digit is [A-Za-z0-9]: explicit ranges are
 # found faster than Unicode categories.
@@ -762,9 +765,15 @@ class PhiDetector:
                 out[i] = "<cap>"
             taken.add(i)
         if t.has_digit:
+            # A number is its shape: "555-201-4999" is "000-000-0000", as in the n-grams
+            # (features.model_text), so the score never depends on which digits it has.
             for i, w in enumerate(words):
-                if w.isdigit() and i not in taken:
+                if out[i] is not w:  # a class took it already
+                    continue
+                if w.isdigit():
                     out[i] = f"<num{min(len(w), 9)}>"
+                elif _NONZERO.search(w) is not None:
+                    out[i] = w.translate(_ZERO_DIGITS)
         mentions = self._mentions(t)
         if not mentions:
             return out
