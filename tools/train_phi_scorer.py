@@ -417,7 +417,11 @@ def main() -> int:
     # validation FPR, and 1.4x on the eighth (scored at 0.008, where its recall fell to
     # 0.966 with FPR to spare: 0.011). The bound is the target (FPR <= 0.02 on unseen
     # writers) over a ratio of 2.0, which covers three of those four sets: 0.010.
-    ap.add_argument("--max-fpr", type=float, default=0.010, help="FPR bound for thresholds")
+    # By the seventeenth set that ratio was 2.6 (validation 0.010, held out 0.026): the
+    # old validation writers had grown easy. Validation is now the spent seventeenth set,
+    # six writers as hard as new ones (never trained on), so the bound is the target
+    # with a tenth to spare for writer-to-writer spread: 0.018.
+    ap.add_argument("--max-fpr", type=float, default=0.018, help="FPR bound for thresholds")
     ap.add_argument(
         "--cv-bounds",
         default="",
