@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from relay.phi import kinds, lexicon, system
 from relay.phi.api import STRONG, UNCERTAIN, Finding, Judgement
 from relay.phi.normalize import expand, fold, shorthand_words
-from relay.phi.rules import RULES, Subject, audience, first_words, runs, segment
+from relay.phi.rules import RULES, Subject, audience, first_words, runs, segment, word_class
 from relay.phi.scorer import Scorer, default_scorer
 
 if TYPE_CHECKING:
@@ -37,6 +37,11 @@ MODEL_RULE = "model.health"
 
 WINDOW = 400
 _OVERLAP = 80
+
+
+def _case_context(t: _Text) -> bool:
+    """A patient, member, claim, you-word, dx or intake in the text, or a reply (guide R1.12)."""
+    return not t.wordset.isdisjoint(_CASE) or t.words[:1] == ["re"]
 
 
 def windows(text: str) -> list[str]:
@@ -324,6 +329,11 @@ _DIGITS_NEEDED: dict[re.Pattern[str], tuple[int, int, str]] = {
 _DIGITS_NEEDED_BY_ID = {id(p): needs for p, needs in _DIGITS_NEEDED.items()}
 _ICD_CUES = lexicon.ICD_CUES
 _CPT_CUES = lexicon.CPT_CUES
+# A code "with a patient, member, claim, your, Re:, dx: or intake" is about a case (guide
+# R1.12): then the code alone decides; elsewhere it is weak and the scorer judges it,
+# since coding tips and newsletters quote codes too (guide B7).
+_CASE = word_class("case") | word_class("you")
+_CASE_CODE = 0.9
 # Spanish words for a test that are also proof of something (lex_proof_of.txt).
 _PROOF_WORDS = ("prueba", "pruebas")
 _PROOF = frozenset(_PROOF_WORDS)
@@ -981,38 +991,44 @@ class PhiDetector:
                 taken.append((m.start(), m.end()))
 
     def _icd10(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
-        """id.icd10: a dotted ICD-10-CM code of a real category (E11.9), with its sensitive kind."""
+        """id.icd10: a dotted ICD-10-CM code of a real category (E11.9), with its sensitive kind;
+        decisive in a case context."""
         for m in t.numbers(_ICD_DOTTED):
             if m.group(1) in self.vocab.icd_categories:
-                out.append(Finding(kinds.ICD10, m.start(), m.end(), 0.8, "id.icd10"))
+                c = _CASE_CODE if _case_context(t) else 0.8
+                out.append(Finding(kinds.ICD10, m.start(), m.end(), c, "id.icd10"))
                 out.extend(
-                    Finding(k, m.start(), m.end(), 0.8, "id.icd10")
+                    Finding(k, m.start(), m.end(), c, "id.icd10")
                     for k in self._icd_kinds(m.group(1))
                 )
                 taken.append((m.start(), m.end()))
 
     def _icd10_cued(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
-        """id.icd10-cued: a code without its dot after an ICD/Dx cue ("Dx code E119")."""
+        """id.icd10-cued: a code without its dot after an ICD/Dx cue ("Dx code E119");
+        decisive in a case context."""
         if t.wordset.isdisjoint(_ICD_CUES):
             return
         for m in _ICD_BARE.finditer(t.text):
             if m.group(1) in self.vocab.icd_categories and not _overlaps(taken, m.start(), m.end()):
-                out.append(Finding(kinds.ICD10, m.start(), m.end(), 0.75, "id.icd10-cued"))
+                c = _CASE_CODE if _case_context(t) else 0.75
+                out.append(Finding(kinds.ICD10, m.start(), m.end(), c, "id.icd10-cued"))
                 out.extend(
-                    Finding(k, m.start(), m.end(), 0.75, "id.icd10-cued")
+                    Finding(k, m.start(), m.end(), c, "id.icd10-cued")
                     for k in self._icd_kinds(m.group(1))
                 )
                 taken.append((m.start(), m.end()))
 
     def _cpt_cued(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:
-        """id.cpt-cued: a 5-character CPT/HCPCS code after a code cue ("CPT 99213")."""
+        """id.cpt-cued: a 5-character CPT/HCPCS code after a code cue ("CPT 99213"); decisive
+        in a case context."""
         cue_words = t.wordset
         if cue_words.isdisjoint(_CPT_CUES):
             return
         for m in _CPT.finditer(t.text):
             cued = "code" in t.before(m.start(), 3) or bool(cue_words & {"cpt", "hcpcs"})
             if cued and not _overlaps(taken, m.start(), m.end()):
-                out.append(Finding(kinds.CPT, m.start(), m.end(), 0.8, "id.cpt-cued"))
+                c = _CASE_CODE if _case_context(t) else 0.8
+                out.append(Finding(kinds.CPT, m.start(), m.end(), c, "id.cpt-cued"))
                 taken.append((m.start(), m.end()))
 
     def _long_number(self, t: _Text, out: list[Finding], taken: list[tuple[int, int]]) -> None:

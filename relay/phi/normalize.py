@@ -431,6 +431,42 @@ def _join_spaced(match: re.Match[str]) -> str:
     return letters
 
 
+# Words of one letter (en, es, fr, pt, ru...). Before a spaced-out word one of them is
+# either its first letter or a word of its own (Russian "u m a m y" is "u mamy", at mother's;
+# "a s t h m a" is "asthma"): both readings are judged (`_spaced_readings`).
+# Latin a i y e o u à é; Cyrillic v k s u o i ya a.
+_ONE_LETTER_WORDS = frozenset("aiyeou\u00e0\u00e9") | frozenset(
+    "\u0432\u043a\u0441\u0443\u043e\u0438\u044f\u0430"
+)
+
+
+def _join_spaced_keeping_word(match: re.Match[str]) -> str:
+    run = match.group(0)
+    if run[0].lower() in _ONE_LETTER_WORDS and len(run) >= 9:  # the word, then 4+ letters
+        return run[:2] + _join_spaced_rest(run[2:])
+    return _join_spaced(match)
+
+
+def _join_spaced_rest(run: str) -> str:
+    m = _SPACED.fullmatch(run)
+    return _join_spaced(m) if m is not None else run
+
+
+def _spaced_readings(text: str) -> list[str]:
+    """normalize(text), and when a spaced-out run starts with a one-letter word, also the
+    reading with that word kept apart."""
+    first = normalize(text)
+    if _SPACED_HINT.search(text) is None:
+        return [first]
+    if not any(
+        m.group(0)[0].lower() in _ONE_LETTER_WORDS and len(m.group(0)) >= 9
+        for m in _SPACED.finditer(text)
+    ):
+        return [first]
+    other = _normalize(text, keep_word=True)
+    return [first] if other == first else [first, other]
+
+
 def _join_apart(match: re.Match[str]) -> str:
     return match.group(0).replace(" ", "")
 
@@ -457,7 +493,7 @@ def normalize(text: str) -> str:
     return _normalize(text)
 
 
-def _normalize(text: str) -> str:
+def _normalize(text: str, keep_word: bool = False) -> str:
     if not text.isascii():
         # Invisibles go before NFKC: between a letter and its accent, or between the
         # jamo of a decomposed Hangul syllable, they would stop it composing.
@@ -485,7 +521,7 @@ def _normalize(text: str) -> str:
         if "  " in text or _SPACED_WHOLE.fullmatch(text) is not None:
             text = _SPACED_APART.sub(_join_apart, text)
         if _SPACED.search(text) is not None:
-            text = _SPACED.sub(_join_spaced, text)
+            text = _SPACED.sub(_join_spaced_keeping_word if keep_word else _join_spaced, text)
     if _SEPARATED_HINT.search(text) is not None:
         text = _SEPARATED.sub(_join_separated, text)
     if _UNUSUAL_SPACE.search(text) is None:
@@ -863,8 +899,9 @@ def _subject_texts(raw_value: str, cased: bool) -> list[str]:
         if value.isascii() and "=?" not in value and "\n" not in value and "\r" not in value:
             # Nothing to unfold or decode (most subjects): the one reading _decoded_texts
             # would give.
-            text = normalize(value)
-            return readings_to_judge([text]) if cased else [text]
+            if not cased:
+                return [normalize(value)]
+            return readings_to_judge(_spaced_readings(value))
         return _decoded_texts(value, cased)
     except Exception:
         try:
@@ -882,9 +919,9 @@ def _decoded_texts(value: str, cased: bool = True) -> list[str]:
             # A decoded word may itself hold an encoded-word (double encoding).
             texts = decode_rfc2047_all(decoded) if "=?" in decoded else [decoded]
             for text in texts:
-                folded = normalize(text)
-                if folded not in out:
-                    out.append(folded)
+                for folded in _spaced_readings(text) if cased else [normalize(text)]:
+                    if folded not in out:
+                        out.append(folded)
     if not out:
         return [""]
     return readings_to_judge(out) if cased else out

@@ -92,8 +92,12 @@ def _rule_words() -> dict[str, frozenset[str]]:
     return {cls: frozenset(ws) for cls, ws in grouped.items()}
 
 
-def _class(name: str) -> frozenset[str]:
+def word_class(name: str) -> frozenset[str]:
+    """The words of one class of rule_words.tsv."""
     return _rule_words()[name]
+
+
+_class = word_class
 
 
 _YOU = _class("you")

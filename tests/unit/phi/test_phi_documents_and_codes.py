@@ -144,3 +144,42 @@ def test_an_all_caps_abbreviation_is_no_title(subject: str) -> None:
 )
 def test_a_courtesy_title_still_names(subject: str) -> None:
     assert "name.title" in _findings(subject)
+
+
+# Guide R1.12 and B7: an ICD-10 or CPT code "with a patient, member, claim, your, Re:, dx:
+# or intake" is a case and decides alone; the same code in coding education stays weak,
+# for the scorer to judge. Every code shape against every context word and every tip.
+CASE_CODES = ["CPT 99214", "CPT code 20610", "HCPCS J3590", "E11.9", "ICD code E119", "J45.909"]
+CASE_FRAMES = [
+    "Your claim: billing {code} for your visit",
+    "Patient denied for {code}: appeal by Friday",
+    "Member appeal on {code} needs the notes",
+    "Claim rejected: {code} not covered",
+    "Re: {code} documentation",
+    "Intake form lists {code}, please confirm",
+    "Su reclamo por {code} fue negado",
+    "Paciente con {code}: autorizacion pendiente",
+    "pt w/ {code} needs prior auth",
+]
+TIP_FRAMES = [
+    "Coding clinic recap: sequencing {code} in 2027",
+    "Webinar: documenting {code} correctly",
+    "Top 10 denials this quarter include {code}",
+]
+
+
+@pytest.mark.parametrize(
+    "subject", [f.format(code=c) for f, c in itertools.product(CASE_FRAMES, CASE_CODES)]
+)
+def test_a_code_in_a_case_decides_alone(subject: str) -> None:
+    assert {"id.cpt-cued", "id.icd10", "id.icd10-cued"} & set(_decisive(subject)), _findings(
+        subject
+    )
+    assert default_detector().judge(subject_texts(subject)).phi
+
+
+@pytest.mark.parametrize(
+    "subject", [f.format(code=c) for f, c in itertools.product(TIP_FRAMES, CASE_CODES)]
+)
+def test_a_code_in_coding_education_stays_weak(subject: str) -> None:
+    assert _decisive(subject) == []

@@ -377,3 +377,28 @@ def test_normalize_is_linear_on_a_64k_folded_subject() -> None:
 def test_unleet_reads_leetspeak_words_and_leaves_codes(text: str, expected: str) -> None:
     assert unleet(text) == expected
     assert len(unleet(text)) == len(text)
+
+
+# A one-letter word before a spaced-out word is its first letter or a word of its own:
+# both readings are judged, so neither the Russian preposition ("u m a m y": "u mamy", at
+# mother's) nor the English article is lost, and "a s t h m a" still reads "asthma".
+@pytest.mark.parametrize(
+    ("raw", "reading"),
+    [
+        ("Откуда у м а м ы синяк на руке?", "Откуда у мамы синяк на руке?"),  # noqa: RUF001
+        ("Нужна справка с р е ц е п т о м", "Нужна справка с рецептом"),  # noqa: RUF001
+        ("Results for a b i o p s y", "Results for a biopsy"),
+        ("Resultado y b i o p s i a", "Resultado y biopsia"),
+    ],
+)
+def test_a_one_letter_word_before_a_spaced_word_is_also_read_apart(raw: str, reading: str) -> None:
+    assert reading in subject_texts(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "first"),
+    [("Your a s t h m a plan", "Your asthma plan"), ("Get a quote today", "Get a quote today")],
+)
+def test_the_joined_reading_stays_first(raw: str, first: str) -> None:
+    assert subject_texts(raw)[0] == first
+    assert subject_text(raw) == first
