@@ -331,10 +331,15 @@ async def _send_body(
         # As aiosmtplib does before a write that expects a reply: an early answer (552
         # mid-body) must not be dropped as unsolicited.
         proto._response_pending = True
-        for piece in stuffed_parts(prefix, message):
-            proto.write(piece)
-            await proto._drain_helper()
-        proto.write(b".\r\n")
+        if len(prefix) + len(message) <= _CHUNK:
+            # A small message (most) goes out in one write with its final dot: one TLS
+            # record and one send instead of three, for a copy of at most _CHUNK bytes.
+            proto.write(b"".join([*stuffed_parts(prefix, message), b".\r\n"]))
+        else:
+            for piece in stuffed_parts(prefix, message):
+                proto.write(piece)
+                await proto._drain_helper()
+            proto.write(b".\r\n")
     return await proto.read_response(timeout=timeout)
 
 

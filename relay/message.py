@@ -103,7 +103,7 @@ def check_raw(raw: bytes, envelope: Envelope, limits: ShapeLimits) -> bytes:
     headers = header_section(raw)
     if len(headers) > limits.max_header_bytes:
         raise ShapeError("message.header-too-large")
-    if not envelope.smtputf8 and any(b >= 0x80 for b in headers):
+    if not envelope.smtputf8 and not headers.isascii():
         raise ShapeError("message.header-8bit")
     if b"\x00" in raw:
         raise ShapeError("message.nul")
