@@ -440,9 +440,14 @@ _ONE_LETTER_WORDS = frozenset("aiyeou\u00e0\u00e9") | frozenset(
 )
 
 
+def _starts_with_a_word(run: str) -> bool:
+    """A spaced-out run whose first letter is a one-letter word, then 4+ letters."""
+    return run[0].lower() in _ONE_LETTER_WORDS and len(run) >= 9
+
+
 def _join_spaced_keeping_word(match: re.Match[str]) -> str:
     run = match.group(0)
-    if run[0].lower() in _ONE_LETTER_WORDS and len(run) >= 9:  # the word, then 4+ letters
+    if _starts_with_a_word(run):
         return run[:2] + _join_spaced_rest(run[2:])
     return _join_spaced(match)
 
@@ -458,10 +463,7 @@ def _spaced_readings(text: str) -> list[str]:
     first = normalize(text)
     if _SPACED_HINT.search(text) is None:
         return [first]
-    if not any(
-        m.group(0)[0].lower() in _ONE_LETTER_WORDS and len(m.group(0)) >= 9
-        for m in _SPACED.finditer(text)
-    ):
+    if not any(_starts_with_a_word(m.group(0)) for m in _SPACED.finditer(text)):
         return [first]
     other = _normalize(text, keep_word=True)
     return [first] if other == first else [first, other]

@@ -97,12 +97,9 @@ def word_class(name: str) -> frozenset[str]:
     return _rule_words()[name]
 
 
-_class = word_class
-
-
-_YOU = _class("you")
-_CARE = _class("care")
-_EVENT = _class("event")
+_YOU = word_class("you")
+_CARE = word_class("care")
+_EVENT = word_class("event")
 _WEEKDAY = (
     r"mon(?:day)?|tue(?:s(?:day)?)?|wed(?:s|nesday)?|thu(?:r(?:s(?:day)?)?)?|fri(?:day)?|"
     r"sat(?:urday)?|sun(?:day)?|lunes|martes|miercoles|jueves|viernes|sabado|domingo|"
@@ -143,15 +140,15 @@ _AMOUNT = re.compile(
     r"(?:[$€£₱]|r\$|us\$|usd|eur|mxn|php)\s?\d[\d,.]*|\d[\d,.]*\s?(?:[$€£]|usd|eur|dollars|"
     r"dolares|pesos|euros|reais)"
 )
-_BILLING = _class("billing")
-_BUSINESS = _class("business")
+_BILLING = word_class("billing")
+_BUSINESS = word_class("business")
 # Prices in offers are marketing, not a person's bill.
-_OFFER = _class("offer")
+_OFFER = word_class("offer")
 # A supplier's invoice ("Invoice #A-99172 - scope repair, $4,120", "Facture 88120 : 1 240 €")
 # is the business's own; a patient's invoice says whose it is (your, my, Dad's), what care
 # it is for, or names a health term ("Su factura de anestesia de $645.20").
-_INVOICE = _class("invoice")
-_SELF = _class("self")
+_INVOICE = word_class("invoice")
+_SELF = word_class("self")
 _NOT_SUPPLIER = _YOU | _SELF | _CARE | lexicon.FAMILY
 
 
@@ -178,7 +175,7 @@ _ENDING = re.compile(
 )
 # Every cue of _ENDING holds one of these.
 _ENDING_CUES = ("end", "last", "termin", "ultimos", "final")
-_SOCIAL = _class("social")
+_SOCIAL = word_class("social")
 
 
 def ending_digits(s: Subject) -> list[Finding]:
@@ -216,7 +213,7 @@ _RECORD_CUE = re.compile(
     r"\s?(?:#|no\.?|n\.?o|nº|n°|num\.?|number|id|numero|es|is)?\s?[:#.]?\s?"
     r"([a-z]{0,4}[/-]?\d[\d/.-]{2,}[\da-z]*|[a-z]{1,3}\d{3,}[\da-z-]*)"
 )
-_MEMBER_CUES = _class("member-cue")
+_MEMBER_CUES = word_class("member-cue")
 # A year, or a round-the-clock idiom ("group 24/7", "patient 24x7", "24/365"), follows a
 # cue word often and is never a record number.
 _NOT_RECORD = re.compile(r"(?:19|20)\d\d|24[/x](?:7|365)")
@@ -280,16 +277,16 @@ def segment(s: Subject) -> list[Finding]:
     return []
 
 
-_AUDIENCE_NOUNS = _class("audience")
-_ADDRESS = _class("address")
-_EDUCATION = _class("education")
+_AUDIENCE_NOUNS = word_class("audience")
+_ADDRESS = word_class("address")
+_EDUCATION = word_class("education")
 _AUDIENCE_NOUN = re.compile(rf"\b(?:{'|'.join(sorted(_AUDIENCE_NOUNS))})\b")
 # Between a term and the audience noun after it: up to two words ("heart failure clinic
 # patients", "home hemo patients"); between the noun and a term after it, a linking word
 # and up to two determiners ("pacientes en diálisis", "patients on the lithium protocol").
 # A preposition between a term and the noun makes the term the topic, not the audience:
 # "Flu shots for employees" is an offer to all.
-_LINKS = _ADDRESS | _class("link")
+_LINKS = _ADDRESS | word_class("link")
 _BEFORE_NOUN = re.compile(r"(?:[\s/-][\w'-]+){0,2}[\s-]")
 _AFTER_NOUN = re.compile(
     r"\s(?:who are |que estan |)(?:on|with|in|of|taking|using|receiving|getting|en|con|de|del|"
